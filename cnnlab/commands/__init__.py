@@ -1,0 +1,1 @@
+"""One module per ``cnnlab`` subcommand: ``HELP``, ``add_arguments(parser)``, ``run(args)``."""
