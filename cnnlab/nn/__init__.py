@@ -1,0 +1,1 @@
+"""Layers with PyTorch names (see docs/architecture.md)."""

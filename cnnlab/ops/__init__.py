@@ -1,0 +1,1 @@
+"""Pure forward/backward functions (see docs/architecture.md)."""
