@@ -1,11 +1,45 @@
-"""PLACEHOLDER: replaced by the owner of `cnnlab bench`."""
+"""`cnnlab bench`: cnnlab and PyTorch side by side on this CPU."""
 
-HELP = "bench (not built yet)"
+from __future__ import annotations
 
-
-def add_arguments(parser):
-    pass
+HELP = "benchmark cnnlab against PyTorch (ops, training steps, an epoch, memory)"
 
 
-def run(args):
-    raise SystemExit("cnnlab bench: not built yet")
+def add_arguments(parser) -> None:
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repeats, batch 128 only, a short epoch (under a minute)")
+    parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
+    parser.add_argument("--threads", type=int, help="threads for PyTorch (default: all cores; "
+                        "set OPENBLAS_NUM_THREADS to match for NumPy)")
+    parser.add_argument("--repeats", type=int, help="timed repeats per figure (default 15, quick 5)")
+    parser.add_argument("--batch-sizes", help="comma-separated batch sizes for throughput (default 64,128,256)")
+    parser.add_argument("--epoch-images", type=int, help="images in the timed epoch (default 60000)")
+    parser.add_argument("--no-torch", action="store_true", help="measure cnnlab alone")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory training run")
+    parser.add_argument("--data-dir", help="where Fashion-MNIST is, for the memory run")
+
+
+def run(args) -> int:
+    from cnnlab.bench import format_results, run_benchmark, save_results
+    from cnnlab.errors import ConfigError
+
+    batch_sizes = None
+    if args.batch_sizes:
+        try:
+            batch_sizes = tuple(int(size) for size in args.batch_sizes.split(","))
+        except ValueError:
+            raise ConfigError(f"--batch-sizes {args.batch_sizes!r}: give whole numbers separated by commas, "
+                              "e.g. 64,128") from None
+    for name, value in (("--threads", args.threads), ("--repeats", args.repeats),
+                        ("--epoch-images", args.epoch_images), *(("--batch-sizes", b) for b in batch_sizes or ())):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{name} must be a positive number, got {value}")
+    results = run_benchmark(quick=args.quick, threads=args.threads, with_torch=not args.no_torch,
+                            repeats=args.repeats, batch_sizes=batch_sizes, epoch_images=args.epoch_images,
+                            data_dir=args.data_dir, measure_memory=not args.no_memory)
+    print()
+    print(format_results(results))
+    if args.json:
+        save_results(args.json, results)
+        print(f"\nwrote {args.json}")
+    return 0

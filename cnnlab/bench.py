@@ -1,0 +1,592 @@
+"""cnnlab against PyTorch on this CPU, side by side in one run.
+
+Every figure is a median over repeats, with the min and max, and every
+comparison is a ratio taken in the same run on identical shapes, weights and
+batches (float32, same thread count). Absolute times on a shared machine mean
+little; the ratios are what to read.
+
+PyTorch runs in its default NCHW layout and in channels_last; each ratio is
+taken against the better of the two.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from cnnlab.fileio import write_json
+
+
+# ---------------------------------------------------------------------------
+# Environment: CPU, BLAS library, the kernel it chose, threads
+# ---------------------------------------------------------------------------
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as stream:
+            for line in stream:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _openblas_library() -> ctypes.CDLL | None:
+    """The OpenBLAS that NumPy loaded, found among this process's mapped libraries."""
+    with contextlib.suppress(OSError):
+        with open("/proc/self/maps") as stream:
+            paths = {line.split()[-1] for line in stream if "openblas" in line.lower() and "/" in line}
+        for path in sorted(paths):
+            with contextlib.suppress(OSError):
+                return ctypes.CDLL(path)
+    return None
+
+
+def _openblas_call(library, names: tuple[str, ...], restype):
+    for name in names:
+        function = getattr(library, name, None)
+        if function is not None:
+            function.restype = restype
+            return function()
+    return None
+
+
+def blas_info() -> dict:
+    """Which BLAS NumPy uses, the kernel OpenBLAS picked for this CPU, and its threads."""
+    info: dict = {"numpy": np.__version__}
+    with contextlib.suppress(Exception):
+        config = np.show_config(mode="dicts")
+        blas = config.get("Build Dependencies", {}).get("blas", {})
+        info["library"] = blas.get("name")
+        info["library_version"] = blas.get("version")
+    library = _openblas_library()
+    if library is not None:
+        prefixes = ("scipy_openblas", "openblas")
+        suffixes = ("64_", "")
+        corename = _openblas_call(library, tuple(f"{p}_get_corename{s}" for p in prefixes for s in suffixes),
+                                  ctypes.c_char_p)
+        config = _openblas_call(library, tuple(f"{p}_get_config{s}" for p in prefixes for s in suffixes),
+                                ctypes.c_char_p)
+        threads = _openblas_call(library, tuple(f"{p}_get_num_threads{s}" for p in prefixes for s in suffixes),
+                                 ctypes.c_int)
+        info["kernel"] = corename.decode() if corename else None
+        info["config"] = config.decode() if config else None
+        info["threads"] = threads
+    info["env"] = {name: os.environ.get(name) for name in
+                   ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE")
+                   if os.environ.get(name) is not None}
+    return info
+
+
+def environment(torch_module=None) -> dict:
+    env = {
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "blas": blas_info(),
+    }
+    if torch_module is not None:
+        env["torch"] = {
+            "version": torch_module.__version__,
+            "threads": torch_module.get_num_threads(),
+            "cpu_capability": _torch_cpu_capability(torch_module),
+        }
+    return env
+
+
+def _torch_cpu_capability(torch_module) -> str | None:
+    with contextlib.suppress(Exception):
+        return torch_module.backends.cpu.get_cpu_capability()
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Timing:
+    """Seconds per call over repeats: the median, min and max."""
+
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    def as_dict(self) -> dict:
+        return {"median_s": self.median, "min_s": min(self.samples), "max_s": max(self.samples),
+                "repeats": len(self.samples)}
+
+
+def time_interleaved(functions: dict[str, Callable[[], object]], repeats: int,
+                     warmup: int = 2, inner: int = 1) -> dict[str, Timing]:
+    """Time each function ``repeats`` times, taking turns, so drift hits all alike.
+
+    Each sample is the mean over ``inner`` consecutive calls.
+    """
+    for function in functions.values():
+        for _ in range(warmup):
+            function()
+    timings = {name: Timing() for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            for _ in range(inner):
+                function()
+            timings[name].samples.append((time.perf_counter() - start) / inner)
+    return timings
+
+
+def gemm_rate(size: int = 2048, repeats: int = 5) -> dict:
+    """Measured float32 GEMM rate of NumPy's BLAS (GFLOP/s), at (size x size) @ (size x size)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    out = np.empty((size, size), dtype=np.float32)
+    timing = time_interleaved({"gemm": lambda: np.matmul(a, b, out=out)}, repeats)["gemm"]
+    flops = 2.0 * size ** 3
+    return {"size": size, "gflops_median": flops / timing.median / 1e9,
+            "gflops_max": flops / min(timing.samples) / 1e9, **timing.as_dict()}
+
+
+# ---------------------------------------------------------------------------
+# The networks, in cnnlab and in PyTorch with identical weights
+# ---------------------------------------------------------------------------
+
+def _torch_model(torch_module, cnnlab_model):
+    """The same Sequential in PyTorch, built from cnnlab's layer reprs and loaded with its weights."""
+    torch_nn = torch_module.nn
+    layers = []
+    for layer in cnnlab_model:
+        kind = type(layer).__name__
+        if kind == "Conv2d":
+            layers.append(torch_nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                                          stride=layer.stride, padding=layer.padding,
+                                          dilation=layer.dilation, groups=layer.groups,
+                                          bias=layer.bias is not None))
+        elif kind == "Linear":
+            layers.append(torch_nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None))
+        elif kind == "MaxPool2d":
+            layers.append(torch_nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding))
+        elif kind == "ReLU":
+            layers.append(torch_nn.ReLU())
+        elif kind == "Flatten":
+            layers.append(torch_nn.Flatten())
+        else:
+            raise ValueError(f"bench has no PyTorch twin for layer {kind}")
+    model = torch_nn.Sequential(*layers)
+    state = {key: torch_module.from_numpy(np.ascontiguousarray(value))
+             for key, value in cnnlab_model.state_dict().items()}
+    model.load_state_dict(state)
+    return model
+
+
+def _lecture_model(name: str, seed: int):
+    from cnnlab.models import build_model
+
+    return build_model(name, np.random.default_rng(seed))
+
+
+def _cnnlab_train_step(model, optimizer, x, y):
+    from cnnlab.ops.loss import cross_entropy
+
+    def step():
+        logits = model(x)
+        _, dlogits = cross_entropy(logits, y)
+        model.backward(dlogits)
+        optimizer.step()
+        optimizer.zero_grad()
+    return step
+
+
+def _torch_train_step(torch_module, model, optimizer, x, y):
+    loss_function = torch_module.nn.functional.cross_entropy
+
+    def step():
+        optimizer.zero_grad(set_to_none=False)
+        loss = loss_function(model(x), y)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def _batch(batch_size: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((batch_size, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, size=batch_size).astype(np.int64)
+    return x, y
+
+
+# ---------------------------------------------------------------------------
+# Benchmarks
+# ---------------------------------------------------------------------------
+
+def _best_torch(result: dict) -> tuple[str, float]:
+    """The faster PyTorch layout of a result: (name, median seconds)."""
+    candidates = {name: result[name]["median_s"] for name in ("torch_nchw", "torch_channels_last")
+                  if name in result}
+    name = min(candidates, key=candidates.get)
+    return name, candidates[name]
+
+
+def _with_ratio(result: dict) -> dict:
+    if any(name.startswith("torch") for name in result):
+        best, seconds = _best_torch(result)
+        result["torch_best"] = best
+        # > 1 means cnnlab is faster than PyTorch's better layout.
+        result["speedup_vs_torch"] = seconds / result["cnnlab"]["median_s"]
+    return result
+
+
+def bench_ops(torch_module, repeats: int, batch_size: int = 128) -> dict:
+    """Each op of the lecture CNN at its shape in that network, forward and forward+backward."""
+    from cnnlab.ops.activation import relu_backward, relu_forward
+    from cnnlab.ops.conv import conv2d_backward, conv2d_forward
+    from cnnlab.ops.linear import linear_backward, linear_forward
+    from cnnlab.ops.loss import cross_entropy
+    from cnnlab.ops.pool import max_pool2d_backward, max_pool2d_forward
+
+    rng = np.random.default_rng(0)
+
+    def array(*shape):
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    n = batch_size
+    cases = {
+        "conv1": dict(x=array(n, 1, 28, 28), w=array(32, 1, 3, 3), b=array(32), input_grad=False),
+        "conv2": dict(x=array(n, 32, 14, 14), w=array(64, 32, 3, 3), b=array(64), input_grad=True),
+    }
+    results: dict = {}
+    for name, case in cases.items():
+        x, w, b = case["x"], case["w"], case["b"]
+        dy = array(*conv2d_forward(x, w, b, padding=1)[0].shape)
+
+        def fwd(x=x, w=w, b=b):
+            return conv2d_forward(x, w, b, padding=1)
+
+        def fwd_bwd(x=x, w=w, b=b, dy=dy, input_grad=case["input_grad"]):
+            _, cache = conv2d_forward(x, w, b, padding=1)
+            return conv2d_backward(dy, cache, input_grad=input_grad)
+
+        results[f"{name} forward"] = {"cnnlab": fwd}
+        results[f"{name} forward+backward"] = {"cnnlab": fwd_bwd}
+        if torch_module is not None:
+            conv = torch_module.nn.functional.conv2d
+            for layout in ("nchw", "channels_last"):
+                tx, tw, tb, tdy = (torch_module.from_numpy(a.copy()) for a in (x, w, b, dy))
+                if layout == "channels_last":
+                    tx = tx.contiguous(memory_format=torch_module.channels_last)
+                    tw = tw.contiguous(memory_format=torch_module.channels_last)
+                    tdy = tdy.contiguous(memory_format=torch_module.channels_last)
+                tx.requires_grad_(case["input_grad"])
+                tw.requires_grad_(True)
+                tb.requires_grad_(True)
+
+                def t_fwd(tx=tx, tw=tw, tb=tb):
+                    with torch_module.no_grad():
+                        return conv(tx, tw, tb, padding=1)
+
+                def t_fwd_bwd(tx=tx, tw=tw, tb=tb, tdy=tdy):
+                    out = conv(tx, tw, tb, padding=1)
+                    inputs = [tw, tb] + ([tx] if tx.requires_grad else [])
+                    return torch_module.autograd.grad(out, inputs, tdy)
+
+                results[f"{name} forward"][f"torch_{layout}"] = t_fwd
+                results[f"{name} forward+backward"][f"torch_{layout}"] = t_fwd_bwd
+
+    pool_inputs = {"pool1": array(n, 32, 28, 28), "pool2": array(n, 64, 14, 14)}
+    for name, x in pool_inputs.items():
+        dy = array(n, x.shape[1], x.shape[2] // 2, x.shape[3] // 2)
+        results[f"{name} forward"] = {"cnnlab": lambda x=x: max_pool2d_forward(x, 2)}
+        results[f"{name} forward+backward"] = {
+            "cnnlab": lambda x=x, dy=dy: max_pool2d_backward(dy, max_pool2d_forward(x, 2)[1])}
+        if torch_module is not None:
+            pool = torch_module.nn.functional.max_pool2d
+            for layout in ("nchw", "channels_last"):
+                tx = torch_module.from_numpy(x.copy())
+                tdy = torch_module.from_numpy(dy.copy())
+                if layout == "channels_last":
+                    tx = tx.contiguous(memory_format=torch_module.channels_last)
+                    tdy = tdy.contiguous(memory_format=torch_module.channels_last)
+                tx.requires_grad_(True)
+
+                def t_fwd(tx=tx):
+                    with torch_module.no_grad():
+                        return pool(tx, 2)
+
+                def t_fwd_bwd(tx=tx, tdy=tdy):
+                    return torch_module.autograd.grad(pool(tx, 2), [tx], tdy)
+
+                results[f"{name} forward"][f"torch_{layout}"] = t_fwd
+                results[f"{name} forward+backward"][f"torch_{layout}"] = t_fwd_bwd
+
+    relu_x = array(n, 32, 28, 28)
+    relu_dy = array(n, 32, 28, 28)
+    linear_x, linear_w, linear_b, linear_dy = array(n, 3136), array(10, 3136), array(10), array(n, 10)
+    logits = array(n, 10)
+    labels = rng.integers(0, 10, n).astype(np.int64)
+    results["relu (conv1 output) forward"] = {"cnnlab": lambda: relu_forward(relu_x)}
+    results["relu (conv1 output) forward+backward"] = {
+        "cnnlab": lambda: relu_backward(relu_dy, relu_forward(relu_x)[1])}
+    results["linear forward"] = {"cnnlab": lambda: linear_forward(linear_x, linear_w, linear_b)}
+    results["linear forward+backward"] = {
+        "cnnlab": lambda: linear_backward(linear_dy, linear_forward(linear_x, linear_w, linear_b)[1])}
+    results["cross-entropy forward+backward"] = {"cnnlab": lambda: cross_entropy(logits, labels)}
+    if torch_module is not None:
+        functional = torch_module.nn.functional
+        t_relu_x = torch_module.from_numpy(relu_x.copy()).requires_grad_(True)
+        t_relu_dy = torch_module.from_numpy(relu_dy.copy())
+        t_lx = torch_module.from_numpy(linear_x.copy()).requires_grad_(True)
+        t_lw = torch_module.from_numpy(linear_w.copy()).requires_grad_(True)
+        t_lb = torch_module.from_numpy(linear_b.copy()).requires_grad_(True)
+        t_ldy = torch_module.from_numpy(linear_dy.copy())
+        t_logits = torch_module.from_numpy(logits.copy()).requires_grad_(True)
+        t_labels = torch_module.from_numpy(labels.copy())
+
+        def no_grad(function):
+            def wrapped():
+                with torch_module.no_grad():
+                    return function()
+            return wrapped
+
+        results["relu (conv1 output) forward"]["torch_nchw"] = no_grad(lambda: functional.relu(t_relu_x))
+        results["relu (conv1 output) forward+backward"]["torch_nchw"] = lambda: torch_module.autograd.grad(
+            functional.relu(t_relu_x), [t_relu_x], t_relu_dy)
+        results["linear forward"]["torch_nchw"] = no_grad(lambda: functional.linear(t_lx, t_lw, t_lb))
+        results["linear forward+backward"]["torch_nchw"] = lambda: torch_module.autograd.grad(
+            functional.linear(t_lx, t_lw, t_lb), [t_lx, t_lw, t_lb], t_ldy)
+        results["cross-entropy forward+backward"]["torch_nchw"] = lambda: torch_module.autograd.grad(
+            functional.cross_entropy(t_logits, t_labels), [t_logits])
+
+    timed = {}
+    for name, functions in results.items():
+        timings = time_interleaved(functions, repeats, inner=3)
+        timed[name] = _with_ratio({key: timing.as_dict() for key, timing in timings.items()})
+    return timed
+
+
+def bench_models(torch_module, repeats: int, batch_sizes: tuple[int, ...]) -> dict:
+    """Training-step and inference throughput (images/s) for `cnn` and `mlp`."""
+    from cnnlab.optim import Adam
+    from cnnlab.summary import summarize
+
+    results: dict = {}
+    for model_name in ("cnn", "mlp"):
+        for batch_size in batch_sizes:
+            x, y = _batch(batch_size)
+            model = _lecture_model(model_name, seed=0)
+            optimizer = Adam(model.parameters(), lr=1e-3)
+            train = {"cnnlab": _cnnlab_train_step(model, optimizer, x, y)}
+            infer_model = _lecture_model(model_name, seed=0)
+            infer_model.eval()
+            infer = {"cnnlab": lambda m=infer_model, x=x: m(x)}
+            if torch_module is not None:
+                for layout in ("nchw", "channels_last"):
+                    if model_name == "mlp" and layout == "channels_last":
+                        continue  # no spatial layout to choose for a fully connected net
+                    memory_format = (torch_module.channels_last if layout == "channels_last"
+                                     else torch_module.contiguous_format)
+                    t_model = _torch_model(torch_module, _lecture_model(model_name, seed=0))
+                    t_model = t_model.to(memory_format=memory_format)
+                    t_optimizer = torch_module.optim.Adam(t_model.parameters(), lr=1e-3)
+                    tx = torch_module.from_numpy(x.copy()).contiguous(memory_format=memory_format)
+                    ty = torch_module.from_numpy(y.copy())
+                    train[f"torch_{layout}"] = _torch_train_step(torch_module, t_model, t_optimizer, tx, ty)
+                    t_infer = _torch_model(torch_module, _lecture_model(model_name, seed=0)).eval()
+                    t_infer = t_infer.to(memory_format=memory_format)
+
+                    def t_infer_step(m=t_infer, tx=tx):
+                        with torch_module.no_grad():
+                            return m(tx)
+                    infer[f"torch_{layout}"] = t_infer_step
+            flops_forward = sum(row.flops for row in summarize(model, (1, 28, 28)))
+            for kind, functions in (("train step", train), ("inference", infer)):
+                timings = time_interleaved(functions, repeats)
+                entry = {key: {**timing.as_dict(), "images_per_second": batch_size / timing.median}
+                         for key, timing in timings.items()}
+                entry["batch_size"] = batch_size
+                # A training step is about three forward passes of work (forward, dX and dW).
+                entry["flops_per_image"] = flops_forward * (3 if kind == "train step" else 1)
+                results[f"{model_name} {kind} batch {batch_size}"] = _with_ratio(entry)
+    return results
+
+
+def bench_epoch(torch_module, images: int, batch_size: int, gemm_gflops: float) -> dict:
+    """One training epoch of `cnn` over ``images`` random images, against the GEMM bound."""
+    from cnnlab.optim import Adam
+    from cnnlab.summary import summarize
+
+    rng = np.random.default_rng(1)
+    data = rng.random((images, 1, 28, 28), dtype=np.float32)
+    labels = rng.integers(0, 10, images).astype(np.int64)
+    batches = [(data[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, images, batch_size)]
+
+    model = _lecture_model("cnn", seed=0)
+    optimizer = Adam(model.parameters(), lr=1e-3)
+    start = time.perf_counter()
+    for x, y in batches:
+        _cnnlab_train_step(model, optimizer, x, y)()
+    cnnlab_seconds = time.perf_counter() - start
+
+    flops_per_image = 3 * sum(row.flops for row in summarize(model, (1, 28, 28)))
+    bound_seconds = flops_per_image * images / (gemm_gflops * 1e9)
+    result = {"images": images, "batch_size": batch_size, "cnnlab_seconds": cnnlab_seconds,
+              "gemm_bound_seconds": bound_seconds, "times_gemm_bound": cnnlab_seconds / bound_seconds}
+    if torch_module is not None:
+        t_model = _torch_model(torch_module, _lecture_model("cnn", seed=0)).to(
+            memory_format=torch_module.channels_last)
+        t_optimizer = torch_module.optim.Adam(t_model.parameters(), lr=1e-3)
+        t_batches = [(torch_module.from_numpy(x).contiguous(memory_format=torch_module.channels_last),
+                      torch_module.from_numpy(y)) for x, y in batches]
+        start = time.perf_counter()
+        for tx, ty in t_batches:
+            _torch_train_step(torch_module, t_model, t_optimizer, tx, ty)()
+        result["torch_channels_last_seconds"] = time.perf_counter() - start
+        result["speedup_vs_torch"] = result["torch_channels_last_seconds"] / cnnlab_seconds
+    return result
+
+
+def bench_train_memory(limit_train: int, data_dir: str | None) -> dict:
+    """Peak RSS (MB) of a real `cnnlab train --model cnn` process."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "-m", "cnnlab", "train", "--model", "cnn", "--dataset", "fashion-mnist",
+                   "--epochs", "1", "--limit-train", str(limit_train), "--no-progress", "--no-report",
+                   "--run-dir", os.path.join(tmp, "run")]
+        if data_dir:
+            command += ["--data-dir", data_dir]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        completed = subprocess.run(command, capture_output=True, text=True)
+        peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if completed.returncode != 0:
+        return {"error": (completed.stderr.strip().splitlines() or ["failed"])[-1], "command": " ".join(command)}
+    return {"peak_rss_mb": peak_kb / 1024, "limit_train": limit_train,
+            "note": None if peak_kb > before else "peak may be an earlier child's",
+            "command": " ".join(command)}
+
+
+# ---------------------------------------------------------------------------
+# Orchestration and output
+# ---------------------------------------------------------------------------
+
+def run_benchmark(quick: bool = False, threads: int | None = None, with_torch: bool = True,
+                  repeats: int | None = None, batch_sizes: tuple[int, ...] | None = None,
+                  epoch_images: int | None = None, data_dir: str | None = None,
+                  measure_memory: bool = True, log=print) -> dict:
+    """Run every benchmark; returns the JSON-ready results."""
+    torch_module = None
+    if with_torch:
+        try:
+            import torch as torch_module
+        except ImportError:
+            log("PyTorch is not installed: measuring cnnlab alone (pip install torch==2.13.0 to compare)")
+    if threads is None:
+        threads = os.cpu_count() or 1
+    if torch_module is not None:
+        torch_module.set_num_threads(threads)
+    repeats = repeats or (5 if quick else 15)
+    batch_sizes = batch_sizes or ((128,) if quick else (64, 128, 256))
+    epoch_images = epoch_images or (6400 if quick else 60000)
+
+    log("measuring the float32 GEMM rate ...")
+    gemm = gemm_rate(1024 if quick else 2048, repeats=3 if quick else 7)
+    log(f"  {gemm['gflops_median']:.0f} GFLOP/s")
+    log("timing ops ...")
+    ops = bench_ops(torch_module, repeats)
+    log("timing training steps and inference ...")
+    models = bench_models(torch_module, repeats, batch_sizes)
+    for entry in models.values():
+        entry["fraction_of_gemm_bound"] = (entry["flops_per_image"] * entry["cnnlab"]["images_per_second"]
+                                           / (gemm["gflops_median"] * 1e9))
+    log(f"timing one epoch of cnn on {epoch_images} images ...")
+    epoch = bench_epoch(torch_module, epoch_images, 128, gemm["gflops_median"])
+    results = {
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "cnnlab bench" + (" --quick" if quick else ""),
+        "threads": threads,
+        "environment": environment(torch_module),
+        "gemm": gemm,
+        "ops": ops,
+        "models": models,
+        "epoch": epoch,
+    }
+    if measure_memory:
+        log("measuring peak memory of a training run ...")
+        results["train_memory"] = bench_train_memory(2048 if quick else 60000, data_dir)
+    return results
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:8.2f}"
+
+
+def _spread(entry: dict) -> str:
+    return f"{entry['median_s'] * 1e3:7.2f} [{entry['min_s'] * 1e3:.2f}-{entry['max_s'] * 1e3:.2f}]"
+
+
+def format_results(results: dict) -> str:
+    env = results["environment"]
+    blas = env["blas"]
+    lines = [
+        f"cnnlab bench  {results['date']}  {env['cpu']}  ({env['cores']} cores, {results['threads']} threads)",
+        f"NumPy {blas.get('numpy')}  BLAS {blas.get('library')} {blas.get('library_version') or ''}  "
+        f"kernel {blas.get('kernel')}  BLAS threads {blas.get('threads')}  env {blas.get('env') or '{}'}",
+    ]
+    if "torch" in env:
+        lines.append(f"PyTorch {env['torch']['version']}  threads {env['torch']['threads']}  "
+                     f"cpu capability {env['torch']['cpu_capability']}")
+    gemm = results["gemm"]
+    lines.append(f"float32 GEMM ({gemm['size']}^3): {gemm['gflops_median']:.0f} GFLOP/s median, "
+                 f"{gemm['gflops_max']:.0f} best")
+    lines.append("")
+    lines.append("ops at batch 128, ms: median [min-max]; speedup = PyTorch's better layout / cnnlab")
+    lines.append(f"{'op':38s} {'cnnlab':>22s} {'torch NCHW':>22s} {'torch ch_last':>22s} {'speedup':>8s}")
+    for name, entry in results["ops"].items():
+        cells = [_spread(entry[key]) if key in entry else "-" for key in
+                 ("cnnlab", "torch_nchw", "torch_channels_last")]
+        ratio = f"{entry['speedup_vs_torch']:.2f}x" if "speedup_vs_torch" in entry else "-"
+        lines.append(f"{name:38s} {cells[0]:>22s} {cells[1]:>22s} {cells[2]:>22s} {ratio:>8s}")
+    lines.append("")
+    lines.append("throughput, images/s (median); GEMM bound = FLOPs / measured GEMM rate")
+    lines.append(f"{'model':32s} {'cnnlab':>9s} {'torch NCHW':>11s} {'torch ch_l':>11s} "
+                 f"{'speedup':>8s} {'of bound':>9s}")
+    for name, entry in results["models"].items():
+        cells = [f"{entry[key]['images_per_second']:,.0f}" if key in entry else "-" for key in
+                 ("cnnlab", "torch_nchw", "torch_channels_last")]
+        ratio = f"{entry['speedup_vs_torch']:.2f}x" if "speedup_vs_torch" in entry else "-"
+        lines.append(f"{name:32s} {cells[0]:>9s} {cells[1]:>11s} {cells[2]:>11s} {ratio:>8s} "
+                     f"{entry['fraction_of_gemm_bound']:>8.0%}")
+    epoch = results["epoch"]
+    lines.append("")
+    line = (f"one cnn epoch, {epoch['images']} images: cnnlab {epoch['cnnlab_seconds']:.1f} s, "
+            f"GEMM bound {epoch['gemm_bound_seconds']:.1f} s ({epoch['times_gemm_bound']:.2f}x the bound)")
+    if "torch_channels_last_seconds" in epoch:
+        line += (f", PyTorch channels_last {epoch['torch_channels_last_seconds']:.1f} s "
+                 f"({epoch['speedup_vs_torch']:.2f}x)")
+    lines.append(line)
+    memory = results.get("train_memory")
+    if memory:
+        if "peak_rss_mb" in memory:
+            lines.append(f"peak RSS of `cnnlab train --model cnn` ({memory['limit_train']} images): "
+                         f"{memory['peak_rss_mb']:.0f} MB")
+        else:
+            lines.append(f"peak RSS: not measured ({memory['error']})")
+    return "\n".join(lines)
+
+
+def save_results(path: str, results: dict) -> None:
+    write_json(path, json.loads(json.dumps(results, default=float)))

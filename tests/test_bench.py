@@ -1,0 +1,44 @@
+"""`cnnlab bench --quick` runs end to end and reports every figure the issue asks for."""
+
+import json
+
+import torch  # noqa: F401  (the benchmark compares against it: CI installs it)
+
+from cnnlab.cli import main
+
+
+def test_quick_bench_writes_every_figure(tmp_path, shared_data, capsys):
+    out = tmp_path / "bench.json"
+    status = main(["bench", "--quick", "--repeats", "2", "--epoch-images", "1280",
+                   "--json", str(out), "--data-dir", str(shared_data / "fashion-mnist")])
+    assert status == 0
+    results = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert "GEMM" in printed and "speedup" in printed
+
+    assert results["gemm"]["gflops_median"] > 0
+    blas = results["environment"]["blas"]
+    assert blas["library"] and "threads" in blas
+    assert results["environment"]["torch"]["threads"] >= 1
+
+    for op in ("conv1", "conv2", "pool1", "pool2"):
+        for kind in ("forward", "forward+backward"):
+            entry = results["ops"][f"{op} {kind}"]
+            assert {"cnnlab", "torch_nchw", "torch_channels_last"} <= entry.keys()
+            assert entry["cnnlab"]["min_s"] <= entry["cnnlab"]["median_s"] <= entry["cnnlab"]["max_s"]
+            assert entry["speedup_vs_torch"] > 0
+    for op in ("relu (conv1 output) forward+backward", "linear forward+backward",
+               "cross-entropy forward+backward"):
+        assert results["ops"][op]["speedup_vs_torch"] > 0
+
+    for model in ("cnn", "mlp"):
+        for kind in ("train step", "inference"):
+            entry = results["models"][f"{model} {kind} batch 128"]
+            assert entry["cnnlab"]["images_per_second"] > 0
+            assert 0 < entry["fraction_of_gemm_bound"] < 1.5
+            assert entry["speedup_vs_torch"] > 0
+    assert "torch_channels_last" in results["models"]["cnn train step batch 128"]
+
+    epoch = results["epoch"]
+    assert epoch["images"] == 1280 and epoch["times_gemm_bound"] > 0.5
+    assert results["train_memory"]["peak_rss_mb"] > 20, results["train_memory"]
