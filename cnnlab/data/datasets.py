@@ -1,0 +1,402 @@
+"""Finding, verifying and loading datasets: named ones (mnist, fashion-mnist, kmnist) or
+any folder holding the four MNIST-format files.
+
+Where a named dataset is looked for, in order (the first folder holding all four files
+wins; see docs/data.md):
+
+1. the ``data_dir`` argument (``--data-dir``): ``DIR/<name>/``, then ``DIR/`` itself;
+2. ``$CNNLAB_DATA_DIR/<name>/``;
+3. the user cache: ``$XDG_CACHE_HOME/cnnlab/<name>/`` or ``~/.cache/cnnlab/<name>/``;
+4. system folders: ``/usr/share/datasets/<name>/`` (Debian's ``dataset-fashion-mnist``),
+   overridable with ``$CNNLAB_SYSTEM_DATA_DIRS`` (paths separated by ``os.pathsep``);
+5. otherwise the files are downloaded into ``DIR/<name>/`` (with ``data_dir``) or the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cnnlab.data.download import download_file
+from cnnlab.data.idx import IdxContent, decode_idx, read_file_bytes
+from cnnlab.data.registry import DATASETS, FILE_NAMES, DatasetInfo, canonical_name, get_dataset_info
+from cnnlab.errors import ConfigError, DataError, DownloadError
+
+SYSTEM_DATA_DIRS: tuple[str, ...] = ("/usr/share/datasets",)
+CLASSES_FILE = "classes.txt"
+_KEY_TEXT = {"train_images": "training images", "train_labels": "training labels",
+             "test_images": "test images", "test_labels": "test labels"}
+
+
+@dataclass
+class Dataset:
+    """A loaded dataset: uint8 images and int64 labels for the training and test splits.
+
+    Attributes:
+        name: the registry name, or the folder's name for a user dataset.
+        classes: class names, index = label.
+        train_images: (N_train, H, W) uint8.  train_labels: (N_train,) int64.
+        test_images: (N_test, H, W) uint8.  test_labels: (N_test,) int64.
+        source: the folder the files were read from.
+        verified: True when every file matched its published checksum.
+        files: key ("train_images", ...) -> path of the file read.
+        verification: key -> how that file was verified ("md5", "sha256", "structure").
+    """
+
+    name: str
+    classes: list[str]
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    source: str
+    verified: bool
+    files: dict[str, str] = field(default_factory=dict)
+    verification: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return tuple(self.train_images.shape[1:])
+
+
+# ----------------------------------------------------------------------------- folders
+
+def cache_root() -> Path:
+    """``$XDG_CACHE_HOME/cnnlab`` or ``~/.cache/cnnlab``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cnnlab"
+
+
+def system_roots() -> list[Path]:
+    """System-wide dataset roots: ``$CNNLAB_SYSTEM_DATA_DIRS`` or :data:`SYSTEM_DATA_DIRS`."""
+    value = os.environ.get("CNNLAB_SYSTEM_DATA_DIRS")
+    roots = value.split(os.pathsep) if value is not None else SYSTEM_DATA_DIRS
+    return [Path(root) for root in roots if root]
+
+
+def search_folders(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The folders looked in for the named dataset ``name``, in order."""
+    folders = []
+    if data_dir is not None:
+        folders += [Path(data_dir) / name, Path(data_dir)]
+    if os.environ.get("CNNLAB_DATA_DIR"):
+        folders.append(Path(os.environ["CNNLAB_DATA_DIR"]) / name)
+    folders.append(cache_root() / name)
+    folders += [root / name for root in system_roots()]
+    return folders
+
+
+def download_folder(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """Where a download of ``name`` goes: ``data_dir/<name>`` or the user cache."""
+    return (Path(data_dir) if data_dir is not None else cache_root()) / name
+
+
+def _candidates(standard_name: str) -> list[str]:
+    """Accepted names for a file: the .gz, the uncompressed one, and the dotted variant."""
+    raw = standard_name[:-3]
+    dotted = raw.replace("-idx", ".idx")  # "train-images.idx3-ubyte", as some unzippers make
+    return [standard_name, raw, dotted + ".gz", dotted]
+
+
+def find_files(folder: str | os.PathLike) -> dict[str, Path]:
+    """The dataset files present in ``folder``: key -> path (missing keys are absent)."""
+    folder = Path(folder)
+    found = {}
+    for key, standard_name in FILE_NAMES.items():
+        for candidate in _candidates(standard_name):
+            path = folder / candidate
+            if path.is_file():
+                found[key] = path
+                break
+    return found
+
+
+def locate(name: str, data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The first search folder holding all four files of dataset ``name``, or None."""
+    for folder in search_folders(name, data_dir):
+        if len(find_files(folder)) == len(FILE_NAMES):
+            return folder
+    return None
+
+
+# ------------------------------------------------------------------------ verification
+
+def _verify(content: IdxContent, data: bytes, info: DatasetInfo, key: str, path: Path) -> str:
+    """How the file matched ("md5" or "sha256"); DataError if it matches neither."""
+    expected = info.files[key]
+    if expected.md5 and content.compressed and hashlib.md5(data).hexdigest() == expected.md5:
+        return "md5"
+    if expected.sha256:
+        digest = hashlib.sha256(content.header)
+        digest.update(memoryview(content.payload))
+        if digest.hexdigest() == expected.sha256:
+            return "sha256"
+    if expected.md5 and not content.compressed and not expected.sha256:
+        how = f"{info.name} publishes only the MD5 of the .gz, so keep the file compressed"
+    else:
+        how = "it is corrupt, from another dataset, or altered"
+    raise DataError(f"{path}: does not match the published checksum of {info.name}'s "
+                    f"{expected.name} ({how}); delete it and run "
+                    f"'cnnlab data download {info.name}' again")
+
+
+def verify_file(path: str | os.PathLike, name: str, key: str) -> str:
+    """Check one file of a named dataset against its published checksums.
+
+    Args:
+        path: the file (.gz or decompressed).
+        name: dataset name, e.g. "mnist".
+        key: "train_images", "train_labels", "test_images" or "test_labels".
+
+    Returns:
+        "md5" when the .gz matched the published MD5, "sha256" when the decompressed content
+        matched (a recompressed or un-gzipped copy).
+
+    Raises:
+        DataError: the file is unreadable, not valid IDX, or matches neither checksum.
+    """
+    info = get_dataset_info(name)
+    if key not in FILE_NAMES:
+        raise ConfigError(f"unknown file key '{key}'; use one of {', '.join(FILE_NAMES)}")
+    path = Path(path)
+    data = read_file_bytes(path)
+    return _verify(decode_idx(data, str(path)), data, info, key, path)
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _read_split(files: dict[str, Path], info: DatasetInfo | None):
+    """Read the four files; returns arrays and how each was verified."""
+    arrays, verification = {}, {}
+    for key, path in files.items():
+        data = read_file_bytes(path)
+        content = decode_idx(data, str(path))
+        verification[key] = _verify(content, data, info, key, path) if info else "structure"
+        arrays[key] = content.array
+        del data
+    return arrays, verification
+
+
+def _check_split(images: np.ndarray, labels: np.ndarray, split: str, files: dict[str, Path]):
+    images_path, labels_path = files[f"{split}_images"], files[f"{split}_labels"]
+    if images.ndim != 3:
+        raise DataError(f"{images_path}: holds an array of shape {images.shape}; {split} images "
+                        f"must be 3-D (count, height, width)")
+    if images.dtype != np.uint8:
+        raise DataError(f"{images_path}: holds {images.dtype} values; images must be 0-255 "
+                        f"unsigned bytes (IDX type 0x08)")
+    if labels.ndim != 1:
+        raise DataError(f"{labels_path}: holds an array of shape {labels.shape}; labels must be "
+                        f"1-D (count,)")
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{labels_path}: holds {labels.dtype} values; labels must be integers")
+    if len(images) != len(labels):
+        raise DataError(f"{images_path.name} has {len(images)} images but {labels_path.name} has "
+                        f"{len(labels)} labels (in {images_path.parent}); the files do not belong "
+                        f"together: replace them with a matching pair")
+    if len(images) == 0:
+        raise DataError(f"{images_path}: holds no images; the {split} split must not be empty")
+    if labels.min() < 0:
+        raise DataError(f"{labels_path}: has a negative label ({int(labels.min())}); labels must "
+                        f"be class indices 0..K-1")
+
+
+def _check_labels_in_range(labels: np.ndarray, path: Path, classes: list[str], origin: str):
+    largest = int(labels.max())
+    if largest >= len(classes):
+        raise DataError(f"{path}: has label {largest} but {origin} names only {len(classes)} "
+                        f"classes (labels 0..{len(classes) - 1})")
+
+
+def _read_classes_file(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: cannot be read as UTF-8 text ({error})") from None
+    classes = [line.strip() for line in text.splitlines() if line.strip()]
+    if not classes:
+        raise DataError(f"{path}: has no class names; write one name per line, or delete it")
+    return classes
+
+
+def _build(name: str, folder: Path, files: dict[str, Path], info: DatasetInfo | None) -> Dataset:
+    arrays, verification = _read_split(files, info)
+    for split in ("train", "test"):
+        _check_split(arrays[f"{split}_images"], arrays[f"{split}_labels"], split, files)
+    if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
+        raise DataError(f"{folder}: training images are {arrays['train_images'].shape[1:]} but "
+                        f"test images are {arrays['test_images'].shape[1:]}; "
+                        f"both must have one size")
+    if info is not None:
+        classes, origin = list(info.classes), f"dataset {info.name}"
+    elif (folder / CLASSES_FILE).is_file():
+        classes, origin = _read_classes_file(folder / CLASSES_FILE), str(folder / CLASSES_FILE)
+    else:
+        top = max(int(arrays["train_labels"].max()), int(arrays["test_labels"].max()))
+        classes, origin = [str(label) for label in range(top + 1)], "the labels"
+    for split in ("train", "test"):
+        _check_labels_in_range(arrays[f"{split}_labels"], files[f"{split}_labels"], classes, origin)
+    return Dataset(
+        name=name, classes=classes,
+        train_images=arrays["train_images"],
+        train_labels=arrays["train_labels"].astype(np.int64),
+        test_images=arrays["test_images"],
+        test_labels=arrays["test_labels"].astype(np.int64),
+        source=str(folder), verified=info is not None,
+        files={key: str(path) for key, path in files.items()}, verification=verification,
+    )
+
+
+def load_folder(folder: str | os.PathLike, info: DatasetInfo | None = None) -> Dataset:
+    """Load the four files in ``folder``; verified against ``info`` when given.
+
+    Without ``info`` (a user's own data) only the structure is checked: valid IDX, images
+    3-D uint8, labels 1-D integers, counts agreeing, labels within the classes (from
+    ``classes.txt``, one name per line, or "0".."K-1").
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise DataError(f"{folder}: no such folder; give a dataset name "
+                        f"({', '.join(DATASETS)}) or a folder holding the four IDX files")
+    if not folder.is_dir():
+        raise DataError(f"{folder}: is not a folder; give a dataset name "
+                        f"({', '.join(DATASETS)}) or a folder holding the four IDX files")
+    files = find_files(folder)
+    missing = [FILE_NAMES[key] for key in FILE_NAMES if key not in files]
+    if missing:
+        raise DataError(f"{folder}: missing {', '.join(missing)} (the .gz or uncompressed); a "
+                        f"dataset folder holds {', '.join(FILE_NAMES.values())}")
+    name = info.name if info else (folder.resolve().name or str(folder))
+    return _build(name, folder, files, info)
+
+
+def _looks_like_path(text: str) -> bool:
+    return os.sep in text or (os.altsep or os.sep) in text or text.startswith((".", "~"))
+
+
+def load_dataset(name_or_folder: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+                 download: bool = True, progress: bool = True,
+                 timeout: float | None = None) -> Dataset:
+    """Load a named dataset (finding or downloading it) or a folder of MNIST-format files.
+
+    Args:
+        name_or_folder: "mnist", "fashion-mnist", "kmnist", or a folder path. A registry
+            name wins over a folder of the same name; write "./mnist" for the folder.
+        data_dir: a folder to look in first (``DIR/<name>/``, then ``DIR/``); downloads go to
+            ``DIR/<name>/``. Default: the search order in this module's docstring.
+        download: fetch a named dataset that is not found anywhere.
+        progress: show download progress, and say on standard error when a folder's data is
+            not verified.
+        timeout: seconds a download may wait to connect or for data (default 30).
+
+    Returns:
+        A :class:`Dataset`; ``verified`` is True for checksummed named datasets.
+
+    Raises:
+        ConfigError: unknown dataset name (suggesting the closest).
+        DataError: a file is corrupt, fails its checksum, or the files disagree.
+        DownloadError: not found locally and every mirror failed (or ``download=False``).
+    """
+    text = os.fspath(name_or_folder)
+    canonical = None if _looks_like_path(text) else canonical_name(text)
+    if canonical is None:
+        folder = Path(text).expanduser()
+        if folder.is_dir():
+            dataset = load_folder(folder)
+            if progress:
+                print(f"cnnlab: {folder}: user data, checked for structure only "
+                      f"(no published checksums)", file=sys.stderr)
+            return dataset
+        if _looks_like_path(text) or folder.exists():
+            load_folder(folder)  # raises the DataError that says what is wrong
+        get_dataset_info(text)  # raises ConfigError with the closest name
+    info = DATASETS[canonical]
+    folder = locate(info.name, data_dir)
+    if folder is None:
+        folder = download_dataset(info.name, data_dir=data_dir, progress=progress,
+                                  timeout=timeout, allow=download)
+    return load_folder(folder, info)
+
+
+# ---------------------------------------------------------------------------- download
+
+def how_to_get(info: DatasetInfo, data_dir: str | os.PathLike | None = None) -> str:
+    """One line telling where to put the four files and how to get them."""
+    folders = ", ".join(str(folder) for folder in search_folders(info.name, data_dir))
+    urls = " or ".join(info.mirrors)
+    apt = (f", or 'sudo apt-get install {info.apt_package}'" if info.apt_package else "")
+    partial = ""
+    for folder in search_folders(info.name, data_dir):
+        found = find_files(folder) if folder.is_dir() else {}
+        if 0 < len(found) < len(FILE_NAMES):
+            missing = [FILE_NAMES[key] for key in FILE_NAMES if key not in found]
+            partial += f" ({folder} lacks {', '.join(missing)})"
+    return (f"put the four files ({', '.join(FILE_NAMES.values())}) in one of: {folders}{partial}; "
+            f"get them from {urls}{apt}; or point --data-dir (or $CNNLAB_DATA_DIR) "
+            f"at a folder that holds them")
+
+
+def download_dataset(name: str, data_dir: str | os.PathLike | None = None, progress: bool = True,
+                     timeout: float | None = None, retries: int | None = None,
+                     backoff: float | None = None, mirrors: tuple[str, ...] | None = None,
+                     allow: bool = True) -> Path:
+    """Download the missing or unverified files of a named dataset; the folder they are in.
+
+    Files already in the target folder that pass verification are kept. ``mirrors``
+    overrides the registry's (for tests and private mirrors).
+    """
+    info = get_dataset_info(name)
+    folder = download_folder(info.name, data_dir)
+    present = find_files(folder) if folder.is_dir() else {}
+    todo = []
+    for key, file_info in info.files.items():
+        path = present.get(key)
+        if path is not None:
+            try:
+                verify_file(path, info.name, key)
+                continue
+            except DataError:
+                if path.name != file_info.name:
+                    raise
+        todo.append(key)
+    if todo and not allow:
+        raise DownloadError(f"{info.name} was not found; run 'cnnlab data download {info.name}' "
+                            f"to fetch it, or {how_to_get(info, data_dir)}")
+    for key in todo:
+        file_info = info.files[key]
+        urls = [base + file_info.name for base in (mirrors or info.mirrors)]
+        try:
+            download_file(urls, folder / file_info.name, _verifier(info, key), timeout=timeout,
+                          retries=retries, backoff=backoff, progress=progress)
+        except DownloadError as error:
+            raise DownloadError(f"{error}. To use {info.name} offline, "
+                                f"{how_to_get(info, data_dir)}") from None
+    return folder
+
+
+def _verifier(info: DatasetInfo, key: str):
+    """Accept a download whose .gz MD5 or decompressed SHA-256 matches (mirrors may recompress)."""
+    expected = info.files[key]
+
+    def verify(path: Path) -> None:
+        data = read_file_bytes(path)
+        try:
+            content = decode_idx(data, expected.name)
+        except DataError as error:
+            raise DataError(f"not a valid IDX file ({error})") from None
+        try:
+            _verify(content, data, info, key, path)
+        except DataError:
+            digest = hashlib.md5(data).hexdigest()
+            raise DataError(f"bad checksum (MD5 {digest}, expected {expected.md5})") from None
+
+    return verify
