@@ -21,3 +21,13 @@ def shared_data() -> Path:
     """../shared/data: real MNIST test set and full Fashion-MNIST (always present in CI)."""
     assert SHARED_DATA.is_dir(), f"tests need {SHARED_DATA} (see DEVELOPERS.md)"
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_single_thread():
+    """Two pytest workers share two cores: torch's thread pool fighting the other worker makes
+    tiny ops 100x slower. Benchmarks set their own thread count."""
+    import torch
+
+    torch.set_num_threads(1)
+    yield

@@ -219,10 +219,10 @@ class Linear(Module):
         return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
-        dx, dweight, dbias = linear_backward(dy, self._saved_cache())
+        dx, dweight, dbias = linear_backward(dy, self._saved_cache(), input_grad=self.requires_input_grad)
         _add_grad(self.weight, dweight)
         _add_grad(self.bias, dbias)
-        return dx if self.requires_input_grad else None
+        return dx
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -50,10 +50,13 @@ def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = 
     return y, (x, weight, bias is not None)
 
 
-def linear_backward(dy: np.ndarray, cache):
+def linear_backward(dy: np.ndarray, cache, input_grad: bool = True):
     """Gradients of the weighted sum.
 
     dL/dx = dy W,   dL/dW = dy^T x,   dL/db = sum over the batch of dy.
+
+    ``input_grad=False`` skips dL/dx (returned as None): the first layer of a
+    network never needs it.
 
     Shape:
         - dy: (N, out_features)
@@ -61,7 +64,7 @@ def linear_backward(dy: np.ndarray, cache):
           dbias: (out_features,) or None when the forward had no bias.
     """
     x, weight, has_bias = cache
-    dx = dy @ weight
+    dx = dy @ weight if input_grad else None
     dweight = dy.T @ x
     dbias = dy.sum(axis=0) if has_bias else None
     return dx, dweight, dbias
