@@ -1,11 +1,93 @@
-"""PLACEHOLDER: replaced by the owner of `cnnlab evaluate`."""
+"""``cnnlab evaluate RUN_OR_CHECKPOINT``: test accuracy, loss, per-class accuracy, confusion."""
 
-HELP = "evaluate (not built yet)"
+from __future__ import annotations
 
-
-def add_arguments(parser):
-    pass
+HELP = "test accuracy, loss, per-class accuracy and confusion matrix of a trained model"
 
 
-def run(args):
-    raise SystemExit("cnnlab evaluate: not built yet")
+def add_arguments(parser) -> None:
+    parser.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT",
+                        help="a run folder (uses its checkpoint.npz) or a checkpoint .npz file")
+    parser.add_argument("--dataset", default=None, metavar="NAME",
+                        help="dataset name or folder of IDX files (default: the one it was "
+                             "trained on)")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="folder to look for (and download) datasets in")
+    parser.add_argument("--batch-size", type=int, default=1000, metavar="N",
+                        help="images per forward pass (default 1000)")
+    parser.add_argument("--json", default=None, metavar="FILE",
+                        help="also write the results as JSON to FILE")
+
+
+def run(args) -> int:
+    from cnnlab.checkpoint import load_checkpoint, model_from_checkpoint
+    from cnnlab.data import load_dataset
+    from cnnlab.errors import ConfigError
+    from cnnlab.evaluation import evaluate
+    from cnnlab.fileio import write_json
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(checkpoint)
+    meta = checkpoint.meta
+    dataset_name = args.dataset or _dataset_name(meta.get("dataset"))
+    if not dataset_name:
+        raise ConfigError(f"{checkpoint.path} does not say which dataset it was trained on: "
+                          "give --dataset NAME")
+    dataset = load_dataset(dataset_name, data_dir=args.data_dir)
+    input_shape = tuple(meta.get("input_shape", (1, 28, 28)))
+    if tuple(dataset.image_shape) != input_shape[-2:]:
+        raise ConfigError(f"dataset '{dataset_name}' has {_size(dataset.image_shape)} images but "
+                          f"the model takes {_size(input_shape[-2:])}: choose another --dataset")
+    num_classes = int(meta.get("num_classes", 10))
+    classes = list(meta.get("classes") or dataset.classes)
+    if len(classes) != num_classes:
+        classes = [str(index) for index in range(num_classes)]
+    normalization = meta.get("normalization") or {"kind": "unit"}
+    result = evaluate(model, dataset.test_images, dataset.test_labels,
+                      batch_size=args.batch_size, normalization=normalization.get("kind", "unit"),
+                      mean=normalization.get("mean"), std=normalization.get("std"),
+                      num_classes=num_classes)
+    print(format_report(result, classes, checkpoint, dataset_name))
+    if args.json:
+        data = result.to_dict(classes)
+        data.update({"checkpoint": checkpoint.path, "dataset": dataset_name,
+                     "model": meta.get("model"), "epoch": meta.get("epoch")})
+        write_json(args.json, data)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def format_report(result, classes, checkpoint, dataset_name: str) -> str:
+    from cnnlab.evaluation import format_confusion
+
+    meta = checkpoint.meta
+    correct = int(result.confusion.trace())
+    epoch = f", epoch {meta['epoch']}" if meta.get("epoch") is not None else ""
+    lines = [
+        f"checkpoint:    {checkpoint.path} (model '{meta.get('model')}'{epoch})",
+        f"dataset:       {dataset_name}, test split, {result.num_samples:,} images",
+        f"test accuracy: {result.accuracy:.4f} ({correct:,} / {result.num_samples:,})",
+        f"test loss:     {result.loss:.4f}",
+        "",
+        "per-class accuracy:",
+    ]
+    name_width = max(len(name) for name in classes)
+    totals = result.confusion.sum(axis=1)
+    for index, name in enumerate(classes):
+        value = result.per_class_accuracy[index]
+        text = "   n/a" if value != value else f"{value:.4f}"
+        lines.append(f"  {index:>2} {name:<{name_width}}  {text}  "
+                     f"({int(result.confusion[index, index]):,} / {int(totals[index]):,})")
+    lines += ["", "confusion matrix (rows: true class, columns: predicted class):",
+              format_confusion(result.confusion, classes)]
+    return "\n".join(lines)
+
+
+def _dataset_name(value) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("name") or value.get("source")
+    return value if isinstance(value, str) and value else None
+
+
+def _size(shape) -> str:
+    return "x".join(str(size) for size in shape)

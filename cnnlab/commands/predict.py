@@ -1,11 +1,68 @@
-"""PLACEHOLDER: replaced by the owner of `cnnlab predict`."""
+"""``cnnlab predict CHECKPOINT IMAGE...``: the most likely classes of each image."""
 
-HELP = "predict (not built yet)"
+from __future__ import annotations
 
-
-def add_arguments(parser):
-    pass
+HELP = "classify images (PNG, JPEG, IDX) with a trained model: top-k classes and probabilities"
 
 
-def run(args):
-    raise SystemExit("cnnlab predict: not built yet")
+def add_arguments(parser) -> None:
+    parser.add_argument("checkpoint", metavar="CHECKPOINT",
+                        help="a checkpoint .npz file or a run folder")
+    parser.add_argument("images", metavar="IMAGE", nargs="+",
+                        help="image files: PNG/JPEG/... (prepared like MNIST: dark background, "
+                             "centred, 20-pixel box) or IDX files (each image used as it is)")
+    parser.add_argument("--top-k", type=int, default=3, metavar="K",
+                        help="how many classes to show per image (default 3)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def run(args) -> int:
+    import json
+
+    import numpy as np
+
+    from cnnlab.checkpoint import load_model
+    from cnnlab.errors import ConfigError
+    from cnnlab.evaluation import predict_logits
+    from cnnlab.images import load_inputs, to_model_input
+    from cnnlab.ops.activation import softmax
+
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
+    model, meta = load_model(args.checkpoint)
+    input_shape = tuple(meta.get("input_shape", (1, 28, 28)))
+    if len(input_shape) != 3 or input_shape[0] != 1:
+        raise ConfigError(f"this model takes inputs of shape {input_shape}; predict reads "
+                          "single-channel images")
+    num_classes = int(meta.get("num_classes", 10))
+    classes = list(meta.get("classes") or [])
+    if len(classes) != num_classes:
+        classes = [str(index) for index in range(num_classes)]
+    inputs = load_inputs(args.images, image_size=input_shape[1:])
+    pixels = np.stack([item.pixels for item in inputs])
+    x = to_model_input(pixels, meta.get("normalization"))
+    probabilities = softmax(predict_logits(model, x).astype(np.float64), axis=1)
+    top_k = min(args.top_k, num_classes)
+    results = []
+    for item, row in zip(inputs, probabilities):
+        order = np.argsort(-row, kind="stable")[:top_k]
+        results.append({"image": item.name, "top": [
+            {"class": int(index), "name": classes[index], "probability": float(row[index])}
+            for index in order]})
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(format_predictions(results))
+    return 0
+
+
+def format_predictions(results: list[dict]) -> str:
+    lines = []
+    for result in results:
+        best = result["top"][0]
+        lines.append(f"{result['image']}: {best['name']} ({best['probability']:.1%})")
+        for entry in result["top"]:
+            bar = "#" * int(round(entry["probability"] * 20))
+            lines.append(f"  {entry['class']:>3} {entry['name']:<14} "
+                         f"{entry['probability']:7.2%}  {bar}")
+    return "\n".join(lines)

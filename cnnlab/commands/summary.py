@@ -1,11 +1,64 @@
-"""PLACEHOLDER: replaced by the owner of `cnnlab summary`."""
+"""``cnnlab summary MODEL``: each layer's output shape, parameters and FLOPs."""
 
-HELP = "summary (not built yet)"
+from __future__ import annotations
+
+import json
+import os
+
+HELP = "print each layer's output shape, parameter count and FLOPs (a model name, spec or checkpoint)"
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser) -> None:
+    parser.add_argument("model", metavar="MODEL",
+                        help="mlp, cnn, cnn-bn, a spec like 'c32k3p1-p2-fc128' "
+                             "(docs/models.md), or a checkpoint .npz / run folder")
+    parser.add_argument("--input-shape", default=None, metavar="C,H,W",
+                        help="shape of one input image (default 1,28,28, or the checkpoint's)")
+    parser.add_argument("--num-classes", type=int, default=None, metavar="K",
+                        help="number of classes (default 10, or the checkpoint's)")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON instead")
 
 
-def run(args):
-    raise SystemExit("cnnlab summary: not built yet")
+def parse_shape(text: str) -> tuple[int, ...]:
+    """ "1,28,28" or "1x28x28" -> (1, 28, 28)."""
+    from cnnlab.errors import ConfigError
+
+    parts = [part for part in text.replace("x", ",").split(",") if part.strip()]
+    try:
+        shape = tuple(int(part) for part in parts)
+    except ValueError:
+        raise ConfigError(f"--input-shape must be C,H,W like 1,28,28, got '{text}'") from None
+    if len(shape) not in (1, 3) or min(shape) < 1:
+        raise ConfigError(f"--input-shape must be C,H,W (or F) with sizes >= 1, got '{text}'")
+    return shape
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from cnnlab.models import build_model
+    from cnnlab.summary import format_summary, summarize, totals
+
+    if os.path.exists(args.model):
+        from cnnlab.checkpoint import load_model
+
+        model, meta = load_model(args.model)
+        spec = meta.get("model")
+        input_shape = tuple(meta.get("input_shape", (1, 28, 28)))
+        title = f"{args.model}: model '{spec}', input {_shape_text(input_shape)}"
+    else:
+        input_shape = parse_shape(args.input_shape) if args.input_shape else (1, 28, 28)
+        num_classes = 10 if args.num_classes is None else args.num_classes
+        model = build_model(args.model, np.random.default_rng(0), input_shape, num_classes)
+        title = f"model '{args.model}', input {_shape_text(input_shape)}, {num_classes} classes"
+    rows = summarize(model, input_shape)
+    if args.json:
+        print(json.dumps({"rows": [row.to_dict() for row in rows], "totals": totals(rows)},
+                         indent=2))
+    else:
+        print(format_summary(rows, title=title))
+    return 0
+
+
+def _shape_text(shape) -> str:
+    return "x".join(str(size) for size in shape)

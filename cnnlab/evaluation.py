@@ -1,0 +1,181 @@
+"""Accuracy, loss, per-class accuracy and the confusion matrix of a model over a dataset.
+
+The model runs in eval mode (Dropout off, BatchNorm on its running statistics) over large
+batches, and is put back into the mode it was in. Used by ``cnnlab train`` after each epoch
+and by ``cnnlab evaluate``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from cnnlab.errors import ConfigError, ShapeError
+
+
+def predict_logits(model, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Run ``model`` in eval mode on already-normalised inputs, ``batch_size`` at a time.
+
+    Args:
+        model: an ``nn.Module`` (usually the ``Sequential`` from ``build_model``).
+        x: (N, C, H, W) or (N, F) float inputs, normalised as the model was trained.
+        batch_size: images per forward pass; larger is faster and uses more memory.
+
+    Returns:
+        logits, shape (N, K), in the dtype of the model's output.
+    """
+    _check_batch_size(batch_size)
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = [model(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
+    finally:
+        model.train(was_training)
+    if not outputs:
+        raise ShapeError("predict_logits: no inputs (the array has 0 samples)")
+    return np.concatenate(outputs, axis=0)
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of rows whose largest logit is at the true label (the lectures' ``accuracy``)."""
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        return math.nan
+    return float(np.mean(np.argmax(logits, axis=1) == labels))
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts of (true class, predicted class) pairs.
+
+    Returns:
+        (K, K) int64; entry [i, j] is the number of samples of class i predicted as j, so the
+        diagonal holds the correct ones and row i sums to the number of samples of class i.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    predictions = np.asarray(predictions, dtype=np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ShapeError(
+            f"labels range over {labels.min()}..{labels.max()} but the model has {num_classes} "
+            "classes: is this the dataset the model was trained on?"
+        )
+    flat = np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes).astype(np.int64)
+
+
+def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
+    """Diagonal over row sums: the recall of each class; nan for a class with no samples."""
+    totals = confusion.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, np.diag(confusion) / np.maximum(totals, 1), np.nan)
+
+
+@dataclass
+class Evaluation:
+    """The result of :func:`evaluate`."""
+
+    loss: float
+    accuracy: float
+    num_samples: int
+    confusion: np.ndarray
+    per_class_accuracy: np.ndarray
+
+    def to_dict(self, classes: list[str] | None = None) -> dict:
+        """JSON-ready: floats and nested lists (nan becomes None)."""
+        result = {
+            "loss": self.loss,
+            "accuracy": self.accuracy,
+            "num_samples": self.num_samples,
+            "per_class_accuracy": [None if math.isnan(v) else float(v)
+                                   for v in self.per_class_accuracy],
+            "confusion": self.confusion.tolist(),
+        }
+        if classes is not None:
+            result["classes"] = list(classes)
+        return result
+
+
+def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000,
+             normalization: str = "unit", mean: float | None = None, std: float | None = None,
+             num_classes: int | None = None) -> Evaluation:
+    """Loss, accuracy and confusion matrix of ``model`` over uint8 images.
+
+    Args:
+        model: the network; run in eval mode, then put back into its previous mode.
+        images: (N, H, W) uint8, as ``Dataset.test_images``.
+        labels: (N,) integer class indices.
+        batch_size: images per forward pass (default 1000).
+        normalization, mean, std: as ``cnnlab.data.to_float`` (the ones used in training).
+        num_classes: K; by default the width of the model's output.
+
+    Returns:
+        :class:`Evaluation`. The loss is the mean cross-entropy
+        :math:`-\\frac{1}{N}\\sum_n \\log \\mathrm{softmax}(z_n)_{y_n}`.
+    """
+    from cnnlab.data import to_float
+    from cnnlab.ops.activation import log_softmax
+
+    _check_batch_size(batch_size)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(images) != len(labels):
+        raise ShapeError(f"{len(images)} images but {len(labels)} labels")
+    if len(labels) == 0:
+        raise ShapeError("cannot evaluate on an empty dataset (0 images)")
+    total_loss = 0.0
+    predictions = np.empty(len(labels), dtype=np.int64)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(labels), batch_size):
+            x = to_float(images[start:start + batch_size], normalization=normalization,
+                         mean=mean, std=std)
+            logits = model(x)
+            if num_classes is None:
+                num_classes = logits.shape[1]
+            batch_labels = labels[start:start + batch_size]
+            _check_labels(batch_labels, logits.shape[1])
+            log_probabilities = log_softmax(logits.astype(np.float64), axis=1)
+            total_loss -= float(log_probabilities[np.arange(len(batch_labels)), batch_labels].sum())
+            predictions[start:start + len(batch_labels)] = np.argmax(logits, axis=1)
+    finally:
+        model.train(was_training)
+    confusion = confusion_matrix(labels, predictions, num_classes)
+    return Evaluation(
+        loss=total_loss / len(labels),
+        accuracy=float(np.mean(predictions == labels)),
+        num_samples=int(len(labels)),
+        confusion=confusion,
+        per_class_accuracy=per_class_accuracy(confusion),
+    )
+
+
+def format_confusion(confusion: np.ndarray, classes: list[str] | None = None) -> str:
+    """The confusion matrix as a text table: rows are true classes, columns predictions.
+
+    Columns are headed by class index (names are often too long for a column); each row starts
+    with index and name.
+    """
+    num_classes = confusion.shape[0]
+    names = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
+    width = max(4, len(str(int(confusion.max()))) + 1 if confusion.size else 4)
+    label_width = max(len(f"{i} {name}") for i, name in enumerate(names))
+    header = " " * label_width + " |" + "".join(f"{j:>{width}}" for j in range(num_classes))
+    lines = ["true \\ predicted".ljust(len(header)), header, "-" * len(header)]
+    for i, name in enumerate(names):
+        cells = "".join(f"{int(count):>{width}}" for count in confusion[i])
+        lines.append(f"{f'{i} {name}':<{label_width}} |{cells}")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+
+
+def _check_labels(labels: np.ndarray, num_outputs: int) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= num_outputs):
+        raise ShapeError(
+            f"labels range over {labels.min()}..{labels.max()} but the model has {num_outputs} "
+            "outputs: is this the dataset the model was trained on?"
+        )

@@ -1,0 +1,379 @@
+"""The named models (``mlp``, ``cnn``, ``cnn-bn``) and user architectures from a spec string.
+
+A spec is a list of layers separated by ``-``, ``,`` or spaces, like the lectures' ``f_n``
+lists (the grammar is in docs/models.md)::
+
+    build_model("cnn", rng)                       # the lecture CNN
+    build_model("c32k3p1-bn-p2-c64k3p1-p2-fc128", rng)
+    build_model("784-500-10", rng)                # the lecture's f_n = [784, 500, 10]
+
+Every shape is worked out before any array is allocated, with the lecture's output-size formula
+(:func:`cnnlab.ops.conv.conv2d_output_size`), so a layer that does not fit is reported as a
+:class:`ConfigError` naming the layer (its position and text) and the numbers.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cnnlab.errors import ConfigError
+
+# name -> the equivalent spec; the classifier Linear(features, num_classes) is always appended
+NAMED_SPECS = {
+    # the lecture's 784-500-10 network, without the ReLU the lecture puts on the logits
+    "mlp": "fc500",
+    # the lecture CNN: Conv(1->32,k3,p1)-ReLU-MaxPool2-Conv(32->64,k3,p1)-ReLU-MaxPool2-Linear(3136->10)
+    "cnn": "c32k3p1-p2-c64k3p1-p2",
+    # three conv-BN-ReLU-pool blocks, dropout around a hidden layer: >= 0.93 on Fashion-MNIST
+    "cnn-bn": "c32k3p1-bn-p2-c64k3p1-bn-p2-c128k3p1-bn-p2-flatten-drop0.3-fc128-drop0.3",
+}
+MODEL_NAMES = tuple(NAMED_SPECS)
+
+_MAX_WIDTH = 65536          # channels or features of one layer
+_MAX_PARAMETERS = 500_000_000
+_ACTIVATIONS = ("relu", "tanh", "sigmoid", "lrelu", "leakyrelu")
+_KINDS = ("c", "conv", "fc", "linear", "p", "pool", "maxpool", "ap", "avgpool", "bn",
+          "drop", "dropout", "flatten") + _ACTIVATIONS
+_SPEC_HELP = "see docs/models.md, e.g. 'c32k3p1-p2-c64k3p1-p2-fc128' or '784-500-10'"
+
+
+@dataclass
+class LayerPlan:
+    """One layer to build: its class name, constructor arguments and the output shape."""
+
+    kind: str
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    output_shape: tuple = ()
+    parameters: int = 0
+
+
+def build_model(spec: str, rng: np.random.Generator, input_shape=(1, 28, 28),
+                num_classes: int = 10):
+    """Build a named model or a spec string as an ``nn.Sequential``.
+
+    Args:
+        spec: ``"mlp"``, ``"cnn"``, ``"cnn-bn"`` or a spec string (docs/models.md).
+        rng: draws the initial weights (PyTorch's default initialisation) and is kept by the
+            Dropout layers for their masks, so one seed fixes the whole run.
+        input_shape: (C, H, W) of one image, or (F,) for flat inputs.
+        num_classes: K, the width of the last Linear layer (the logits; no activation).
+
+    Returns:
+        ``nn.Sequential`` with ``.spec``, ``.input_shape`` and ``.num_classes`` attributes set.
+
+    Raises:
+        ConfigError: unknown name, bad token, zero/negative sizes, or a layer that does not fit
+            its input; the message names the layer (position and text) and the numbers.
+    """
+    from cnnlab.nn import layers as nn_layers
+    from cnnlab.nn.module import Sequential
+
+    plans = plan_model(spec, input_shape, num_classes)
+    built = []
+    for plan in plans:
+        layer_class = getattr(nn_layers, plan.kind)
+        kwargs = dict(plan.kwargs)
+        if plan.kind in ("Conv2d", "Linear", "Dropout"):
+            kwargs["rng"] = rng
+        built.append(layer_class(*plan.args, **kwargs))
+    model = Sequential(*built)
+    model.spec = spec.strip()
+    model.input_shape = tuple(int(size) for size in input_shape)
+    model.num_classes = int(num_classes)
+    return model
+
+
+def resolve_spec(spec: str) -> str:
+    """The spec string a name stands for (a spec is returned unchanged)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"empty model spec: give one of {', '.join(MODEL_NAMES)} or a spec "
+                          f"({_SPEC_HELP})")
+    return NAMED_SPECS.get(spec.strip().lower(), spec.strip())
+
+
+def plan_model(spec: str, input_shape=(1, 28, 28), num_classes: int = 10) -> list[LayerPlan]:
+    """Parse ``spec`` and work out every layer's output shape, without allocating weights."""
+    input_shape = _check_input_shape(input_shape)
+    num_classes = _check_num_classes(num_classes)
+    original = spec
+    spec = resolve_spec(spec)
+    tokens = [token for token in re.split(r"[\s,\-]+", spec.lower()) if token]
+    if all(token.isdigit() for token in tokens):
+        return _plan_layer_sizes(tokens, input_shape, num_classes, original)
+    if not any(character.isdigit() for character in spec) \
+            and not all(_is_known_kind(token) for token in tokens):
+        _raise_unknown_name(original)
+    planner = _Planner(input_shape)
+    for position, token in enumerate(tokens, start=1):
+        planner.add_token(position, token)
+    planner.finish(num_classes)
+    total = sum(plan.parameters for plan in planner.plans)
+    if total > _MAX_PARAMETERS:
+        raise ConfigError(f"model '{original}' would have {total:,} parameters "
+                          f"(more than {_MAX_PARAMETERS:,}); use fewer or narrower layers")
+    return planner.plans
+
+
+def _check_input_shape(input_shape) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(size) for size in input_shape)
+    except (TypeError, ValueError):
+        raise ConfigError(f"input shape must be C,H,W (like 1,28,28), got {input_shape!r}") from None
+    if len(shape) not in (1, 3) or any(size < 1 for size in shape):
+        raise ConfigError(f"input shape must be C,H,W (like 1,28,28) or F with sizes >= 1, "
+                          f"got {shape}")
+    return shape
+
+
+def _check_num_classes(num_classes) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
+            or num_classes < 1:
+        raise ConfigError(f"number of classes must be a positive integer, got {num_classes!r}")
+    return int(num_classes)
+
+
+def _is_known_kind(token: str) -> bool:
+    match = re.match(r"[a-z]+", token)
+    return bool(match) and match.group() in _KINDS
+
+
+def _raise_unknown_name(spec: str):
+    candidates = list(MODEL_NAMES) + ["fc500", "c32k3p1-p2-c64k3p1-p2"]
+    close = difflib.get_close_matches(spec.strip().lower(), candidates, n=1, cutoff=0.5)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise ConfigError(f"unknown model '{spec}': {hint}use one of {', '.join(MODEL_NAMES)} "
+                      f"or a spec ({_SPEC_HELP})")
+
+
+def _plan_layer_sizes(tokens, input_shape, num_classes, original) -> list[LayerPlan]:
+    """The lecture's ``f_n`` list "784-500-10": input size, hidden widths, classes."""
+    sizes = [int(token) for token in tokens]
+    features = math.prod(input_shape)
+    if len(sizes) < 2:
+        raise ConfigError(f"spec '{original}': a list of sizes needs the input size and the "
+                          f"number of classes at least (like '{features}-500-{num_classes}'); "
+                          f"for one hidden layer write 'fc{sizes[0]}'")
+    if sizes[0] != features:
+        raise ConfigError(f"spec '{original}': the first size is the input size, {sizes[0]}, but "
+                          f"the input {'x'.join(map(str, input_shape))} has {features} values; "
+                          f"write '{features}-{'-'.join(tokens)}' (or 'fc{tokens[0]}')")
+    if sizes[-1] != num_classes:
+        raise ConfigError(f"spec '{original}': the last size is the number of classes, "
+                          f"{sizes[-1]}, but the dataset has {num_classes}")
+    planner = _Planner(input_shape)
+    for position, width in enumerate(sizes[1:-1], start=2):
+        planner.add_token(position, f"fc{width}")
+    planner.finish(num_classes)
+    return planner.plans
+
+
+class _Planner:
+    """Turns tokens into LayerPlans, tracking the current shape (per sample, no batch axis)."""
+
+    def __init__(self, input_shape: tuple[int, ...]):
+        self.shape = input_shape
+        self.plans: list[LayerPlan] = []
+        self.pending_activation = False   # a conv/fc whose activation is not placed yet
+        self.position = 0
+        self.token = ""
+
+    # errors name the layer as the user wrote it
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(f"layer {self.position} '{self.token}': {message}")
+
+    def add(self, kind: str, output_shape: tuple, *args, parameters: int = 0, **kwargs) -> None:
+        self.plans.append(LayerPlan(kind, args, kwargs, tuple(output_shape), parameters))
+        self.shape = tuple(output_shape)
+
+    def add_token(self, position: int, token: str) -> None:
+        self.position, self.token = position, token
+        head = re.match(r"[a-z]+", token)
+        if head is None:
+            raise self.error(f"a layer starts with its kind ({_SPEC_HELP})")
+        kind, rest = head.group(), token[head.end():]
+        if kind == "bn":
+            self._expect_no_rest(rest)
+            return self.add_batch_norm()
+        if kind in _ACTIVATIONS:
+            self.pending_activation = False
+            return self.add_activation(kind, rest)
+        self.place_pending_activation()
+        if kind in ("c", "conv"):
+            self.add_conv(rest)
+        elif kind in ("fc", "linear"):
+            self.add_linear(rest)
+        elif kind in ("p", "pool", "maxpool", "ap", "avgpool"):
+            self.add_pool("AvgPool2d" if kind in ("ap", "avgpool") else "MaxPool2d", rest)
+        elif kind in ("drop", "dropout"):
+            self.add_dropout(rest)
+        elif kind == "flatten":
+            self._expect_no_rest(rest)
+            self.flatten()
+        else:
+            close = difflib.get_close_matches(kind, _KINDS, n=1, cutoff=0.4)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise self.error(f"unknown layer kind '{kind}'{hint} ({_SPEC_HELP})")
+
+    def finish(self, num_classes: int) -> None:
+        self.position, self.token = len(self.plans) + 1, f"classifier Linear(..., {num_classes})"
+        self.place_pending_activation()
+        self.flatten()
+        self.add("Linear", (num_classes,), self.shape[0], num_classes,
+                 parameters=self.shape[0] * num_classes + num_classes)
+
+    # layer kinds
+
+    def add_conv(self, rest: str) -> None:
+        from cnnlab.ops.conv import conv2d_output_size
+
+        options = self._options(rest, {"": None, "k": None, "s": 1, "p": 0, "d": 1}, "c32k3p1")
+        out_channels, kernel = options[""], options["k"]
+        if out_channels is None or kernel is None:
+            raise self.error("a conv layer needs output channels and a kernel size, like c32k3 "
+                             "(options: s STRIDE, p PADDING or psame, d DILATION)")
+        self._check_positive(out_channels=out_channels, kernel_size=kernel, stride=options["s"],
+                             dilation=options["d"])
+        self._check_width(out_channels)
+        padding = self._same_padding(kernel, options) if options["p"] == "same" else options["p"]
+        if len(self.shape) != 3:
+            raise self.error(f"a conv layer needs (C, H, W) input, but its input is "
+                             f"{self._shape_text()} (after flatten/fc): move it earlier")
+        channels, height, width = self.shape
+        out_hw = self._output_size((height, width), kernel, options["s"], padding, options["d"],
+                                   conv2d_output_size, "kernel")
+        self.add("Conv2d", (out_channels,) + out_hw, channels, out_channels, kernel,
+                 stride=options["s"], padding=padding, dilation=options["d"],
+                 parameters=out_channels * channels * kernel * kernel + out_channels)
+        self.pending_activation = True
+
+    def add_linear(self, rest: str) -> None:
+        options = self._options(rest, {"": None}, "fc128")
+        width = options[""]
+        if width is None:
+            raise self.error("a fully connected layer needs its width, like fc128")
+        self._check_positive(out_features=width)
+        self._check_width(width)
+        self.flatten()
+        self.add("Linear", (width,), self.shape[0], width,
+                 parameters=self.shape[0] * width + width)
+        self.pending_activation = True
+
+    def add_pool(self, kind: str, rest: str) -> None:
+        from cnnlab.ops.conv import conv2d_output_size
+
+        options = self._options(rest, {"": 2, "s": None, "p": 0}, "p2")
+        kernel = options[""]
+        stride = options["s"] if options["s"] is not None else kernel
+        self._check_positive(kernel_size=kernel, stride=stride)
+        padding = options["p"]
+        if padding == "same" or padding * 2 > kernel:
+            raise self.error(f"pool padding must be at most half the kernel ({kernel}), "
+                             f"got {padding}")
+        if len(self.shape) != 3:
+            raise self.error(f"pooling needs (C, H, W) input, but its input is {self._shape_text()}")
+        channels, height, width = self.shape
+        out_hw = self._output_size((height, width), kernel, stride, padding, 1,
+                                   conv2d_output_size, "pool window")
+        self.add(kind, (channels,) + out_hw, kernel, stride=stride, padding=padding)
+
+    def add_dropout(self, rest: str) -> None:
+        try:
+            probability = float(rest) if rest else 0.5
+        except ValueError:
+            raise self.error("dropout is 'drop' (p = 0.5) or 'drop0.3'") from None
+        if not 0.0 <= probability < 1.0:
+            raise self.error(f"dropout probability must be in [0, 1), got {probability}")
+        self.add("Dropout", self.shape, p=probability)
+
+    def add_batch_norm(self) -> None:
+        channels = self.shape[0]
+        kind = "BatchNorm2d" if len(self.shape) == 3 else "BatchNorm1d"
+        self.add(kind, self.shape, channels, parameters=2 * channels)
+
+    def add_activation(self, kind: str, rest: str) -> None:
+        if kind in ("lrelu", "leakyrelu"):
+            try:
+                slope = float(rest) if rest else 0.01
+            except ValueError:
+                raise self.error("leaky ReLU is 'lrelu' (slope 0.01) or 'lrelu0.1'") from None
+            return self.add("LeakyReLU", self.shape, negative_slope=slope)
+        self._expect_no_rest(rest)
+        self.add({"relu": "ReLU", "tanh": "Tanh", "sigmoid": "Sigmoid"}[kind], self.shape)
+
+    def place_pending_activation(self) -> None:
+        """A conv or fc gets a ReLU unless the spec names its activation (after an optional bn)."""
+        if self.pending_activation:
+            self.pending_activation = False
+            self.add("ReLU", self.shape)
+
+    def flatten(self) -> None:
+        if len(self.shape) != 1:
+            self.add("Flatten", (math.prod(self.shape),))
+
+    # helpers
+
+    def _options(self, rest: str, defaults: dict, example: str) -> dict:
+        """Parse "32k3s2p1" style text: a leading number, then letter+number options."""
+        values = dict(defaults)
+        seen = set()
+        for letter, value in re.findall(r"([a-z]*)(\d+|same)", rest):
+            if letter not in defaults:
+                allowed = ", ".join(f"'{key}'" for key in defaults if key)
+                raise self.error(f"unknown option '{letter}' (allowed: {allowed or 'none'}; "
+                                 f"example '{example}')")
+            if letter in seen:
+                raise self.error(f"option '{letter or 'size'}' given twice")
+            if value == "same" and letter != "p":
+                raise self.error(f"'same' is a padding value: write psame")
+            seen.add(letter)
+            values[letter] = value if value == "same" else int(value)
+        if re.sub(r"([a-z]*)(\d+|same)", "", rest):
+            raise self.error(f"cannot read '{rest}' (example '{example}')")
+        return values
+
+    def _expect_no_rest(self, rest: str) -> None:
+        if rest:
+            raise self.error(f"unexpected '{rest}' after the layer kind")
+
+    def _check_positive(self, **sizes) -> None:
+        for name, value in sizes.items():
+            if value < 1:
+                raise self.error(f"{name.replace('_', ' ')} must be >= 1, got {value}")
+
+    def _check_width(self, width: int) -> None:
+        if width > _MAX_WIDTH:
+            raise self.error(f"width {width} is more than {_MAX_WIDTH}")
+
+    def _same_padding(self, kernel: int, options: dict) -> int:
+        if options["s"] != 1:
+            raise self.error(f"psame keeps H and W only with stride 1 (as in PyTorch), "
+                             f"got stride {options['s']}")
+        if kernel % 2 == 0:
+            raise self.error(f"psame needs an odd kernel size, got {kernel}")
+        return options["d"] * (kernel - 1) // 2
+
+    def _output_size(self, input_hw, kernel, stride, padding, dilation, formula, what) -> tuple:
+        # the lecture's formula: H_out = floor((H_in + 2p - d(k - 1) - 1) / s + 1)
+        out_hw = tuple((size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+                       for size in input_hw)
+        if min(out_hw) >= 1:
+            out_hw = tuple(int(size) for size in formula(input_hw, kernel, stride, padding,
+                                                         dilation))
+        if min(out_hw) < 1:
+            raise self.error(
+                f"{what} {kernel} (stride {stride}, padding {padding}, dilation {dilation}) does "
+                f"not fit the {input_hw[0]}x{input_hw[1]} input: floor(({input_hw[0]} + "
+                f"2*{padding} - {dilation}*({kernel}-1) - 1)/{stride} + 1) = {out_hw[0]}; use a "
+                f"smaller {what}, more padding or fewer pooling layers before it"
+            )
+        return out_hw
+
+    def _shape_text(self) -> str:
+        return "x".join(str(size) for size in self.shape)
