@@ -1,0 +1,105 @@
+"""Private helpers shared by the convolution and pooling ops.
+
+Argument normalisation (an int or a pair -> a pair of ints) and a small pool of
+reusable scratch buffers. Big temporaries allocated fresh on every training step cost
+page faults (glibc hands large blocks straight to and from the kernel with mmap), so the
+ops borrow their scratch arrays here and give them back when done.
+
+Rule that keeps results correct: a buffer taken with :func:`take` belongs to the taker
+until it calls :func:`give`; nothing handed to a caller (an op's output or gradient) ever
+comes from this pool.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Callable
+
+import numpy as np
+
+from cnnlab.errors import ShapeError
+
+_LOCK = threading.Lock()
+# key -> free buffers; least recently used keys first, so eviction drops stale shapes.
+_FREE: OrderedDict[tuple, list[np.ndarray]] = OrderedDict()
+_MAX_FREE_PER_KEY = 2
+_MAX_FREE_BYTES = 512 * 2**20
+
+
+def _free_bytes() -> int:
+    return sum(array.nbytes for arrays in _FREE.values() for array in arrays)
+
+
+def take(tag: str, shape: tuple[int, ...], dtype, init: Callable[[np.ndarray], None] | None = None,
+         variant: tuple = ()) -> np.ndarray:
+    """Borrow a C-contiguous buffer; ``init`` runs only when one is newly allocated.
+
+    ``variant`` separates buffers whose never-overwritten parts differ (for example the
+    zero border of a padded copy), so such parts keep what ``init`` wrote.
+    """
+    key = (tag, tuple(shape), np.dtype(dtype).str, variant)
+    with _LOCK:
+        arrays = _FREE.get(key)
+        if arrays:
+            _FREE.move_to_end(key)
+            return arrays.pop()
+    array = np.empty(shape, dtype=dtype)
+    if init is not None:
+        init(array)
+    return array
+
+
+def give(array: np.ndarray, tag: str, variant: tuple = ()) -> None:
+    """Return a buffer taken with the same ``tag``/``variant``; do not use it afterwards."""
+    key = (tag, array.shape, array.dtype.str, variant)
+    with _LOCK:
+        arrays = _FREE.setdefault(key, [])
+        _FREE.move_to_end(key)
+        if len(arrays) < _MAX_FREE_PER_KEY and all(other is not array for other in arrays):
+            arrays.append(array)
+        while _free_bytes() > _MAX_FREE_BYTES and len(_FREE) > 1:
+            _FREE.popitem(last=False)
+
+
+def clear() -> None:
+    """Drop every pooled buffer (frees the memory; later calls allocate afresh)."""
+    with _LOCK:
+        _FREE.clear()
+
+
+def as_pair(value, name: str, minimum: int) -> tuple[int, int]:
+    """``3 -> (3, 3)``, ``(3, 5) -> (3, 5)``; each must be an int >= ``minimum``."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        pair = (int(value), int(value))
+    elif (isinstance(value, (tuple, list)) and len(value) == 2
+          and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise ShapeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ShapeError(f"{name} must be >= {minimum}, got {value!r}")
+    return pair
+
+
+def check_image_batch(x, op: str) -> None:
+    """An (N, C, H, W) float32 or float64 array, or a one-line ShapeError."""
+    if not isinstance(x, np.ndarray):
+        raise ShapeError(f"{op} expects a NumPy array, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ShapeError(f"{op} expects input of shape (N, C, H, W), got {x.shape}; "
+                         "add the missing batch or channel axis, e.g. x[None] or x[:, None]")
+    if x.dtype not in (np.float32, np.float64):
+        raise ShapeError(f"{op} expects float32 or float64 input, got {x.dtype}; "
+                         "convert it first, e.g. x.astype(np.float32)")
+
+
+def window(padded: np.ndarray, row: int, col: int, stride: tuple[int, int],
+           out_hw: tuple[int, int]) -> np.ndarray:
+    """The (N, C, H_out, W_out) view of the input pixels that kernel offset (row, col) sees.
+
+    ``row``/``col`` are the offset in input pixels (m * dilation); output (i, j) reads
+    ``padded[..., s_h * i + row, s_w * j + col]``.
+    """
+    return padded[:, :, row:row + stride[0] * (out_hw[0] - 1) + 1:stride[0],
+                  col:col + stride[1] * (out_hw[1] - 1) + 1:stride[1]]

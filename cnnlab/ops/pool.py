@@ -1,0 +1,251 @@
+r"""Max and average pooling (lecture 002/004), matching ``torch.nn.functional``'s defaults.
+
+Each output pixel summarises one kH x kW window of its channel:
+
+.. math::
+    Y[b, c, i, j] = \operatorname{reduce}_{m < k_H, \, n < k_W}
+        X[b, c, s_h i + m - p_h, \; s_w j + n - p_w]
+
+with reduce = max (max pooling) or mean (average pooling). Both ops loop over the kH*kW
+kernel taps only; each step is one vectorised pass over an (N, C, H_out, W_out) strided
+view, so the common 2x2/stride-2 pool is four strided views and no copy of the input.
+
+Max pooling's backward sends each window's gradient to its FIRST largest element in
+row-major window order, exactly as PyTorch does on ties; the forward records which tap
+that was (one byte per output pixel). Average pooling counts the zero padding in the
+mean (``count_include_pad=True``, PyTorch's default); ``ceil_mode`` is always False.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnnlab.errors import ShapeError
+from cnnlab.ops import _workspace
+from cnnlab.ops._workspace import as_pair, check_image_batch, window
+
+
+class _PoolSetup:
+    """Validated kernel, stride, padding and sizes of one pooling call."""
+
+    __slots__ = ("kernel", "stride", "padding", "input_shape", "out_hw", "dtype")
+
+    def __init__(self, x, kernel_size, stride, padding, op: str):
+        check_image_batch(x, op)
+        self.kernel = as_pair(kernel_size, "kernel_size", minimum=1)
+        self.stride = self.kernel if stride is None else as_pair(stride, "stride", minimum=1)
+        self.padding = as_pair(padding, "padding", minimum=0)
+        for pad, size in zip(self.padding, self.kernel):
+            if 2 * pad > size:
+                raise ShapeError(f"{op} padding {padding!r} is more than half the kernel size "
+                                 f"{kernel_size!r} (PyTorch forbids it too); use padding <= {size // 2}")
+        self.input_shape = x.shape
+        height, width = x.shape[2] + 2 * self.padding[0], x.shape[3] + 2 * self.padding[1]
+        if self.kernel[0] > height or self.kernel[1] > width:
+            raise ShapeError(f"{op} kernel {self.kernel[0]}x{self.kernel[1]} does not fit a "
+                             f"{x.shape[2]}x{x.shape[3]} input with padding {padding!r}; "
+                             "use a smaller kernel or a larger input")
+        # H_out = floor((H_in + 2p - k) / s) + 1 (lecture 004's formula, dilation 1)
+        self.out_hw = ((height - self.kernel[0]) // self.stride[0] + 1,
+                       (width - self.kernel[1]) // self.stride[1] + 1)
+        self.dtype = x.dtype
+
+    @property
+    def taps(self) -> list[tuple[int, int]]:
+        """Kernel offsets (m, n) in row-major window order."""
+        return [(m, n) for m in range(self.kernel[0]) for n in range(self.kernel[1])]
+
+    @property
+    def tiles_exactly(self) -> bool:
+        """Windows neither overlap nor leave gaps (stride == kernel, no padding)."""
+        return self.stride == self.kernel and self.padding == (0, 0)
+
+    def output_shape(self) -> tuple[int, ...]:
+        return tuple(self.input_shape[:2]) + self.out_hw
+
+    def view(self, padded: np.ndarray, tap: tuple[int, int]) -> np.ndarray:
+        return window(padded, tap[0], tap[1], self.stride, self.out_hw)
+
+
+def _padded(x: np.ndarray, setup: _PoolSetup, fill: float) -> tuple[np.ndarray, bool]:
+    """x inside a border of ``fill`` (a pooled buffer, True), or x itself without padding."""
+    pad_h, pad_w = setup.padding
+    if not (pad_h or pad_w):
+        return x, False
+    shape = x.shape[:2] + (x.shape[2] + 2 * pad_h, x.shape[3] + 2 * pad_w)
+    padded = _workspace.take("pool-padded", shape, x.dtype, init=lambda buffer: buffer.fill(fill),
+                             variant=(setup.padding, fill))
+    padded[:, :, pad_h:pad_h + x.shape[2], pad_w:pad_w + x.shape[3]] = x
+    return padded, True
+
+
+def _release_padded(padded: np.ndarray, setup: _PoolSetup, fill: float) -> None:
+    _workspace.give(padded, "pool-padded", variant=(setup.padding, fill))
+
+
+def _gradient_input(dy, setup: _PoolSetup, op: str) -> np.ndarray:
+    expected = setup.output_shape()
+    if not isinstance(dy, np.ndarray) or dy.shape != expected:
+        raise ShapeError(f"{op} gradient has shape {getattr(dy, 'shape', dy)}, expected {expected} "
+                         "(the shape of the forward's output)")
+    return np.asarray(dy, dtype=setup.dtype)
+
+
+class _GradientTarget:
+    """Where a pooling backward adds each tap's gradient: dx itself or a padded scratch."""
+
+    def __init__(self, setup: _PoolSetup):
+        self.setup = setup
+        pad_h, pad_w = setup.padding
+        n, c, h, w = setup.input_shape
+        if setup.tiles_exactly:
+            # Every covered pixel is written exactly once; only the uncovered edge needs zeros.
+            self.padded = np.empty(setup.input_shape, dtype=setup.dtype)
+            self.padded[:, :, setup.out_hw[0] * setup.kernel[0]:] = 0
+            self.padded[:, :, :, setup.out_hw[1] * setup.kernel[1]:] = 0
+        elif pad_h or pad_w:
+            self.padded = _workspace.take("pool-dx-padded", (n, c, h + 2 * pad_h, w + 2 * pad_w),
+                                          setup.dtype)
+            self.padded.fill(0)
+        else:
+            self.padded = np.zeros(setup.input_shape, dtype=setup.dtype)
+
+    def add(self, tap: tuple[int, int], gradient: np.ndarray) -> None:
+        target = self.setup.view(self.padded, tap)
+        if self.setup.tiles_exactly:
+            np.copyto(target, gradient)
+        else:
+            np.add(target, gradient, out=target)
+
+    def result(self) -> np.ndarray:
+        pad_h, pad_w = self.setup.padding
+        if not (pad_h or pad_w):
+            return self.padded
+        n, c, h, w = self.setup.input_shape
+        dx = self.padded[:, :, pad_h:pad_h + h, pad_w:pad_w + w].copy()
+        _workspace.give(self.padded, "pool-dx-padded")
+        return dx
+
+
+# ---------------------------------------------------------------------------
+# Max pooling
+# ---------------------------------------------------------------------------
+
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
+    r"""Applies 2D max pooling: each output is the largest input in its window.
+
+    .. math::
+        Y[b, c, i, j] = \max_{m < k_H, \, n < k_W} X[b, c, s_h i + m - p_h, s_w j + n - p_w]
+
+    Args:
+        x: input feature maps.
+        kernel_size: window size, an int or (kH, kW).
+        stride: window step, an int or a pair; None (default) means ``kernel_size``.
+        padding: implicit -inf added on each side, an int or a pair, at most half the kernel.
+
+    Shape:
+        - x: (N, C, H_in, W_in), float32 or float64
+        - y: (N, C, H_out, W_out), same dtype, where
+          H_out = floor((H_in + 2 p_h - kH) / s_h) + 1, likewise W_out
+
+    Returns:
+        ``(y, cache)``; the cache records the position of each window's first maximum.
+    """
+    setup = _PoolSetup(x, kernel_size, stride, padding, "max_pool2d")
+    padded, pooled = _padded(x, setup, -np.inf)
+    taps = setup.taps
+    y = setup.view(padded, taps[0]).copy()
+    index = np.zeros(y.shape, dtype=np.uint8 if len(taps) <= 256 else np.int32)
+    larger = np.empty(y.shape, dtype=bool)
+    step = np.empty_like(index)
+    for number, tap in enumerate(taps[1:], start=1):
+        candidate = setup.view(padded, tap)
+        # Strictly larger: on ties the earlier tap (row-major) keeps the maximum, as PyTorch.
+        np.greater(candidate, y, out=larger)
+        # index = number where larger, else unchanged; arithmetic (wrapping in uint8) is
+        # ten times faster than np.copyto(..., where=larger).
+        np.subtract(index.dtype.type(number), index, out=step)
+        np.multiply(step, larger, out=step)
+        np.add(index, step, out=index)
+        np.maximum(y, candidate, out=y)
+    if pooled:
+        _release_padded(padded, setup, -np.inf)
+    return y, (setup, index)
+
+
+def max_pool2d_backward(dy, cache):
+    """Routes each window's gradient to the input element that was its maximum.
+
+    dX[b, c, s i + m - p, s j + n - p] += dY[b, c, i, j] for the recorded tap (m, n) of each
+    window (its first maximum in row-major order); overlapping windows accumulate.
+
+    Shape:
+        - dy: (N, C, H_out, W_out), as y
+        - dx: (N, C, H_in, W_in), a fresh array
+    """
+    setup, index = cache
+    dy = _gradient_input(dy, setup, "max_pool2d")
+    target = _GradientTarget(setup)
+    chosen = np.empty(index.shape, dtype=bool)
+    routed = None if setup.tiles_exactly else np.empty(dy.shape, dtype=setup.dtype)
+    for number, tap in enumerate(setup.taps):
+        np.equal(index, number, out=chosen)
+        if setup.tiles_exactly:
+            np.multiply(dy, chosen, out=setup.view(target.padded, tap))
+        else:
+            np.multiply(dy, chosen, out=routed)
+            target.add(tap, routed)
+    return target.result()
+
+
+# ---------------------------------------------------------------------------
+# Average pooling
+# ---------------------------------------------------------------------------
+
+def avg_pool2d_forward(x, kernel_size, stride=None, padding=0):
+    r"""Applies 2D average pooling; zero padding counts in the mean (``count_include_pad=True``).
+
+    .. math::
+        Y[b, c, i, j] = \frac{1}{k_H k_W} \sum_{m < k_H, \, n < k_W}
+            X[b, c, s_h i + m - p_h, s_w j + n - p_w]
+
+    Args:
+        x: input feature maps.
+        kernel_size: window size, an int or (kH, kW).
+        stride: window step, an int or a pair; None (default) means ``kernel_size``.
+        padding: implicit zeros added on each side, an int or a pair, at most half the kernel.
+
+    Shape:
+        - x: (N, C, H_in, W_in), float32 or float64
+        - y: (N, C, H_out, W_out), same dtype, where
+          H_out = floor((H_in + 2 p_h - kH) / s_h) + 1, likewise W_out
+
+    Returns:
+        ``(y, cache)``; pass the cache to :func:`avg_pool2d_backward`.
+    """
+    setup = _PoolSetup(x, kernel_size, stride, padding, "avg_pool2d")
+    padded, pooled = _padded(x, setup, 0.0)
+    taps = setup.taps
+    y = setup.view(padded, taps[0]).copy()
+    for tap in taps[1:]:
+        y += setup.view(padded, tap)
+    y /= len(taps)
+    if pooled:
+        _release_padded(padded, setup, 0.0)
+    return y, setup
+
+
+def avg_pool2d_backward(dy, cache):
+    """Spreads each output's gradient evenly over its window: dX += dY / (kH kW) per tap.
+
+    Shape:
+        - dy: (N, C, H_out, W_out), as y
+        - dx: (N, C, H_in, W_in), a fresh array
+    """
+    setup = cache
+    dy = _gradient_input(dy, setup, "avg_pool2d")
+    share = dy / (setup.kernel[0] * setup.kernel[1])
+    target = _GradientTarget(setup)
+    for tap in setup.taps:
+        target.add(tap, share)
+    return target.result()
