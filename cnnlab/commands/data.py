@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
-
 HELP = "list, inspect and download datasets (mnist, fashion-mnist, kmnist, or your own folder)"
 
 
@@ -46,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
         return _info(args)
     if action == "download":
         return _download(args)
-    print("cnnlab data: choose an action: list, info or download (see 'cnnlab data --help')",
-          file=sys.stderr)
+    print("cnnlab: error: choose an action for 'cnnlab data': list, info or download "
+          "(see 'cnnlab data --help')", file=sys.stderr)
     return 2
 
 
@@ -85,6 +83,8 @@ def _info(args) -> int:
     print(f"image size   {height}x{width} pixels, uint8")
     print(f"pixels       mean {mean:.4f}, std {std:.4f} (of pixel/255, training set)")
     print(f"classes      {dataset.num_classes}")
+    import numpy as np
+
     train_counts = np.bincount(dataset.train_labels, minlength=dataset.num_classes)
     test_counts = np.bincount(dataset.test_labels, minlength=dataset.num_classes)
     name_width = max(len(name) for name in dataset.classes)
