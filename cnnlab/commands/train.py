@@ -1,11 +1,76 @@
-"""PLACEHOLDER: replaced by the owner of `cnnlab train`."""
+"""``cnnlab train``: train a model on an MNIST-style dataset into a run folder."""
 
-HELP = "train (not built yet)"
+from __future__ import annotations
+
+import argparse
+
+HELP = "train a model (mlp, cnn, cnn-bn or a spec) and save a run folder"
+
+# Options that map one-to-one onto TrainConfig fields (dest == field name).
+CONFIG_OPTIONS = ("model", "dataset", "data_dir", "epochs", "batch_size", "optimizer", "lr",
+                  "schedule", "step_epochs", "gamma", "momentum", "weight_decay", "seed",
+                  "normalization", "val_fraction", "limit_train", "limit_test", "log_every",
+                  "wandb", "wandb_project", "wandb_name", "progress", "report")
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_argument_group("what to train")
+    what.add_argument("--model", help="mlp, cnn, cnn-bn or a model spec string "
+                      "(docs/models.md); default cnn")
+    what.add_argument("--dataset", help="mnist, fashion-mnist, kmnist or a folder of IDX files; "
+                      "default mnist")
+    what.add_argument("--data-dir", help="where named datasets are downloaded and kept")
+    what.add_argument("--limit-train", type=int, metavar="N",
+                      help="use only the first N training images (quick runs)")
+    what.add_argument("--limit-test", type=int, metavar="N",
+                      help="use only the first N test images")
+    what.add_argument("--val-fraction", type=float, metavar="F",
+                      help="hold out this share of the training set for validation (default 0)")
+    what.add_argument("--normalization", help="unit (x/255) or standard (training-set mean/std; "
+                      "default)")
+    how = parser.add_argument_group("how to train")
+    how.add_argument("--epochs", type=int, help="passes over the training set "
+                     "(default: the model's, see docs/training.md)")
+    how.add_argument("--batch-size", type=int, help="images per step (default 128)")
+    how.add_argument("--optimizer", help="sgd, adam or adamw (default adam)")
+    how.add_argument("--lr", type=float, help="peak learning rate (default: the model's)")
+    how.add_argument("--schedule", help="constant, step, cosine or linear (default cosine)")
+    how.add_argument("--step-epochs", type=int, metavar="N",
+                     help="step schedule: decay every N epochs (default: a third of the run)")
+    how.add_argument("--gamma", type=float, help="step schedule: decay factor (default 0.1)")
+    how.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    how.add_argument("--weight-decay", type=float, help="weight decay (default 0)")
+    how.add_argument("--seed", type=int, help="seed of weights, data order, dropout (default 0)")
+    how.add_argument("--config", metavar="FILE", help="JSON or TOML file of settings "
+                     "(a run's config.json re-runs it); options given here override it")
+    where = parser.add_argument_group("run folder and logging")
+    where.add_argument("--run-dir", metavar="PATH",
+                       help="the run folder (must not exist, or be empty)")
+    where.add_argument("--runs-root", metavar="DIR", default=None,
+                       help="where new run folders are made (default runs/)")
+    where.add_argument("--resume", metavar="RUN",
+                       help="continue an interrupted run folder from its last checkpoint")
+    where.add_argument("--log-every", type=int, metavar="N",
+                       help="steps between step records in metrics.jsonl (default 50)")
+    where.add_argument("--no-progress", dest="progress", action="store_const", const=False,
+                       default=None, help="no progress bar")
+    where.add_argument("--no-report", dest="report", action="store_const", const=False,
+                       default=None, help="do not write report.html")
+    where.add_argument("--wandb", action="store_const", const=True, default=None,
+                       help="also log to Weights & Biases (pip install 'cnnlab[wandb]')")
+    where.add_argument("--wandb-project", help="W&B project (default cnnlab)")
+    where.add_argument("--wandb-name", help="W&B run name (default: the run folder's name)")
 
 
-def run(args):
-    raise SystemExit("cnnlab train: not built yet")
+def run(args: argparse.Namespace) -> int:
+    from cnnlab.train import run_training
+
+    overrides = {name: getattr(args, name) for name in CONFIG_OPTIONS}
+    result = run_training(
+        overrides=overrides,
+        config_file=args.config,
+        run_dir=args.run_dir,
+        runs_root=args.runs_root,
+        resume_run=args.resume,
+    )
+    return result.exit_code

@@ -1,0 +1,230 @@
+"""The training configuration: defaults, validation, config files.
+
+A :class:`TrainConfig` holds everything that decides what ``cnnlab train``
+computes. It is resolved in layers, each overriding the one before::
+
+    dataclass defaults  <  per-model defaults  <  --config FILE  <  command-line options
+
+The resolved config is written to the run folder as ``config.json``;
+``cnnlab train --config RUN/config.json`` trains the same run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+from pathlib import Path
+
+from cnnlab.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "cosine", "linear")
+NORMALIZATIONS = ("unit", "standard")
+NAMED_MODELS = ("mlp", "cnn", "cnn-bn")
+NAMED_DATASETS = ("mnist", "fashion-mnist", "kmnist")
+
+# Measured on Fashion-MNIST (docs/training.md): the fewest epochs that reach the target accuracy.
+MODEL_DEFAULTS = {
+    "mlp": {"epochs": 10, "lr": 1e-3},
+    "cnn": {"epochs": 10, "lr": 1e-3},
+    "cnn-bn": {"epochs": 10, "lr": 2e-3},
+}
+FALLBACK_DEFAULTS = {"epochs": 10, "lr": 1e-3}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that decides a training run (see ``cnnlab train --help``).
+
+    Args:
+        model: "mlp", "cnn", "cnn-bn" or a model spec string (docs/models.md).
+        dataset: "mnist", "fashion-mnist", "kmnist" or a folder of IDX files.
+        data_dir: where named datasets are stored (None: cnnlab's default folder).
+        epochs: passes over the training set (None: the model's default).
+        batch_size: images per optimizer step.
+        optimizer: "sgd", "adam" or "adamw".
+        lr: peak learning rate (None: the model's default).
+        schedule: learning rate over the run, updated every step: "constant", "step"
+            (times ``gamma`` every ``step_epochs`` epochs), "cosine" (to 0 at the end) or
+            "linear" (to 0 at the end).
+        step_epochs: epochs between decays of the "step" schedule (None: a third of the run).
+        gamma: decay factor of the "step" schedule.
+        momentum: SGD momentum (ignored by Adam/AdamW).
+        weight_decay: L2 penalty (SGD, Adam) or decoupled decay (AdamW).
+        seed: seeds the weights, the data order, dropout and the validation split.
+        normalization: "unit" (x/255) or "standard" ((x/255 - mean)/std of the training set).
+        val_fraction: share of the training set held out for validation (0: none).
+        limit_train: use only the first N training images (None: all).
+        limit_test: use only the first N test images (None: all).
+        log_every: steps between step records in metrics.jsonl.
+        progress: draw a progress bar.
+        report: write report.html after each epoch (needs matplotlib).
+        wandb: also log to Weights & Biases.
+        wandb_project: the W&B project.
+        wandb_name: the W&B run name (None: the run folder's name).
+    """
+
+    model: str = "cnn"
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    epochs: int | None = None
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float | None = None
+    schedule: str = "cosine"
+    step_epochs: int | None = None
+    gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+    normalization: str = "standard"
+    val_fraction: float = 0.0
+    limit_train: int | None = None
+    limit_test: int | None = None
+    log_every: int = 50
+    progress: bool = True
+    report: bool = True
+    wandb: bool = False
+    wandb_project: str = "cnnlab"
+    wandb_name: str | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELD_NAMES = tuple(field.name for field in dataclasses.fields(TrainConfig))
+_INT_FIELDS = {"epochs", "batch_size", "step_epochs", "seed", "limit_train", "limit_test",
+               "log_every"}
+_FLOAT_FIELDS = {"lr", "gamma", "momentum", "weight_decay", "val_fraction"}
+_BOOL_FIELDS = {"progress", "report", "wandb"}
+_OPTIONAL_FIELDS = {"data_dir", "epochs", "lr", "step_epochs", "limit_train", "limit_test",
+                    "wandb_name"}
+
+
+def suggest(value: str, choices) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _check_type(name: str, value):
+    if value is None:
+        if name in _OPTIONAL_FIELDS:
+            return None
+        raise ConfigError(f"config value '{name}' cannot be empty")
+    if name in _BOOL_FIELDS:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config value '{name}' must be true or false, not {value!r}")
+        return value
+    if name in _INT_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config value '{name}' must be a whole number, not {value!r}")
+        return value
+    if name in _FLOAT_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config value '{name}' must be a number, not {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"config value '{name}' must be a string, not {value!r}")
+    return value
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a JSON or TOML (``.toml``) config file into a dict of known field names.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, or names an unknown field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; give a JSON or TOML file "
+                          "(a run's config.json works)")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            with open(path, "rb") as stream:
+                data = tomllib.load(stream)
+        else:
+            with open(path, encoding="utf-8") as stream:
+                data = json.load(stream)
+    except (ValueError, UnicodeDecodeError) as error:
+        kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"config file {path} is not valid {kind}: {first_line}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table/object of settings")
+    values = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in FIELD_NAMES:
+            raise ConfigError(f"unknown setting '{key}' in {path}{suggest(name, FIELD_NAMES)}")
+        values[name] = value
+    return values
+
+
+def resolve_config(file_values: dict | None = None, overrides: dict | None = None) -> TrainConfig:
+    """Merge defaults, per-model defaults, a config file's values and command-line overrides.
+
+    ``None`` in ``overrides`` means "not given". Returns a validated config whose
+    ``epochs``, ``lr`` and ``step_epochs`` are filled in.
+    """
+    values: dict = {}
+    for source in (file_values or {}, overrides or {}):
+        for name, value in source.items():
+            if name not in FIELD_NAMES:
+                raise ConfigError(f"unknown setting '{name}'{suggest(name, FIELD_NAMES)}")
+            if source is overrides and value is None:
+                continue
+            values[name] = _check_type(name, value)
+    config = TrainConfig(**values)
+    model_defaults = MODEL_DEFAULTS.get(config.model, FALLBACK_DEFAULTS)
+    if config.epochs is None:
+        config.epochs = model_defaults["epochs"]
+    if config.lr is None:
+        config.lr = model_defaults["lr"]
+    if config.step_epochs is None:
+        config.step_epochs = max(1, math.ceil(config.epochs / 3))
+    validate_config(config)
+    return config
+
+
+def _check_choice(name: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {name} '{value}'{suggest(value, choices)}; "
+                          f"choose one of: {', '.join(choices)}")
+
+
+def _check_positive(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or value <= 0:
+        flag = "--" + name.replace("_", "-")
+        raise ConfigError(f"{flag} must be greater than 0, got {value}")
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Raise :class:`ConfigError` for values no run can use (the model spec is checked later)."""
+    for name in FIELD_NAMES:
+        _check_type(name, getattr(config, name))
+    _check_choice("optimizer", config.optimizer, OPTIMIZERS)
+    _check_choice("schedule", config.schedule, SCHEDULES)
+    _check_choice("normalization", config.normalization, NORMALIZATIONS)
+    for name in ("epochs", "batch_size", "lr", "log_every", "step_epochs", "gamma"):
+        _check_positive(name, getattr(config, name))
+    for name in ("limit_train", "limit_test"):
+        _check_positive(name, getattr(config, name), allow_none=True)
+    if not math.isfinite(config.lr):
+        raise ConfigError(f"--lr must be a finite number, got {config.lr}")
+    if config.momentum < 0 or config.weight_decay < 0:
+        raise ConfigError("--momentum and --weight-decay must be 0 or more")
+    if not 0 <= config.val_fraction < 1:
+        raise ConfigError(f"--val-fraction must be in [0, 1), got {config.val_fraction}")
+    if config.seed < 0:
+        raise ConfigError(f"--seed must be 0 or more, got {config.seed}")
+    if not config.model.strip():
+        raise ConfigError("--model is empty; use mlp, cnn, cnn-bn or a model spec")
+    if not config.dataset.strip():
+        raise ConfigError("--dataset is empty; use mnist, fashion-mnist, kmnist or a folder")

@@ -1,0 +1,275 @@
+"""`cnnlab train`: the run folder, config files, determinism, option errors, NaN losses."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnlab.cli import main
+from cnnlab.errors import ConfigError, TrainingError
+
+TIMING_KEYS = {"time", "seconds", "images_per_second"}
+
+
+def write_idx_file(path: Path, array: np.ndarray) -> None:
+    """A minimal IDX writer (uint8 only), so these tests need no other part of cnnlab/data."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def read_idx_gz_head(path: Path, count: int) -> np.ndarray:
+    """The first ``count`` items of a gzipped uint8 IDX file (decompressing only those)."""
+    with gzip.open(path, "rb") as stream:
+        magic = stream.read(4)
+        ndim = magic[3]
+        shape = (count,) + struct.unpack(f">{ndim}I", stream.read(4 * ndim))[1:]
+        data = stream.read(int(np.prod(shape)))
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+
+@pytest.fixture(scope="session")
+def tiny_fashion(shared_data, tmp_path_factory) -> Path:
+    """2,048 training and 1,000 test images of the real Fashion-MNIST, as a dataset folder."""
+    source = shared_data / "fashion-mnist"
+    folder = tmp_path_factory.mktemp("tiny-fashion")
+    for split, count in (("train", 2048), ("t10k", 1000)):
+        for kind in ("images-idx3", "labels-idx1"):
+            array = read_idx_gz_head(source / f"{split}-{kind}-ubyte.gz", count)
+            write_idx_file(folder / f"{split}-{kind}-ubyte", array)
+    return folder
+
+
+def train_cli(*args, capsys=None) -> int:
+    return main(["train", "--no-progress", "--no-report", *map(str, args)])
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_timings(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in records]
+
+
+def checkpoint_arrays(run: Path) -> dict:
+    with np.load(run / "checkpoint.npz", allow_pickle=False) as arrays:
+        return {key: arrays[key] for key in arrays.files if key != "meta"}
+
+
+def assert_same_checkpoint(run_a: Path, run_b: Path) -> None:
+    a, b = checkpoint_arrays(run_a), checkpoint_arrays(run_b)
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+
+
+def test_run_folder_has_every_file_with_the_right_content(tiny_fashion, tmp_path, capsys):
+    from cnnlab.checkpoint import load_checkpoint, load_model
+    from cnnlab.evaluation import evaluate
+
+    run = tmp_path / "run"
+    code = main(["train", "--model", "mlp", "--dataset", str(tiny_fashion), "--epochs", "2",
+                 "--batch-size", "64", "--limit-test", "500", "--log-every", "8",
+                 "--val-fraction", "0.125", "--run-dir", str(run), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "test accuracy" in out and str(run) in out and "cnnlab evaluate" in out
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "mlp" and config["epochs"] == 2 and config["batch_size"] == 64
+    assert config["lr"] is not None and config["val_fraction"] == 0.125
+
+    records = read_metrics(run)
+    steps = [r for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    steps_per_epoch = 1792 // 64   # 2048 minus the 256 held out for validation
+    assert [r["step"] for r in steps] == list(range(8, 2 * steps_per_epoch + 1, 8))
+    assert [(r["epoch"], r["step"]) for r in epochs] == [(1, 28), (2, 56)]
+    for record in epochs:
+        assert {"train_loss", "train_accuracy", "test_loss", "test_accuracy", "val_loss",
+                "val_accuracy", "seconds", "time"} <= set(record)
+    assert all(r["lr"] > 0 and np.isfinite(r["loss"]) for r in steps)
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finished"] is True and summary["epochs"] == 2
+    assert summary["test_accuracy"] == epochs[-1]["test_accuracy"] > 0.6   # chance is 0.1
+    assert summary["images_per_second"] > 0 and summary["train_seconds"] > 0
+    assert summary["versions"]["numpy"] == np.__version__
+    assert summary["model"] == "mlp" and summary["seed"] == 0
+    assert (run / "report.html").is_file()
+
+    checkpoint = load_checkpoint(run / "checkpoint.npz")
+    assert checkpoint.meta["epoch"] == 2 and checkpoint.meta["step"] == 56
+    assert checkpoint.meta["config"] == config
+    model, meta = load_model(run / "checkpoint.npz")
+    from cnnlab.data import load_dataset
+
+    dataset = load_dataset(str(tiny_fashion), progress=False)
+    norm = meta["normalization"]
+    result = evaluate(model, dataset.test_images[:500], dataset.test_labels[:500],
+                      normalization=norm["kind"], mean=norm["mean"], std=norm["std"])
+    assert result.accuracy == summary["test_accuracy"]
+
+
+def test_config_file_reruns_the_same_run_and_seeds_matter(tiny_fashion, tmp_path, capsys):
+    common = ["--model", "mlp", "--dataset", tiny_fashion, "--epochs", "2", "--batch-size",
+              "64", "--limit-train", "512", "--limit-test", "200", "--log-every", "2"]
+    first, again, other = tmp_path / "first", tmp_path / "again", tmp_path / "other"
+    assert train_cli(*common, "--run-dir", first) == 0
+    assert train_cli("--config", first / "config.json", "--run-dir", again) == 0
+    assert train_cli("--config", first / "config.json", "--seed", "1", "--run-dir", other) == 0
+    assert json.loads((again / "config.json").read_text()) == \
+        json.loads((first / "config.json").read_text())
+    assert without_timings(read_metrics(first)) == without_timings(read_metrics(again))
+    assert_same_checkpoint(first, again)
+    assert json.loads((other / "config.json").read_text())["seed"] == 1
+    assert without_timings(read_metrics(first)) != without_timings(read_metrics(other))
+
+
+def test_toml_config_and_command_line_override(tmp_path):
+    from cnnlab.config import load_config_file, resolve_config
+
+    path = tmp_path / "run.toml"
+    path.write_text('model = "mlp"\nbatch-size = 32\nlr = 0.01\nschedule = "step"\n')
+    config = resolve_config(load_config_file(path), {"lr": 0.5, "epochs": None})
+    assert (config.model, config.batch_size, config.lr, config.schedule) == ("mlp", 32, 0.5, "step")
+    assert config.epochs > 0 and config.step_epochs >= 1
+
+
+def test_learning_rate_schedules_step_every_step():
+    from cnnlab.config import resolve_config
+    from cnnlab.nn.module import Parameter
+    from cnnlab.optim import Adam
+    from cnnlab.train import build_scheduler
+
+    def lrs(config, steps):
+        optimizer = Adam([Parameter(np.zeros(1, np.float32))], lr=config.lr)
+        scheduler = build_scheduler(config, optimizer, 10)
+        values = []
+        for _ in range(steps):
+            values.append(optimizer.lr)
+            if scheduler is not None:
+                scheduler.step()
+        return values
+
+    cosine = lrs(resolve_config({"lr": 0.1, "epochs": 2, "schedule": "cosine"}), 21)
+    assert cosine[0] == 0.1 and cosine[10] == pytest.approx(0.05) and cosine[20] == pytest.approx(0)
+    assert all(a > b for a, b in zip(cosine[:20], cosine[1:21]))
+    step = lrs(resolve_config({"lr": 0.1, "epochs": 4, "schedule": "step", "step_epochs": 2}), 40)
+    assert [step[t] for t in (0, 19, 20, 39)] == pytest.approx([0.1, 0.1, 0.01, 0.01])
+    linear = lrs(resolve_config({"lr": 0.1, "epochs": 1, "schedule": "linear"}), 11)
+    assert linear[5] == pytest.approx(0.05) and linear[10] == pytest.approx(0)
+    assert set(lrs(resolve_config({"lr": 0.1, "epochs": 1, "schedule": "constant"}), 5)) == {0.1}
+
+
+def test_run_dir_rules(tiny_fashion, tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("x")
+    for run_dir, words in ((a_file, "is a file"), (full, "not empty")):
+        assert train_cli("--dataset", tiny_fashion, "--run-dir", run_dir) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1
+    assert (full / "keep.txt").read_text() == "x" and sorted(p.name for p in full.iterdir()) == ["keep.txt"]
+
+
+def test_two_runs_in_the_same_second_get_separate_folders(tmp_path, monkeypatch):
+    import time
+
+    from cnnlab import runs
+
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20240101-120000")
+    first = runs.make_run_dir("cnn", "fashion-mnist", runs_root=str(tmp_path))
+    second = runs.make_run_dir("cnn", "fashion-mnist", runs_root=str(tmp_path))
+    third = runs.make_run_dir("cnn-bn", "/data/My Set", runs_root=str(tmp_path))
+    assert first.name == "cnn-fashion-mnist-20240101-120000"
+    assert second.name == "cnn-fashion-mnist-20240101-120000-2"
+    assert third.name == "cnn-bn-my-set-20240101-120000"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert runs.make_run_dir("cnn", "mnist", run_dir=str(empty)) == empty
+
+
+@pytest.mark.parametrize("options, words", [
+    (["--optimizer", "adma"], "did you mean 'adam'"),
+    (["--schedule", "cosin"], "did you mean 'cosine'"),
+    (["--normalization", "standrad"], "did you mean 'standard'"),
+    (["--batch-size", "0"], "--batch-size must be greater than 0"),
+    (["--epochs", "-2"], "--epochs must be greater than 0"),
+    (["--lr", "0"], "--lr must be greater than 0"),
+    (["--limit-train", "0"], "--limit-train must be greater than 0"),
+    (["--val-fraction", "1.5"], "--val-fraction must be in [0, 1)"),
+    (["--model", "cnn_bn"], "did you mean 'cnn-bn'"),
+    (["--dataset", "fashion-mnst"], "did you mean 'fashion-mnist'"),
+    (["--config", "missing.json"], "does not exist"),
+    (["--resume", "no-such-run"], "no such run folder"),
+])
+def test_bad_options_exit_2_with_one_line(options, words, tiny_fashion, tmp_path, capsys,
+                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if "--dataset" not in options and "--resume" not in options:
+        options = ["--dataset", str(tiny_fashion), *options]
+    assert train_cli(*options) == 2
+    err = capsys.readouterr().err
+    assert words in err, err
+    assert err.startswith("cnnlab: error:") and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_unknown_setting_in_config_file_is_named(tmp_path, capsys):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model": "cnn", "learning_rate": 0.1}))
+    with pytest.raises(ConfigError, match="unknown setting 'learning_rate'"):
+        from cnnlab.config import load_config_file
+
+        load_config_file(path)
+    path.write_text(json.dumps({"bach_size": 3}))
+    assert train_cli("--config", path) == 2
+    assert "did you mean 'batch_size'" in capsys.readouterr().err
+
+
+def test_huge_learning_rate_stops_with_a_message(tiny_fashion, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = train_cli("--model", "mlp", "--dataset", tiny_fashion, "--optimizer", "sgd",
+                     "--lr", "1e6", "--schedule", "constant", "--epochs", "2",
+                     "--limit-train", "512", "--run-dir", run)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "lower the learning rate" in err and "epoch 1" in err
+    assert not (run / "checkpoint.npz").exists()
+    assert json.loads((run / "summary.json").read_text())["finished"] is False
+
+
+def test_nan_in_a_later_epoch_keeps_the_last_good_checkpoint(tiny_fashion, tmp_path,
+                                                             monkeypatch):
+    import cnnlab.ops.loss as loss_module
+    from cnnlab.checkpoint import load_checkpoint
+    from cnnlab.config import resolve_config
+    from cnnlab.train import train
+
+    real_cross_entropy = loss_module.cross_entropy
+    calls = {"n": 0}
+
+    def cross_entropy_nan_at_step_11(logits, labels):
+        calls["n"] += 1
+        loss, dlogits = real_cross_entropy(logits, labels)
+        return (float("nan"), dlogits) if calls["n"] == 11 else (loss, dlogits)
+
+    monkeypatch.setattr(loss_module, "cross_entropy", cross_entropy_nan_at_step_11)
+    config = resolve_config({"model": "mlp", "dataset": str(tiny_fashion), "epochs": 3,
+                             "batch_size": 64, "limit_train": 512, "limit_test": 100,
+                             "progress": False, "report": False})
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match="epoch 2, step 11.*lower the learning rate"):
+        train(config, run_dir=run)
+    checkpoint = load_checkpoint(run / "checkpoint.npz")
+    assert checkpoint.meta["epoch"] == 1 and checkpoint.meta["step"] == 8
+    assert all(np.isfinite(array).all() for array in checkpoint.model_state.values())
+    assert [r["kind"] for r in read_metrics(run)].count("epoch") == 1
