@@ -1,0 +1,57 @@
+"""Matplotlib, imported only when a figure is drawn, and never through pyplot.
+
+Figures are built from :class:`matplotlib.figure.Figure` directly, so nothing needs
+a display or a GUI backend, and figures are garbage collected like any object
+(pyplot keeps a global list of open figures). Saving renders with the Agg canvas.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+from cnnlab.errors import CnnlabError
+from cnnlab.fileio import atomic_write
+
+INSTALL_HINT = "pip install 'cnnlab[plot]'"
+
+# Pixels per inch for saved figures: small files, quick to render, still sharp on a screen.
+DEFAULT_DPI = 80
+
+
+def require_matplotlib():
+    """Import matplotlib or raise a CnnlabError saying how to install it."""
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise CnnlabError(f"figures need matplotlib, which is not installed: {INSTALL_HINT}") from error
+    return matplotlib
+
+
+def new_figure(width: float, height: float, layout: str | None = "constrained"):
+    """A new Figure of ``width`` x ``height`` inches, attached to an Agg canvas.
+
+    ``layout=None`` suits grids of many panels: the caller places them with
+    ``subplots_adjust``, which renders several times faster than constrained layout.
+    """
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout=layout)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def figure_to_png(figure, dpi: int = DEFAULT_DPI) -> bytes:
+    """Render ``figure`` as PNG bytes."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, facecolor="white")
+    return buffer.getvalue()
+
+
+def save_png(figure, path: str | os.PathLike, dpi: int = DEFAULT_DPI) -> None:
+    """Write ``figure`` to ``path`` as PNG, atomically."""
+    data = figure_to_png(figure, dpi=dpi)
+    with atomic_write(path, "wb") as stream:
+        stream.write(data)

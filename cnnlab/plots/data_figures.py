@@ -1,0 +1,262 @@
+"""Figures of the data and of the results: samples, pixel values, curves, confusion, mistakes.
+
+Every function returns a :class:`matplotlib.figure.Figure` (display it in a notebook, or save it
+with :func:`cnnlab.plots.save_png`). Matplotlib is imported when a figure is drawn, not before.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from cnnlab.errors import ShapeError
+from cnnlab.plots._backend import new_figure
+from cnnlab.plots.tiling import tile
+
+GRAY = "gray"
+
+
+def as_hw(images: np.ndarray) -> np.ndarray:
+    """Images (N, H, W) or (N, 1, H, W) -> (N, H, W) float32; ShapeError otherwise."""
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[1] == 1:
+        images = images[:, 0]
+    if images.ndim != 3:
+        raise ShapeError(
+            f"expected grayscale images of shape (N, H, W) or (N, 1, H, W), got {images.shape}"
+        )
+    return images.astype(np.float32)
+
+
+def samples_per_class(labels: np.ndarray, num_classes: int, per_class: int) -> list[np.ndarray]:
+    """For each class, the indices of its first ``per_class`` samples (fewer if it has fewer)."""
+    labels = np.asarray(labels)
+    return [np.flatnonzero(labels == index)[:per_class] for index in range(num_classes)]
+
+
+def montage(images, labels, classes: Sequence[str], per_class: int = 10):
+    """Training samples, one row per class: the lecture's ``montage_plot``.
+
+    Each image is padded by 1 pixel of 0 (black), then the images are tiled, ``per_class``
+    per row, one row per class, and the rows are labelled with the class names.
+
+    Args:
+        images: (N, H, W) uint8 or (N, 1, H, W) float images.
+        labels: (N,) integer class indices.
+        classes: the class names, ``classes[i]`` for label i.
+        per_class: images shown per class (the first ones of that class in ``images``).
+
+    Shape:
+        the shown image is (len(classes) * (H + 2), per_class * (W + 2)).
+    """
+    images = as_hw(images)
+    height, width = images.shape[1:]
+    rows = []
+    for indices in samples_per_class(labels, len(classes), per_class):
+        row = np.zeros((per_class, height, width), dtype=np.float32)
+        row[: len(indices)] = images[indices]
+        rows.append(row)
+    grid = tile(np.concatenate(rows), columns=per_class, pad=1, value=float(images.min(initial=0)))
+    figure = new_figure(0.55 * per_class + 1.6, 0.55 * len(classes) + 0.6)
+    axes = figure.add_subplot()
+    axes.imshow(grid, cmap=GRAY, interpolation="nearest")
+    axes.set_yticks([(index + 0.5) * (height + 2) for index in range(len(classes))])
+    axes.set_yticklabels(list(classes))
+    axes.set_xticks([])
+    axes.set_title(f"Training samples, {per_class} per class")
+    return figure
+
+
+def pixel_histogram(images, bins: int = 50):
+    """Histogram of all pixel values of ``images`` (the lecture's ``plt.hist(x.flatten())``).
+
+    The count axis is logarithmic: MNIST-style images are mostly background, whose bar would
+    otherwise flatten every other bar.
+
+    Args:
+        images: any array of pixel values, e.g. (N, H, W) uint8 or (N, 1, H, W) float.
+        bins: number of bars.
+    """
+    values = np.asarray(images, dtype=np.float32).ravel()
+    figure = new_figure(6, 3.2)
+    axes = figure.add_subplot()
+    axes.hist(values, bins=bins, color="#4C72B0")
+    axes.set_yscale("log")
+    axes.set_xlabel("pixel value")
+    axes.set_ylabel("count (log scale)")
+    axes.set_title(
+        f"Pixel values of {len(np.asarray(images))} images: "
+        f"mean {values.mean():.3g}, std {values.std():.3g}"
+    )
+    return figure
+
+
+def _series(records: Iterable[dict], key: str) -> tuple[list, list]:
+    steps, values = [], []
+    for record in records:
+        if record.get(key) is not None:
+            steps.append(record["step"])
+            values.append(record[key])
+    return steps, values
+
+
+def learning_curves(metrics: Sequence[dict]):
+    """Loss and accuracy against the step: per logged step (train) and per epoch (train, test,
+    and validation if the run kept a validation split).
+
+    Args:
+        metrics: the records of a run's ``metrics.jsonl`` (see :func:`cnnlab.plots.read_metrics`):
+            ``{"kind": "step", "step", "loss", "accuracy", ...}`` and
+            ``{"kind": "epoch", "epoch", "step", "train_loss", "test_accuracy", ...}``.
+
+    The figure has two panels, "Loss" and "Accuracy"; dotted vertical lines mark epoch ends.
+    """
+    steps = [record for record in metrics if record.get("kind") == "step"]
+    epochs = [record for record in metrics if record.get("kind") == "epoch"]
+    figure = new_figure(11, 3.8)
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    for axes, name in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        x, y = _series(steps, name)
+        if x:
+            axes.plot(x, y, color="#9DB4D6", linewidth=1, label=f"train {name} (per step)")
+        for split, color in (("train", "#1F4E99"), ("val", "#2CA02C"), ("test", "#D62728")):
+            x, y = _series(epochs, f"{split}_{name}")
+            if x:
+                axes.plot(x, y, "o-", color=color, label=f"{split} {name} (per epoch)")
+        for record in epochs:
+            axes.axvline(record["step"], color="#BBBBBB", linestyle=":", linewidth=1)
+        axes.set_xlabel("step")
+        axes.set_title(name.capitalize())
+        axes.grid(alpha=0.3)
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(fontsize="small")
+        else:
+            axes.text(0.5, 0.5, "no metrics yet", ha="center", va="center", transform=axes.transAxes)
+    return figure
+
+
+def confusion_counts(labels, predictions, num_classes: int) -> np.ndarray:
+    """Confusion matrix: entry (i, j) counts the images of true class i predicted as class j.
+
+    Shape:
+        - labels, predictions: (N,) integers in [0, num_classes)
+        - output: (num_classes, num_classes) int64
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    predictions = np.asarray(predictions, dtype=np.int64)
+    flat = np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes)
+
+
+def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
+    """Recall of each class: diagonal / row sum (NaN for a class with no images)."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    totals = matrix.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, np.diag(matrix) / totals, np.nan)
+
+
+def confusion_matrix(matrix, classes: Sequence[str]):
+    """The confusion matrix (rows: true class, columns: predicted) and per-class accuracy bars.
+
+    Args:
+        matrix: (C, C) counts, e.g. from :func:`confusion_counts`.
+        classes: the C class names.
+    """
+    matrix = np.asarray(matrix)
+    if matrix.shape != (len(classes), len(classes)):
+        raise ShapeError(f"confusion matrix of shape {matrix.shape} does not fit {len(classes)} classes")
+    total = int(matrix.sum())
+    accuracy = np.trace(matrix) / total if total else float("nan")
+    recall = per_class_accuracy(matrix)
+    figure = new_figure(12, 5.2)
+    matrix_axes, bar_axes = figure.subplots(1, 2, width_ratios=[1.25, 1])
+    matrix_axes.imshow(matrix, cmap="Blues")
+    ticks = np.arange(len(classes))
+    matrix_axes.set_xticks(ticks, list(classes), rotation=45, ha="right")
+    matrix_axes.set_yticks(ticks, list(classes))
+    matrix_axes.set_xlabel("predicted class")
+    matrix_axes.set_ylabel("true class")
+    matrix_axes.set_title(f"Confusion matrix ({total} test images, accuracy {accuracy:.1%})")
+    if len(classes) <= 20:
+        threshold = matrix.max() / 2 if matrix.size else 0
+        for (row, column), count in np.ndenumerate(matrix):
+            matrix_axes.text(column, row, str(int(count)), ha="center", va="center", fontsize=7,
+                             color="white" if count > threshold else "black")
+    bar_axes.barh(ticks, np.nan_to_num(recall), color="#4C72B0")
+    bar_axes.set_yticks(ticks, list(classes))
+    bar_axes.invert_yaxis()
+    bar_axes.set_xlim(0, 1)
+    bar_axes.set_xlabel("accuracy (correct / images of the class)")
+    bar_axes.set_title("Per-class accuracy")
+    for row, value in enumerate(recall):
+        label = "no images" if np.isnan(value) else f"{value:.1%}"
+        bar_axes.text(min(np.nan_to_num(value), 1.0) + 0.01, row, label, va="center", fontsize=8)
+    return figure
+
+
+def most_confident_mistakes(labels, probabilities, k: int) -> np.ndarray:
+    """Indices of the ``k`` wrongly classified images whose wrong prediction had the highest
+    probability, most confident first."""
+    probabilities = np.asarray(probabilities)
+    predictions = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predictions != np.asarray(labels))
+    confidence = probabilities[wrong, predictions[wrong]]
+    # Stable sort: ties keep test-set order, so the figure is reproducible.
+    return wrong[np.argsort(-confidence, kind="stable")[:k]]
+
+
+def mistakes(images, labels, probabilities, classes: Sequence[str], k: int = 8):
+    """The ``k`` most confident mistakes: each image with its true and predicted class, beside
+    the bars of the probability the network gave every class.
+
+    Args:
+        images: (N, H, W) or (N, 1, H, W) test images.
+        labels: (N,) true classes.
+        probabilities: (N, C) softmax outputs of the network.
+        classes: the C class names.
+        k: mistakes shown (fewer if the network made fewer).
+
+    One row per mistake: an image panel titled "true: ... / predicted: ... (p)", and a bar panel.
+    """
+    images = as_hw(images)
+    probabilities = np.asarray(probabilities)
+    if probabilities.shape != (len(images), len(classes)):
+        raise ShapeError(
+            f"probabilities of shape {probabilities.shape} do not fit {len(images)} images "
+            f"and {len(classes)} classes"
+        )
+    chosen = most_confident_mistakes(labels, probabilities, k)
+    if len(chosen) == 0:
+        figure = new_figure(6, 1.5)
+        axes = figure.add_subplot()
+        axes.axis("off")
+        axes.text(0.5, 0.5, f"no mistakes among {len(images)} images", ha="center", va="center")
+        return figure
+    height = 1.55 * len(chosen) + 0.3
+    figure = new_figure(7, height, layout=None)
+    grid = figure.subplots(len(chosen), 2, width_ratios=[1, 3], squeeze=False)
+    figure.subplots_adjust(left=0.03, right=0.97, top=1 - 0.45 / height, bottom=0.3 / height,
+                           wspace=0.35, hspace=0.75)
+    ticks = np.arange(len(classes))
+    for row, index in enumerate(chosen):
+        image_axes, bar_axes = grid[row]
+        truth, predicted = int(labels[index]), int(probabilities[index].argmax())
+        image_axes.imshow(images[index], cmap=GRAY)
+        image_axes.set_xticks([])
+        image_axes.set_yticks([])
+        image_axes.set_title(
+            f"true: {classes[truth]}\npredicted: {classes[predicted]} "
+            f"({probabilities[index, predicted]:.2f})", fontsize=8,
+        )
+        colors = ["#BBBBBB"] * len(classes)
+        colors[truth] = "#2CA02C"
+        colors[predicted] = "#D62728"
+        bar_axes.barh(ticks, probabilities[index], color=colors)
+        bar_axes.set_yticks(ticks, list(classes), fontsize=7)
+        bar_axes.invert_yaxis()
+        bar_axes.set_xlim(0, 1)
+        bar_axes.tick_params(axis="x", labelsize=7)
+        bar_axes.set_title(f"test image {index}: probabilities (green true, red predicted)", fontsize=8)
+    return figure

@@ -1,0 +1,272 @@
+"""Figures of a network's inside: filters, feature maps, input gradients, weight histograms.
+
+Each function takes an ``nn.Sequential`` (e.g. from :func:`cnnlab.checkpoint.load_model`) and
+returns a :class:`matplotlib.figure.Figure`. The model is run in eval mode; its training mode
+and its parameter gradients are restored afterwards, so a notebook can plot mid-training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from cnnlab.errors import ConfigError, ShapeError
+from cnnlab.plots._backend import new_figure
+from cnnlab.plots.data_figures import GRAY
+from cnnlab.plots.tiling import normalize_each, tile
+
+
+def _layer_classes():
+    from cnnlab.nn import layers
+
+    return layers
+
+
+@contextlib.contextmanager
+def _inspecting(model):
+    """Eval mode while inside; afterwards the model's mode and parameter gradients are as before."""
+    was_training = getattr(model, "training", False)
+    saved_grads = [
+        None if parameter.grad is None else parameter.grad.copy() for parameter in model.parameters()
+    ]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for parameter, grad in zip(model.parameters(), saved_grads):
+            parameter.grad = grad
+        model.train(was_training)
+
+
+def _as_batch(images) -> np.ndarray:
+    """(C, H, W) or (N, C, H, W) -> (N, C, H, W) float32."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4:
+        raise ShapeError(f"expected images of shape (C, H, W) or (N, C, H, W), got {images.shape}")
+    return images
+
+
+def _image_side(features: int) -> int:
+    side = math.isqrt(features)
+    if side * side != features:
+        raise ConfigError(f"cannot show {features} input weights as a square image")
+    return side
+
+
+def filters(model, max_filters: int = 64):
+    """Every conv layer's filters as a grid of grayscale tiles, or an MLP's first-layer weights.
+
+    - First conv layer: one tile per filter, its (k x k) weights (a 1-channel input has exactly
+      one k x k kernel per filter; with more input channels, their mean).
+    - Deeper conv layers: a filter has one kernel per input channel; each tile shows the MEAN
+      over the input channels of that output filter's kernels.
+    - No conv layer (an MLP): the first Linear layer's weights, one 28 x 28 image per neuron
+      (row j of the (out, 784) weight matrix reshaped), as the lecture plots its weights.
+
+    Each tile is scaled to its own min (black) .. max (white). At most ``max_filters`` tiles
+    per layer are shown; the panel title says how many there are.
+    """
+    layers = _layer_classes()
+    convs = [(index, layer) for index, layer in enumerate(model) if isinstance(layer, layers.Conv2d)]
+    panels = []
+    for position, (index, layer) in enumerate(convs):
+        weight = layer.weight.data
+        out_channels, in_channels, kh, kw = weight.shape
+        shown = min(out_channels, max_filters)
+        tiles = weight[:shown].mean(axis=1)
+        how = "one tile per filter" if in_channels == 1 else f"mean over {in_channels} input channels"
+        prefix = "first conv" if position == 0 else "conv"
+        count = f"{out_channels}" if shown == out_channels else f"first {shown} of {out_channels}"
+        panels.append((tiles, f"{prefix} (layer {index}): {count} filters {kh}x{kw}, {how}"))
+    if not panels:
+        linear = next((pair for pair in enumerate(model) if isinstance(pair[1], layers.Linear)), None)
+        if linear is None:
+            raise ConfigError("the model has no Conv2d or Linear layer whose weights could be shown")
+        index, layer = linear
+        weight = layer.weight.data
+        side = _image_side(weight.shape[1])
+        shown = min(weight.shape[0], max_filters)
+        tiles = weight[:shown].reshape(shown, side, side)
+        count = f"{weight.shape[0]}" if shown == weight.shape[0] else f"first {shown} of {weight.shape[0]}"
+        panels.append((tiles, f"first Linear (layer {index}): weights of {count} neurons as {side}x{side} images"))
+    figure = new_figure(5.0 * len(panels), 5.4)
+    for position, (tiles, title) in enumerate(panels):
+        axes = figure.add_subplot(1, len(panels), position + 1)
+        axes.imshow(tile(normalize_each(tiles)), cmap=GRAY, interpolation="nearest")
+        axes.set_xticks([])
+        axes.set_yticks([])
+        axes.set_title(title, fontsize=8, wrap=True)
+    return figure
+
+
+def _shown_layer_kinds():
+    layers = _layer_classes()
+    kinds = [layers.Conv2d, layers.ReLU, layers.MaxPool2d]
+    for optional in ("LeakyReLU", "Sigmoid", "Tanh", "AvgPool2d"):
+        if hasattr(layers, optional):
+            kinds.append(getattr(layers, optional))
+    return tuple(kinds)
+
+
+def layer_outputs(model, images) -> list[tuple[int, str, np.ndarray]]:
+    """Run ``images`` through ``model`` layer by layer; keep the 4-D output of every conv,
+    activation and pool layer as ``(layer index, class name, output (N, C, H, W))``."""
+    kinds = _shown_layer_kinds()
+    x = _as_batch(images)
+    kept = []
+    with _inspecting(model):
+        for index, layer in enumerate(model):
+            x = layer(x)
+            if x.ndim != 4:
+                break
+            if isinstance(layer, kinds):
+                kept.append((index, type(layer).__name__, x))
+    return kept
+
+
+def feature_maps(model, images, max_channels: int = 16, titles: Sequence[str] | None = None):
+    """The feature maps after every conv, activation and pool layer, for one or a few images.
+
+    Args:
+        model: an ``nn.Sequential`` taking (N, C, H, W) images.
+        images: (C, H, W) or (N, C, H, W), normalized as the model was trained (see
+            :func:`cnnlab.plots.run_test_images`).
+        max_channels: the first this many channels of each layer are shown.
+        titles: optional label of each image (row), e.g. its class.
+
+    One row per image; columns: the input, then one panel per layer, its channels tiled and each
+    channel scaled to its own min..max.
+    """
+    batch = _as_batch(images)
+    outputs = layer_outputs(model, batch)
+    columns = 1 + len(outputs)
+    height = 2.3 * len(batch) + 0.3
+    figure = new_figure(2.1 * columns, height, layout=None)
+    grid = figure.subplots(len(batch), columns, squeeze=False)
+    figure.subplots_adjust(left=0.01, right=0.99, top=1 - 0.5 / height, bottom=0.05 / height,
+                           wspace=0.08, hspace=0.3)
+    for row in range(len(batch)):
+        grid[row][0].imshow(batch[row].mean(axis=0), cmap=GRAY)
+        grid[row][0].set_title(titles[row] if titles else "input", fontsize=8)
+        for column, (index, name, output) in enumerate(outputs, start=1):
+            channels = output.shape[1]
+            shown = min(channels, max_channels)
+            grid[row][column].imshow(tile(normalize_each(output[row, :shown])), cmap="viridis",
+                                     interpolation="nearest")
+            if row == 0:
+                count = f"{channels} ch" if shown == channels else f"{shown} of {channels} ch"
+                grid[row][column].set_title(f"{index} {name}\n{count} {output.shape[2]}x{output.shape[3]}",
+                                            fontsize=8)
+    for axes in grid.ravel():
+        axes.set_xticks([])
+        axes.set_yticks([])
+    return figure
+
+
+def input_gradient(model, images) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient of the predicted class's score (its logit, before softmax) w.r.t. the input.
+
+    The lecture's "input gradient": backpropagate d logit_c / d logit = one-hot(c), c the
+    predicted class, through the whole network, down to the pixels. A Sequential normally lets
+    its first layers skip computing dx (``requires_input_grad`` is False); it is switched on
+    for this call and restored afterwards.
+
+    Shape:
+        - images: (N, C, H, W) or (C, H, W)
+        - output: (gradient (N, C, H, W), logits (N, num_classes))
+    """
+    batch = _as_batch(images)
+    with _inspecting(model):
+        logits = model(batch)
+        one_hot = np.zeros_like(logits)
+        one_hot[np.arange(len(batch)), logits.argmax(axis=1)] = 1
+        saved_flag = model.requires_input_grad
+        model.requires_input_grad = True
+        try:
+            gradient = model.backward(one_hot)
+        finally:
+            model.requires_input_grad = saved_flag
+    return np.asarray(gradient), logits
+
+
+def saliency(model, images, labels=None, classes: Sequence[str] | None = None):
+    """Input gradients (saliency maps) beside their images.
+
+    Args:
+        model: an ``nn.Sequential`` classifier.
+        images: (N, C, H, W) normalized images.
+        labels: optional (N,) true classes, shown in the titles.
+        classes: optional class names.
+
+    One row per image: the image; ``|d logit_c / d x|`` (max over channels; bright = pixels
+    whose change moves the predicted score most); and the signed gradient (red raises the score,
+    blue lowers it).
+    """
+    batch = _as_batch(images)
+    gradient, logits = input_gradient(model, batch)
+    predicted = logits.argmax(axis=1)
+    name = (lambda index: classes[index]) if classes else str
+    height = 2.3 * len(batch) + 0.3
+    figure = new_figure(6.6, height, layout=None)
+    grid = figure.subplots(len(batch), 3, squeeze=False)
+    figure.subplots_adjust(left=0.02, right=0.98, top=1 - 0.45 / height, bottom=0.05 / height,
+                           wspace=0.1, hspace=0.35)
+    for row in range(len(batch)):
+        image_axes, magnitude_axes, signed_axes = grid[row]
+        image_axes.imshow(batch[row].mean(axis=0), cmap=GRAY)
+        title = f"predicted: {name(int(predicted[row]))}"
+        if labels is not None:
+            title = f"true: {name(int(labels[row]))}\n{title}"
+        image_axes.set_title(title, fontsize=8)
+        magnitude_axes.imshow(np.abs(gradient[row]).max(axis=0), cmap="hot")
+        magnitude_axes.set_title("|d logit / d pixel|", fontsize=8)
+        signed = gradient[row].sum(axis=0)
+        limit = float(np.abs(signed).max()) or 1.0
+        signed_axes.imshow(signed, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        signed_axes.set_title("d logit / d pixel (red +, blue -)", fontsize=8)
+        for axes in grid[row]:
+            axes.set_xticks([])
+            axes.set_yticks([])
+    return figure
+
+
+def weight_histograms(model, grads: Mapping[str, np.ndarray] | None = None, bins: int = 40):
+    """Per layer, a histogram of its weights and one of their gradients from the last step.
+
+    Args:
+        model: the network; every parameter with 2 or more dimensions (conv and linear weights)
+            gets a row. Biases are left out: a handful of numbers makes no histogram.
+        grads: parameter name -> gradient, e.g. a checkpoint's ``grad/`` arrays
+            (:func:`cnnlab.plots.load_run_gradients`); a missing name shows "no gradient saved".
+    """
+    grads = grads or {}
+    weights = [(name, parameter.data) for name, parameter in model.named_parameters()
+               if parameter.data.ndim >= 2]
+    if not weights:
+        raise ConfigError("the model has no weight matrices or kernels to show")
+    height = 2.0 * len(weights) + 0.4
+    figure = new_figure(9, height, layout=None)
+    grid = figure.subplots(len(weights), 2, squeeze=False)
+    figure.subplots_adjust(left=0.07, right=0.98, top=1 - 0.35 / height, bottom=0.3 / height,
+                           wspace=0.2, hspace=0.55)
+    for row, (name, values) in enumerate(weights):
+        weight_axes, grad_axes = grid[row]
+        shape = "x".join(str(size) for size in values.shape)
+        weight_axes.hist(values.ravel(), bins=bins, color="#4C72B0")
+        weight_axes.set_title(f"{name} ({shape}): weights, std {values.std():.3g}", fontsize=9)
+        gradient = grads.get(name)
+        if gradient is None:
+            grad_axes.axis("off")
+            grad_axes.text(0.5, 0.5, "no gradient saved", ha="center", va="center")
+            grad_axes.set_title(f"{name}: last gradient", fontsize=9)
+        else:
+            grad_axes.hist(np.asarray(gradient).ravel(), bins=bins, color="#DD8452")
+            grad_axes.set_title(f"{name}: last gradient, std {np.std(gradient):.3g}", fontsize=9)
+        for axes in grid[row]:
+            axes.tick_params(labelsize=7)
+    return figure

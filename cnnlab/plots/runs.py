@@ -1,0 +1,203 @@
+"""Loading what the figures need from a run folder (see docs/architecture.md, "Run folder").
+
+:class:`Run` reads each file once, when first asked for, so the report and ``cnnlab plot``
+load the checkpoint and the dataset at most once::
+
+    run = Run("runs/cnn-fashion-mnist-20250101-120000")
+    plots.learning_curves(run.metrics)
+    model = run.model
+    evaluation = run.evaluate(limit=2000)
+    plots.mistakes(evaluation.images, evaluation.labels, evaluation.probabilities, run.classes)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from cnnlab.errors import CheckpointError, ConfigError, DataError
+
+CHECKPOINT_NAME = "checkpoint.npz"
+
+
+def resolve_run(run: str | os.PathLike) -> Path:
+    """The run folder named by ``run`` (a run folder, or the checkpoint.npz inside one)."""
+    path = Path(run)
+    if path.is_file() and path.suffix == ".npz":
+        path = path.parent
+    if not path.is_dir():
+        raise ConfigError(f"run folder {str(path)!r} not found: give a folder made by 'cnnlab train' (runs/...)")
+    return path
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"cannot read {path}: {error}; is the run folder damaged?") from error
+
+
+def read_metrics(run: str | os.PathLike) -> list[dict]:
+    """The records of ``RUN/metrics.jsonl`` in order ([] if there are none yet).
+
+    The file is appended while training runs, so a last line cut short is skipped; a damaged
+    line elsewhere raises DataError.
+    """
+    path = resolve_run(run) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                break
+            raise DataError(f"{path} line {number} is not JSON ({error.msg}); is the run folder damaged?") from error
+    return records
+
+
+def to_model_input(images: np.ndarray, meta: dict) -> np.ndarray:
+    """uint8 images (N, H, W) -> float32 (N, 1, H, W), normalized as the checkpoint's model was trained."""
+    from cnnlab.data import to_float
+
+    normalization = meta.get("normalization") or {"kind": "unit"}
+    return to_float(images, normalization=normalization.get("kind", "unit"),
+                    mean=normalization.get("mean"), std=normalization.get("std"))
+
+
+def predict_probabilities(model, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    """Softmax outputs (N, classes) of ``model`` on ``x`` (N, C, H, W), in eval mode, in batches."""
+    from cnnlab.ops.activation import softmax
+
+    was_training = getattr(model, "training", False)
+    model.eval()
+    try:
+        parts = [softmax(model(x[start:start + batch_size]), axis=1) for start in range(0, len(x), batch_size)]
+    finally:
+        model.train(was_training)
+    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+
+
+@dataclass
+class Evaluation:
+    """The network's outputs on the first ``len(labels)`` test images."""
+
+    images: np.ndarray          # (N, H, W) uint8, as stored
+    labels: np.ndarray          # (N,) int64
+    probabilities: np.ndarray   # (N, classes) softmax outputs
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.predictions == self.labels).mean()) if len(self.labels) else float("nan")
+
+
+class Run:
+    """A run folder's files, each read on first use."""
+
+    def __init__(self, run: str | os.PathLike):
+        self.path = resolve_run(run)
+        self._evaluations: dict[int, Evaluation] = {}
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT_NAME
+
+    @cached_property
+    def config(self) -> dict:
+        path = self.path / "config.json"
+        return _read_json(path) if path.exists() else {}
+
+    @cached_property
+    def summary(self) -> dict | None:
+        """summary.json, or None while the run has not written one."""
+        path = self.path / "summary.json"
+        return _read_json(path) if path.exists() else None
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.summary and self.summary.get("finished"))
+
+    @cached_property
+    def metrics(self) -> list[dict]:
+        return read_metrics(self.path)
+
+    def _require_checkpoint(self) -> Path:
+        if not self.checkpoint_path.exists():
+            raise CheckpointError(
+                f"no {CHECKPOINT_NAME} in {self.path} yet: training writes it after the first epoch"
+            )
+        return self.checkpoint_path
+
+    @cached_property
+    def _model_and_meta(self):
+        from cnnlab.checkpoint import load_model
+
+        return load_model(self._require_checkpoint())
+
+    @property
+    def model(self):
+        """The network of the latest checkpoint (an ``nn.Sequential``)."""
+        return self._model_and_meta[0]
+
+    @property
+    def meta(self) -> dict:
+        return self._model_and_meta[1]
+
+    @cached_property
+    def gradients(self) -> dict[str, np.ndarray]:
+        """Parameter name -> gradient of the last training step (the checkpoint's ``grad/`` arrays)."""
+        try:
+            with np.load(self._require_checkpoint(), allow_pickle=False) as archive:
+                return {key[len("grad/"):]: archive[key] for key in archive.files if key.startswith("grad/")}
+        except (OSError, ValueError) as error:
+            raise CheckpointError(f"cannot read {self.checkpoint_path}: {error}") from error
+
+    @cached_property
+    def dataset(self):
+        """The run's dataset, from the local data folder (never downloaded for a figure)."""
+        from cnnlab.data import load_dataset
+
+        meta_dataset = self.meta.get("dataset") if self.checkpoint_path.exists() else None
+        reference = self.config.get("dataset") or meta_dataset
+        if isinstance(reference, dict):
+            reference = reference.get("source") or reference.get("name")
+        if not reference:
+            raise DataError(f"{self.path} does not say which dataset it was trained on")
+        return load_dataset(reference, data_dir=self.config.get("data_dir"), download=False, progress=False)
+
+    @property
+    def classes(self) -> list[str]:
+        classes = self.meta.get("classes") if self.checkpoint_path.exists() else None
+        return list(classes or self.dataset.classes)
+
+    def test_inputs(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        """Test images ``indices`` as model input (N, 1, H, W) float32, and their labels."""
+        indices = np.asarray(list(indices), dtype=np.int64)
+        count = len(self.dataset.test_labels)
+        bad = indices[(indices < 0) | (indices >= count)]
+        if len(bad):
+            raise ConfigError(f"test image index {int(bad[0])} is out of range: the test set has {count} images (0..{count - 1})")
+        return to_model_input(self.dataset.test_images[indices], self.meta), self.dataset.test_labels[indices]
+
+    def evaluate(self, limit: int = 2000) -> Evaluation:
+        """The model's probabilities on the first ``limit`` test images (computed once per limit)."""
+        if limit in self._evaluations:
+            return self._evaluations[limit]
+        images = self.dataset.test_images[:limit]
+        labels = np.asarray(self.dataset.test_labels[:limit], dtype=np.int64)
+        probabilities = predict_probabilities(self.model, to_model_input(images, self.meta))
+        self._evaluations[limit] = Evaluation(images=images, labels=labels, probabilities=probabilities)
+        return self._evaluations[limit]

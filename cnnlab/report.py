@@ -1,0 +1,199 @@
+"""The report of a run: ONE self-contained HTML file with every figure of :mod:`cnnlab.plots`.
+
+``write_report(run_dir)`` writes ``RUN/report.html``: the run summary, then samples, learning
+curves, confusion matrix, mistakes, filters, feature maps, saliency and weight histograms.
+Images are inline PNG data URIs and the style sheet is inline, so the file opens offline in
+any browser and can be mailed or archived alone. Training calls it after every epoch; while the
+run goes on the page reloads itself every 10 seconds, so a browser left open follows training.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cnnlab.errors import CnnlabError
+from cnnlab.fileio import atomic_write
+
+REPORT_NAME = "report.html"
+REFRESH_SECONDS = 10
+REPORT_DPI = 72
+
+
+@dataclass(frozen=True)
+class Section:
+    anchor: str
+    title: str
+    kinds: tuple[str, ...]
+    text: str
+
+
+SECTIONS = (
+    Section("samples", "Samples", ("montage", "histogram"),
+            "Training images, one row per class, and the histogram of the pixel values the "
+            "network sees (after normalization)."),
+    Section("curves", "Learning curves", ("curves",),
+            "Loss and accuracy: thin line per logged training step, dots per epoch for the "
+            "train, validation and test sets. Dotted lines mark the ends of epochs."),
+    Section("confusion", "Confusion matrix", ("confusion",),
+            "Rows are the true classes, columns the predicted ones; the bars give each class's "
+            "accuracy (the share of its images classified correctly)."),
+    Section("mistakes", "Most confident mistakes", ("mistakes",),
+            "Test images the network got wrong with the highest probability, with the "
+            "probability it gave every class (green: true class, red: predicted)."),
+    Section("filters", "Filters", ("filters",),
+            "The learned convolution kernels (deeper layers: mean over input channels), or for "
+            "a fully connected network the first layer's weights as images."),
+    Section("features", "Feature maps", ("features",),
+            "What each conv, activation and pool layer outputs for a few test images "
+            "(each channel scaled to its own range)."),
+    Section("saliency", "Saliency", ("saliency",),
+            "The gradient of the predicted class's logit with respect to the input pixels: "
+            "the pixels whose change would move the score the most."),
+    Section("weights", "Weights and gradients", ("weights",),
+            "Histograms of each layer's weights and of their gradients at the last training step."),
+)
+
+STYLE = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 0;
+       color: #222; background: #fafafa; }
+header { background: #1f3b5c; color: white; padding: 16px 32px; }
+header h1 { margin: 0; font-size: 24px; }
+header p { margin: 4px 0 0; opacity: 0.85; }
+nav { padding: 8px 32px; background: #e8edf3; font-size: 14px; }
+nav a { margin-right: 14px; color: #1f3b5c; }
+main { padding: 8px 32px 32px; max-width: 1300px; }
+section { background: white; border: 1px solid #ddd; border-radius: 6px; padding: 4px 20px 16px;
+          margin: 16px 0; }
+h2 { font-size: 20px; border-bottom: 1px solid #eee; padding-bottom: 4px; }
+img { max-width: 100%; height: auto; display: block; margin: 8px 0; }
+table { border-collapse: collapse; font-size: 14px; margin: 8px 0; }
+td, th { border: 1px solid #ddd; padding: 3px 10px; text-align: left; }
+th { background: #f2f2f2; }
+.status-running { color: #b35900; font-weight: bold; }
+.status-finished { color: #1a7f37; font-weight: bold; }
+.missing { color: #a00; font-style: italic; }
+.grid { display: flex; flex-wrap: wrap; gap: 32px; align-items: flex-start; }
+"""
+
+
+def _escape(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _table(rows) -> str:
+    cells = "".join(f"<tr><th>{_escape(key)}</th><td>{_escape(_format(value))}</td></tr>"
+                    for key, value in rows)
+    return f"<table>{cells}</table>"
+
+
+def _summary_rows(run) -> list[tuple[str, object]]:
+    summary = run.summary or {}
+    config = run.config
+    epochs = [record for record in run.metrics if record.get("kind") == "epoch"]
+    steps = [record for record in run.metrics if record.get("kind") == "step"]
+    last_epoch = epochs[-1] if epochs else {}
+    rows = [
+        ("model", summary.get("model", config.get("model"))),
+        ("dataset", summary.get("dataset", config.get("dataset"))),
+        ("epochs done", f"{len(epochs)} of {summary.get('epochs') or config.get('epochs') or '?'}"),
+        ("test accuracy", summary.get("test_accuracy", last_epoch.get("test_accuracy"))),
+        ("test loss", summary.get("test_loss", last_epoch.get("test_loss"))),
+        ("train accuracy (last epoch)", last_epoch.get("train_accuracy")),
+        ("validation accuracy", last_epoch.get("val_accuracy")),
+        ("training time (s)", summary.get("train_seconds",
+                                          sum(record.get("seconds", 0) for record in epochs) or None)),
+        ("images per second", summary.get("images_per_second",
+                                          steps[-1].get("images_per_second") if steps else None)),
+        ("seed", summary.get("seed", config.get("seed"))),
+    ]
+    return [(key, value) for key, value in rows if value is not None]
+
+
+def _summary_section(run) -> str:
+    if run.finished:
+        status = '<span class="status-finished">finished</span>'
+    else:
+        status = (f'<span class="status-running">running</span> (this page reloads every '
+                  f"{REFRESH_SECONDS} s)")
+    parts = [f'<section id="summary"><h2>Run summary</h2><p>Status: {status}</p><div class="grid">',
+             "<div><h3>Results</h3>" + _table(_summary_rows(run)) + "</div>"]
+    if run.config:
+        parts.append("<div><h3>Config</h3>" + _table(run.config.items()) + "</div>")
+    versions = (run.summary or {}).get("versions")
+    if isinstance(versions, dict) and versions:
+        parts.append("<div><h3>Versions</h3>" + _table(versions.items()) + "</div>")
+    parts.append("</div></section>")
+    return "".join(parts)
+
+
+def _figure_html(kind: str, run, options) -> str:
+    from cnnlab.plots import figure_to_png, plot_kind
+
+    try:
+        figure = plot_kind(kind, run, options)
+    except CnnlabError as error:
+        return f'<p class="missing">{_escape(kind)}: not available yet ({_escape(error)})</p>'
+    data = base64.b64encode(figure_to_png(figure, dpi=REPORT_DPI)).decode("ascii")
+    return f'<img alt="{_escape(kind)}" src="data:image/png;base64,{data}">'
+
+
+def build_report(run_dir: str | os.PathLike) -> str:
+    """The report of the run folder ``run_dir`` as one HTML string (see :func:`write_report`)."""
+    from cnnlab.plots import PlotOptions, Run, require_matplotlib
+
+    require_matplotlib()
+    run = Run(run_dir)
+    options = PlotOptions()
+    refresh = "" if run.finished else f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'
+    navigation = " ".join(f'<a href="#{section.anchor}">{_escape(section.title)}</a>'
+                          for section in SECTIONS)
+    body = [_summary_section(run)]
+    for section in SECTIONS:
+        figures = "".join(_figure_html(kind, run, options) for kind in section.kinds)
+        body.append(f'<section id="{section.anchor}"><h2>{_escape(section.title)}</h2>'
+                    f"<p>{_escape(section.text)}</p>{figures}</section>")
+    title = f"cnnlab report: {run.path.name}"
+    generated = time.strftime("%Y-%m-%d %H:%M:%S")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"{refresh}<title>{_escape(title)}</title><style>{STYLE}</style></head><body>"
+        f"<header><h1>{_escape(title)}</h1><p>{_escape(run.path.resolve())} &middot; "
+        f"generated {generated}</p></header><nav>{navigation}</nav>"
+        f"<main>{''.join(body)}</main></body></html>\n"
+    )
+
+
+def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Write the self-contained HTML report of ``run_dir``, atomically.
+
+    Args:
+        run_dir: a run folder made by ``cnnlab train``.
+        out: the HTML file to write (default ``run_dir/report.html``).
+
+    Returns:
+        the path written.
+
+    Raises:
+        CnnlabError: matplotlib is not installed (``pip install 'cnnlab[plot]'``) or the run
+            folder does not exist. A figure whose inputs are not there yet (no checkpoint, the
+            dataset not on this machine) becomes a note in the page instead.
+    """
+    document = build_report(run_dir)
+    path = Path(out) if out is not None else Path(run_dir) / REPORT_NAME
+    with atomic_write(path, "wb") as stream:
+        stream.write(document.encode("utf-8"))
+    return path
