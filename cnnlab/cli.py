@@ -36,7 +36,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors are one line and exit status 2 (argparse's own)."""
 
     def error(self, message: str):  # noqa: D401 - argparse API
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        # "cnnlab: error:" whatever the subcommand, like every other error cnnlab prints
+        self.exit(2, f"cnnlab: error: {message} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+from cnnlab.errors import ConfigError
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
@@ -25,17 +27,32 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     path = Path(path)
     if "w" not in mode:
         raise ValueError("atomic_write only writes: use mode 'w' or 'wb'")
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise ConfigError(f"cannot write {path}: {path.parent} is not a writable folder "
+                          f"({error.strerror or error}); give a path in an existing, writable "
+                          "folder") from None
+    os.chmod(tmp_name, 0o666 & ~_current_umask())  # mkstemp's 0600 would hide the file from others
     try:
         with os.fdopen(handle, mode) as stream:
             yield stream
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(tmp_name, path)
+        try:
+            os.replace(tmp_name, path)
+        except IsADirectoryError:
+            raise ConfigError(f"cannot write {path}: it is a folder; give a file name") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike, data) -> None:
