@@ -12,8 +12,8 @@ def test_readme_python_example_runs():
     assert blocks, "README has no Python example"
     namespace: dict = {}
     exec(compile(blocks[0], "README.md", "exec"), namespace)
-    assert 0 < namespace["loss"] < 10
-    assert any(p.grad.any() is not None for p in namespace["model"].parameters())
+    assert 0 < namespace["loss"] < 10  # cross-entropy of 10 classes starts near ln 10 = 2.3
+    assert namespace["logits"].shape == (128, 10)
 
 
 def test_readme_test_command_is_what_ci_runs():
