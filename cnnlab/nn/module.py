@@ -281,14 +281,64 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        for layer in self._modules.values():
-            x = layer(x)
+        layers = list(self._modules.values())
+        # Positions of ReLU layers run fused with the MaxPool2d after them (see _relu_pool).
+        self._fused_relus: set[int] = set()
+        index = 0
+        while index < len(layers):
+            if _fusable(layers, index):
+                x = _relu_pool_forward(layers[index], layers[index + 1], x)
+                self._fused_relus.add(index)
+                index += 2
+                continue
+            x = layers[index](x)
+            index += 1
         return x
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
-        for layer in reversed(self._modules.values()):
-            dy = layer.backward(dy)
+        layers = list(self._modules.values())
+        fused = self.__dict__.get("_fused_relus", set())
+        for index in reversed(range(len(layers))):
+            if index in fused:
+                continue  # the fused pool's backward already applied this ReLU's gradient
+            if index - 1 in fused:
+                dy = _relu_pool_backward(layers[index - 1], layers[index], dy)
+            else:
+                dy = layers[index].backward(dy)
             if dy is None:
                 # only layers that need no input gradient and hold no parameters remain
                 break
         return dy
+
+
+# ReLU followed by MaxPool2d, fused. Max pooling commutes with ReLU, max(relu(x)) =
+# relu(max(x)), so pooling first lets the ReLU (forward and backward) run on an array
+# kernel_size^2 times smaller; the pool's argmax over x is the argmax over relu(x) wherever
+# the window's max is > 0, and elsewhere the unfused gradient is 0, which is what the
+# pooled ReLU mask gives. Outputs and gradients are bit-for-bit those of the two layers.
+# Only the lecture case is fused (stride = kernel, no padding: windows never overlap).
+
+def _fusable(layers: list[Module], index: int) -> bool:
+    from cnnlab.nn.layers import MaxPool2d, ReLU
+    if index + 1 >= len(layers):
+        return False
+    relu, pool = layers[index], layers[index + 1]
+    return (type(relu) is ReLU and type(pool) is MaxPool2d and pool.padding == 0
+            and pool.stride == pool.kernel_size and relu.requires_input_grad == pool.requires_input_grad)
+
+
+def _relu_pool_forward(relu: Module, pool: Module, x: np.ndarray) -> np.ndarray:
+    from cnnlab.ops.activation import relu_forward
+    pooled = pool(x)
+    y, mask = relu_forward(pooled)
+    # The ReLU's own cache would be full-size; keep the pooled mask on the pool instead.
+    relu.__dict__.pop("_cache", None)
+    pool._relu_mask = mask
+    return y
+
+
+def _relu_pool_backward(relu: Module, pool: Module, dy: np.ndarray) -> np.ndarray | None:
+    from cnnlab.ops.activation import relu_backward
+    if not relu.requires_input_grad:
+        return None
+    return pool.backward(relu_backward(dy, pool._relu_mask))
