@@ -80,6 +80,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             unsupported mode. A CnnlabError when Pillow is not installed.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder, not an image; give image files")
     if not path.is_file():
         raise ImageError(f"{path}: no such image file")
     try:

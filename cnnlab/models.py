@@ -97,18 +97,28 @@ def resolve_spec(spec: str) -> str:
     return NAMED_SPECS.get(spec.strip().lower(), spec.strip())
 
 
+def spec_tokens(spec: str) -> list[str]:
+    """The tokens of ``spec`` (a name is resolved first); an unknown model name raises ConfigError.
+
+    Needs no input shape, so callers can reject a misspelt name before loading any data.
+    """
+    resolved = resolve_spec(spec)
+    tokens = [token for token in re.split(r"[\s,\-]+", resolved.lower()) if token]
+    if not all(token.isdigit() for token in tokens) \
+            and not any(character.isdigit() for character in resolved) \
+            and not all(_is_known_kind(token) for token in tokens):
+        _raise_unknown_name(spec)
+    return tokens
+
+
 def plan_model(spec: str, input_shape=(1, 28, 28), num_classes: int = 10) -> list[LayerPlan]:
     """Parse ``spec`` and work out every layer's output shape, without allocating weights."""
     input_shape = _check_input_shape(input_shape)
     num_classes = _check_num_classes(num_classes)
     original = spec
-    spec = resolve_spec(spec)
-    tokens = [token for token in re.split(r"[\s,\-]+", spec.lower()) if token]
+    tokens = spec_tokens(spec)
     if all(token.isdigit() for token in tokens):
         return _plan_layer_sizes(tokens, input_shape, num_classes, original)
-    if not any(character.isdigit() for character in spec) \
-            and not all(_is_known_kind(token) for token in tokens):
-        _raise_unknown_name(original)
     planner = _Planner(input_shape)
     for position, token in enumerate(tokens, start=1):
         planner.add_token(position, token)

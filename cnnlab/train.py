@@ -147,17 +147,10 @@ def _load_data(config: TrainConfig) -> _Data:
 
 
 def _build_model(config: TrainConfig, input_shape, num_classes: int):
-    from cnnlab.models import MODEL_NAMES, build_model
+    from cnnlab.models import build_model
 
-    try:
-        return build_model(config.model, np.random.default_rng(config.seed),
-                           input_shape=input_shape, num_classes=num_classes)
-    except ConfigError as error:
-        hint = suggest(config.model, MODEL_NAMES)
-        if hint and config.model not in MODEL_NAMES:
-            raise ConfigError(f"unknown model '{config.model}'{hint}; use "
-                              f"{', '.join(MODEL_NAMES)} or a model spec ({error})") from None
-        raise
+    return build_model(config.model, np.random.default_rng(config.seed),
+                       input_shape=input_shape, num_classes=num_classes)
 
 
 def _attach_dropout_rng(model, generator: np.random.Generator) -> None:
@@ -507,8 +500,11 @@ class Trainer:
 def train(config: TrainConfig, run_dir: str | Path | None = None, runs_root: str | None = None,
           out=None) -> TrainResult:
     """Train ``config`` into a new run folder (Python API of ``cnnlab train``)."""
+    from cnnlab.models import spec_tokens
+
     if run_dir is not None:
         runs.check_run_dir(run_dir)
+    spec_tokens(config.model)  # a misspelt model name fails before any data is loaded
     data = _load_data(config)
     # Build once before making the folder, so a bad model spec leaves no empty run folder.
     _build_model(config, (1,) + tuple(data.train_images.shape[1:]), len(data.classes))

@@ -39,7 +39,8 @@ def run(args) -> int:
     from cnnlab.models import build_model
     from cnnlab.summary import format_summary, summarize, totals
 
-    if os.path.exists(args.model):
+    looks_like_path = args.model.endswith(".npz") or os.sep in args.model
+    if os.path.exists(args.model) or looks_like_path:
         from cnnlab.checkpoint import load_model
 
         model, meta = load_model(args.model)

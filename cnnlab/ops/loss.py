@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.errors import CnnlabError, ShapeError
+from cnnlab.errors import DataError, ShapeError
 from cnnlab.ops.activation import log_softmax
 
 
@@ -20,11 +20,11 @@ def _check_labels(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
         raise ShapeError(f"cross_entropy labels have shape {labels.shape}, expected "
                          f"({logits.shape[0]},): one class index per sample")
     if not np.issubdtype(labels.dtype, np.integer):
-        raise CnnlabError(f"cross_entropy labels must be integer class indices, got dtype "
+        raise DataError(f"cross_entropy labels must be integer class indices, got dtype "
                           f"{labels.dtype}; convert with labels.astype(np.int64)")
     num_classes = logits.shape[1]
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise CnnlabError(f"cross_entropy labels must lie in [0, {num_classes - 1}], got values "
+        raise DataError(f"cross_entropy labels must lie in [0, {num_classes - 1}], got values "
                           f"from {labels.min()} to {labels.max()}")
     return labels
 

@@ -32,6 +32,9 @@ def resolve_run(run: str | os.PathLike) -> Path:
         path = path.parent
     if not path.is_dir():
         raise ConfigError(f"run folder {str(path)!r} not found: give a folder made by 'cnnlab train' (runs/...)")
+    if not any((path / name).exists() for name in ("config.json", "metrics.jsonl", "checkpoint.npz")):
+        raise ConfigError(f"{path}: not a run folder (no config.json, metrics.jsonl or checkpoint.npz); "
+                          "give a folder made by 'cnnlab train'")
     return path
 
 
