@@ -15,7 +15,7 @@ import numpy as np
 from cnnlab.errors import ConfigError, ShapeError
 
 
-def predict_logits(model, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+def predict_logits(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Run ``model`` in eval mode on already-normalised inputs, ``batch_size`` at a time.
 
     Args:
@@ -96,7 +96,7 @@ class Evaluation:
         return result
 
 
-def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000,
+def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 256,
              normalization: str = "unit", mean: float | None = None, std: float | None = None,
              num_classes: int | None = None) -> Evaluation:
     """Loss, accuracy and confusion matrix of ``model`` over uint8 images.
@@ -105,7 +105,7 @@ def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 10
         model: the network; run in eval mode, then put back into its previous mode.
         images: (N, H, W) uint8, as ``Dataset.test_images``.
         labels: (N,) integer class indices.
-        batch_size: images per forward pass (default 1000).
+        batch_size: images per forward pass (default 256).
         normalization, mean, std: as ``cnnlab.data.to_float`` (the ones used in training).
         num_classes: K; by default the width of the model's output.
 

@@ -13,8 +13,8 @@ def add_arguments(parser) -> None:
                              "trained on)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="folder to look for (and download) datasets in")
-    parser.add_argument("--batch-size", type=int, default=1000, metavar="N",
-                        help="images per forward pass (default 1000)")
+    parser.add_argument("--batch-size", type=int, default=256, metavar="N",
+                        help="images per forward pass (default 256; larger batches need more memory and are no faster)")
     parser.add_argument("--json", default=None, metavar="FILE",
                         help="also write the results as JSON to FILE")
 
