@@ -341,7 +341,7 @@ class _Planner:
             if letter in seen:
                 raise self.error(f"option '{letter or 'size'}' given twice")
             if value == "same" and letter != "p":
-                raise self.error(f"'same' is a padding value: write psame")
+                raise self.error("'same' is a padding value: write psame")
             seen.add(letter)
             values[letter] = value if value == "same" else int(value)
         if re.sub(r"([a-z]*)(\d+|same)", "", rest):

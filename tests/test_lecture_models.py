@@ -13,15 +13,6 @@ from cnnlab.ops.loss import cross_entropy
 TIGHT = dict(rtol=1e-10, atol=1e-12)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny tensors: torch's thread pool only contends with the other test worker."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def lecture_cnn(module, **kw):
     """Lecture 004: Conv(1->32, k3, p1) -> ReLU -> MaxPool 2 -> Conv(32->64, k3, p1) -> ReLU
     -> MaxPool 2 -> Flatten -> Linear(3136 -> 10)."""

@@ -15,14 +15,6 @@ from cnnlab.nn import init
 TOLERANCES = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-4, atol=1e-5)}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny tensors: torch's thread pool only contends with the other test worker."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 # (name, factory taking the nn namespace and dtype keywords, input shape, has parameters)
 LAYERS = [
     ("conv", lambda m, kw: m.Conv2d(3, 4, 3, stride=2, padding=1, **kw), (2, 3, 7, 7), True),

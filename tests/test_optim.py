@@ -16,13 +16,6 @@ from cnnlab.ops.loss import cross_entropy
 STEPS = 20
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny tensors: torch's thread pool only contends with the other test worker."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 OPTIMIZERS = {
     "sgd": ("SGD", dict(lr=0.1)),
     "sgd-momentum": ("SGD", dict(lr=0.05, momentum=0.9)),

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import matplotlib  # noqa: F401  (the figures need it: fail, don't skip, when it is missing)
@@ -18,64 +16,9 @@ import pytest
 from cnnlab import plots
 from cnnlab.cli import main as cli_main
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError
+from conftest import FASHION_CLASSES
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def make_tiny_dataset(shared_data: Path, folder: Path, train: int = 600, test: int = 300) -> Path:
-    """A folder dataset: the first images of the real Fashion-MNIST, with its class names."""
-    from cnnlab.data import read_idx, write_idx
-
-    source = shared_data / "fashion-mnist"
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, count in (("train", train), ("t10k", test)):
-        for kind in ("images-idx3", "labels-idx1"):
-            name = f"{split}-{kind}-ubyte"
-            write_idx(folder / name, read_idx(source / f"{name}.gz")[:count])
-    (folder / "classes.txt").write_text("\n".join(FASHION_CLASSES) + "\n", encoding="utf-8")
-    return folder
-
-
-def train_tiny_run(base: Path, shared_data: Path) -> Path:
-    data = make_tiny_dataset(shared_data, base / "tiny-fashion")
-    run_dir = base / "run"
-    status = cli_main(["train", "--model", "cnn", "--dataset", str(data), "--limit-train", "512",
-                       "--limit-test", "256", "--epochs", "1", "--log-every", "1",
-                       "--run-dir", str(run_dir), "--no-progress", "--seed", "0"])
-    assert status == 0, "cnnlab train failed"
-    assert (run_dir / "checkpoint.npz").is_file()
-    return run_dir
-
-
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, shared_data) -> Path:
-    """A real run: the lecture CNN trained 1 epoch on 512 Fashion-MNIST images.
-
-    Trained once per test session and shared (read-only) by test_plots and test_report, also
-    across pytest-xdist workers: the first to create the lock folder trains, the others wait.
-    """
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent
-    base, done, failed = root / "cnnlab-tiny-run", root / "cnnlab-tiny-run.done", root / "cnnlab-tiny-run.failed"
-    try:
-        os.mkdir(root / "cnnlab-tiny-run.lock")
-    except FileExistsError:
-        deadline = time.monotonic() + 600
-        while not done.exists():
-            assert not failed.exists(), "training the shared tiny run failed in another test worker"
-            assert time.monotonic() < deadline, "timed out waiting for the shared tiny run"
-            time.sleep(0.2)
-        return base / "run"
-    try:
-        run_dir = train_tiny_run(base, shared_data)
-    except BaseException:
-        failed.touch()
-        raise
-    done.touch()
-    return run_dir
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import matplotlib  # noqa: F401  (the report needs it: fail, don't skip, when it is missing)
 import pytest
-from test_plots import trained_run  # noqa: F401  (the session fixture: one tiny real run)
 
 from cnnlab.cli import main as cli_main
 from cnnlab.fileio import write_json

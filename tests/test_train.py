@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -14,34 +12,6 @@ from cnnlab.cli import main
 from cnnlab.errors import ConfigError, TrainingError
 
 TIMING_KEYS = {"time", "seconds", "images_per_second"}
-
-
-def write_idx_file(path: Path, array: np.ndarray) -> None:
-    """A minimal IDX writer (uint8 only), so these tests need no other part of cnnlab/data."""
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
-
-
-def read_idx_gz_head(path: Path, count: int) -> np.ndarray:
-    """The first ``count`` items of a gzipped uint8 IDX file (decompressing only those)."""
-    with gzip.open(path, "rb") as stream:
-        magic = stream.read(4)
-        ndim = magic[3]
-        shape = (count,) + struct.unpack(f">{ndim}I", stream.read(4 * ndim))[1:]
-        data = stream.read(int(np.prod(shape)))
-    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
-
-
-@pytest.fixture(scope="session")
-def tiny_fashion(shared_data, tmp_path_factory) -> Path:
-    """2,048 training and 1,000 test images of the real Fashion-MNIST, as a dataset folder."""
-    source = shared_data / "fashion-mnist"
-    folder = tmp_path_factory.mktemp("tiny-fashion")
-    for split, count in (("train", 2048), ("t10k", 1000)):
-        for kind in ("images-idx3", "labels-idx1"):
-            array = read_idx_gz_head(source / f"{split}-{kind}-ubyte.gz", count)
-            write_idx_file(folder / f"{split}-{kind}-ubyte", array)
-    return folder
 
 
 def train_cli(*args, capsys=None) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from cnnlab.cli import main
-from test_train import assert_same_checkpoint, read_metrics, tiny_fashion, without_timings  # noqa: F401
+from test_train import assert_same_checkpoint, read_metrics, without_timings
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,7 @@ import wandb  # noqa: F401 - the test must fail, not skip, when wandb is missing
 
 from cnnlab.cli import main
 from cnnlab.errors import CnnlabError
-from test_train import read_metrics, tiny_fashion  # noqa: F401
+from test_train import read_metrics
 
 
 def test_wandb_offline_run_holds_our_config_and_metrics(tiny_fashion, tmp_path, monkeypatch):
