@@ -178,6 +178,9 @@ def _stratified_pick(labels: np.ndarray, shuffled: np.ndarray, count: int) -> np
     return np.concatenate([grouped[start:start + take] for start, take in zip(starts, takes)])
 
 
+_HISTOGRAM_CHUNK = 1 << 22
+
+
 def dataset_mean_std(images: np.ndarray) -> tuple[float, float]:
     """Mean and standard deviation of pixel / 255 over all images (for "standard").
 
@@ -188,7 +191,13 @@ def dataset_mean_std(images: np.ndarray) -> tuple[float, float]:
     if images.size == 0:
         raise ShapeError("cannot compute the mean and std of an empty image set")
     if images.dtype == np.uint8:
-        counts = np.bincount(images.reshape(-1), minlength=256).astype(np.float64)
+        # bincount casts its input to int64: count in chunks so the full training set
+        # (47 M pixels) never needs a 376 MB temporary.
+        flat = images.reshape(-1)
+        counts = np.zeros(256, dtype=np.int64)
+        for start in range(0, flat.size, _HISTOGRAM_CHUNK):
+            counts += np.bincount(flat[start:start + _HISTOGRAM_CHUNK], minlength=256)
+        counts = counts.astype(np.float64)
         values = np.arange(256, dtype=np.float64) / 255.0
         mean = float(counts @ values / images.size)
         variance = float(counts @ (values - mean) ** 2 / images.size)
