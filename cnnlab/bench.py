@@ -530,10 +530,6 @@ def run_benchmark(quick: bool = False, threads: int | None = None, with_torch: b
     return results
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:8.2f}"
-
-
 def _spread(entry: dict) -> str:
     return f"{entry['median_s'] * 1e3:7.2f} [{entry['min_s'] * 1e3:.2f}-{entry['max_s'] * 1e3:.2f}]"
 

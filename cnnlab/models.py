@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, ShapeError
 
 # name -> the equivalent spec; the classifier Linear(features, num_classes) is always appended
 NAMED_SPECS = {
@@ -241,8 +241,6 @@ class _Planner:
     # layer kinds
 
     def add_conv(self, rest: str) -> None:
-        from cnnlab.ops.conv import conv2d_output_size
-
         options = self._options(rest, {"": None, "k": None, "s": 1, "p": 0, "d": 1}, "c32k3p1")
         out_channels, kernel = options[""], options["k"]
         if out_channels is None or kernel is None:
@@ -257,7 +255,7 @@ class _Planner:
                              f"{self._shape_text()} (after flatten/fc): move it earlier")
         channels, height, width = self.shape
         out_hw = self._output_size((height, width), kernel, options["s"], padding, options["d"],
-                                   conv2d_output_size, "kernel")
+                                   "kernel")
         self.add("Conv2d", (out_channels,) + out_hw, channels, out_channels, kernel,
                  stride=options["s"], padding=padding, dilation=options["d"],
                  parameters=out_channels * channels * kernel * kernel + out_channels)
@@ -276,8 +274,6 @@ class _Planner:
         self.pending_activation = True
 
     def add_pool(self, kind: str, rest: str) -> None:
-        from cnnlab.ops.conv import conv2d_output_size
-
         options = self._options(rest, {"": 2, "s": None, "p": 0}, "p2")
         kernel = options[""]
         stride = options["s"] if options["s"] is not None else kernel
@@ -289,8 +285,7 @@ class _Planner:
         if len(self.shape) != 3:
             raise self.error(f"pooling needs (C, H, W) input, but its input is {self._shape_text()}")
         channels, height, width = self.shape
-        out_hw = self._output_size((height, width), kernel, stride, padding, 1,
-                                   conv2d_output_size, "pool window")
+        out_hw = self._output_size((height, width), kernel, stride, padding, 1, "pool window")
         self.add(kind, (channels,) + out_hw, kernel, stride=stride, padding=padding)
 
     def add_dropout(self, rest: str) -> None:
@@ -369,21 +364,22 @@ class _Planner:
             raise self.error(f"psame needs an odd kernel size, got {kernel}")
         return options["d"] * (kernel - 1) // 2
 
-    def _output_size(self, input_hw, kernel, stride, padding, dilation, formula, what) -> tuple:
-        # the lecture's formula: H_out = floor((H_in + 2p - d(k - 1) - 1) / s + 1)
-        out_hw = tuple((size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-                       for size in input_hw)
-        if min(out_hw) >= 1:
-            out_hw = tuple(int(size) for size in formula(input_hw, kernel, stride, padding,
-                                                         dilation))
-        if min(out_hw) < 1:
+    def _output_size(self, input_hw, kernel, stride, padding, dilation, what) -> tuple:
+        from cnnlab.ops.conv import conv2d_output_size
+
+        try:
+            return conv2d_output_size(input_hw, kernel, stride, padding, dilation)
+        except ShapeError:
+            # the lecture's formula, spelled out for the message:
+            # H_out = floor((H_in + 2p - d(k - 1) - 1) / s + 1)
+            out_hw = tuple((size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+                           for size in input_hw)
             raise self.error(
                 f"{what} {kernel} (stride {stride}, padding {padding}, dilation {dilation}) does "
                 f"not fit the {input_hw[0]}x{input_hw[1]} input: floor(({input_hw[0]} + "
                 f"2*{padding} - {dilation}*({kernel}-1) - 1)/{stride} + 1) = {out_hw[0]}; use a "
                 f"smaller {what}, more padding or fewer pooling layers before it"
-            )
-        return out_hw
+            ) from None
 
     def _shape_text(self) -> str:
         return "x".join(str(size) for size in self.shape)

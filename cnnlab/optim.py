@@ -36,6 +36,12 @@ def _check_non_negative(name: str, value: float) -> float:
     return value
 
 
+def _check_positive_int(owner: str, name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{owner}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def _check_betas(betas) -> tuple[float, float]:
     betas = tuple(float(beta) for beta in np.asarray(betas, dtype=np.float64).reshape(-1))
     if len(betas) != 2 or not all(0 <= beta < 1 for beta in betas):
@@ -258,12 +264,12 @@ class Adam(Optimizer):
     def step(self) -> None:
         group = self.param_groups[0]
         lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        coupled_decay = weight_decay != 0 and not self._decoupled
         for index, parameter in enumerate(self.params):
             weights, grad = parameter.data, parameter.grad
             state = self.state[index]
             if not state:
                 state.update(step=0, exp_avg=np.zeros_like(weights), exp_avg_sq=np.zeros_like(weights))
-            coupled_decay = weight_decay != 0 and not self._decoupled
             scratch, *decayed = self._scratch_arrays(index, 2 if coupled_decay else 1)
             exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
             state["step"] += 1
@@ -371,9 +377,7 @@ class StepLR(LRScheduler):
     _settings = ("step_size", "gamma")
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
-        if isinstance(step_size, bool) or not isinstance(step_size, (int, np.integer)) or step_size < 1:
-            raise ConfigError(f"StepLR: step_size must be a positive integer, got {step_size!r}")
-        self.step_size = int(step_size)
+        self.step_size = _check_positive_int("StepLR", "step_size", step_size)
         self.gamma = _check_non_negative("gamma", gamma)
         super().__init__(optimizer)
 
@@ -401,9 +405,7 @@ class CosineAnnealingLR(LRScheduler):
     _settings = ("T_max", "eta_min")
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0) -> None:
-        if isinstance(T_max, bool) or not isinstance(T_max, (int, np.integer)) or T_max < 1:
-            raise ConfigError(f"CosineAnnealingLR: T_max must be a positive integer, got {T_max!r}")
-        self.T_max = int(T_max)
+        self.T_max = _check_positive_int("CosineAnnealingLR", "T_max", T_max)
         self.eta_min = _check_non_negative("eta_min", eta_min)
         super().__init__(optimizer)
 
@@ -440,11 +442,9 @@ class LinearLR(LRScheduler):
         if not 0 < start_factor <= 1 or not 0 <= end_factor <= 1:
             raise ConfigError(f"LinearLR: need 0 < start_factor <= 1 and 0 <= end_factor <= 1, "
                               f"got {start_factor} and {end_factor}")
-        if isinstance(total_iters, bool) or not isinstance(total_iters, (int, np.integer)) or total_iters < 1:
-            raise ConfigError(f"LinearLR: total_iters must be a positive integer, got {total_iters!r}")
+        self.total_iters = _check_positive_int("LinearLR", "total_iters", total_iters)
         self.start_factor = float(start_factor)
         self.end_factor = float(end_factor)
-        self.total_iters = int(total_iters)
         super().__init__(optimizer)
 
     def _next_lr(self, lr: float) -> float:

@@ -65,6 +65,16 @@ def _add_grad(parameter: Parameter | None, grad: np.ndarray | None) -> None:
         parameter.grad += grad
 
 
+def _reset_weight_and_bias(weight: Parameter, bias: Parameter | None, rng) -> None:
+    """PyTorch's default: kaiming_uniform(a=sqrt(5)) weights, U(-1/sqrt(fan_in), ..) bias."""
+    rng = init._generator(rng)
+    init.kaiming_uniform_(weight.data, a=math.sqrt(5), rng=rng)
+    if bias is not None:
+        fan_in, _ = init.calculate_fan_in_and_fan_out(weight.data.shape)
+        bound = 1 / math.sqrt(fan_in)
+        init.uniform_(bias.data, -bound, bound, rng=rng)
+
+
 def _conv_padding(padding, kernel_size, stride, dilation) -> tuple[int, int]:
     """Resolves Conv2d's ``padding`` (int, pair, "valid" or "same") to the pair the op takes."""
     if padding == "valid":
@@ -138,12 +148,7 @@ class Conv2d(Module):
 
     def reset_parameters(self, rng=None) -> None:
         """PyTorch's default: kaiming_uniform(a=sqrt(5)) weights, U(-1/sqrt(fan_in), ..) bias."""
-        rng = init._generator(rng)
-        init.kaiming_uniform_(self.weight.data, a=math.sqrt(5), rng=rng)
-        if self.bias is not None:
-            fan_in, _ = init.calculate_fan_in_and_fan_out(self.weight.data.shape)
-            bound = 1 / math.sqrt(fan_in)
-            init.uniform_(self.bias.data, -bound, bound, rng=rng)
+        _reset_weight_and_bias(self.weight, self.bias, rng)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         _check_input(self, x, (4,), self.in_channels, f"(N, {self.in_channels}, H, W)")
@@ -174,7 +179,7 @@ class Conv2d(Module):
 
 
 class Linear(Module):
-    r"""Fully connected layer: :math:`y = x W^T + b` (lecture 003: z_j = sum_i w_ji a_i + b_j).
+    r"""Fully connected layer: :math:`y = x W^T + b` (lecture 003: z_j = sum_i w_ij a_i + b_j).
 
     Args:
         in_features (int): size of each input sample.
@@ -204,11 +209,7 @@ class Linear(Module):
 
     def reset_parameters(self, rng=None) -> None:
         """PyTorch's default: kaiming_uniform(a=sqrt(5)) weights, U(-1/sqrt(fan_in), ..) bias."""
-        rng = init._generator(rng)
-        init.kaiming_uniform_(self.weight.data, a=math.sqrt(5), rng=rng)
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_features)
-            init.uniform_(self.bias.data, -bound, bound, rng=rng)
+        _reset_weight_and_bias(self.weight, self.bias, rng)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         if x.ndim != 2 or x.shape[1] != self.in_features:
@@ -474,13 +475,13 @@ class _BatchNorm(Module):
         shape = x.shape
         if x.ndim == 3:
             x = x[..., np.newaxis]
-        update_running = self.training and self.track_running_stats
+        # The running statistics are None without tracking; with it, training updates them
+        # and evaluation uses them.
         y, self._cache = batch_norm_forward(
             x,
             None if self.weight is None else self.weight.data,
             None if self.bias is None else self.bias.data,
-            self.running_mean if update_running or not use_batch_stats else None,
-            self.running_var if update_running or not use_batch_stats else None,
+            self.running_mean, self.running_var,
             use_batch_stats, momentum=momentum, eps=self.eps,
         )
         return y.reshape(shape)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from cnnlab.errors import CheckpointError
+from cnnlab.ops.activation import relu_backward, relu_forward
 
 
 class Parameter:
@@ -282,7 +283,7 @@ class Sequential(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         layers = list(self._modules.values())
-        # Positions of ReLU layers run fused with the MaxPool2d after them (see _relu_pool).
+        # Positions of ReLU layers run fused with the MaxPool2d after them (see _fusable).
         self._fused_relus: set[int] = set()
         index = 0
         while index < len(layers):
@@ -328,7 +329,6 @@ def _fusable(layers: list[Module], index: int) -> bool:
 
 
 def _relu_pool_forward(relu: Module, pool: Module, x: np.ndarray) -> np.ndarray:
-    from cnnlab.ops.activation import relu_forward
     pooled = pool(x)
     y, mask = relu_forward(pooled)
     # The ReLU's own cache would be full-size; keep the pooled mask on the pool instead.
@@ -338,7 +338,6 @@ def _relu_pool_forward(relu: Module, pool: Module, x: np.ndarray) -> np.ndarray:
 
 
 def _relu_pool_backward(relu: Module, pool: Module, dy: np.ndarray) -> np.ndarray | None:
-    from cnnlab.ops.activation import relu_backward
     if not relu.requires_input_grad:
         return None
     return pool.backward(relu_backward(dy, pool._relu_mask))

@@ -13,14 +13,13 @@ import numpy as np
 from cnnlab.errors import ShapeError
 
 
-def _reduce_axes(x: np.ndarray, num_channels: int) -> tuple[int, ...]:
+def _check_input(x: np.ndarray, num_channels: int) -> None:
     if x.ndim not in (2, 4):
         raise ShapeError(f"batch norm expects input of shape (N, C) or (N, C, H, W), "
                          f"got {x.shape}")
     if x.shape[1] != num_channels:
         raise ShapeError(f"batch norm over {num_channels} channels got input with "
                          f"{x.shape[1]} channels (shape {x.shape})")
-    return (0,) if x.ndim == 2 else (0, 2, 3)
 
 
 def _channel_sum(array: np.ndarray, other: np.ndarray | None = None) -> np.ndarray:
@@ -62,7 +61,7 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training,
         ``(y, cache)``; pass the cache to :func:`batch_norm_backward`.
     """
     num_channels = x.shape[1] if x.ndim >= 2 else -1
-    axes = _reduce_axes(x, num_channels)
+    _check_input(x, num_channels)
     count = x.size // num_channels
     if training:
         if count <= 1:
@@ -82,7 +81,7 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training,
         y = normalized * _as_channels(weight, x.ndim) if weight is not None else normalized.copy()
         if bias is not None:
             y += _as_channels(bias, x.ndim)
-        return y, (True, normalized, inverse_std, weight, bias is not None, axes)
+        return y, (True, normalized, inverse_std, weight, bias is not None)
     if running_mean is None or running_var is None:
         raise ShapeError("batch norm in evaluation mode needs running_mean and running_var")
     inverse_std = (1 / np.sqrt(running_var + eps)).astype(x.dtype, copy=False)
@@ -92,7 +91,7 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training,
         shift = shift + bias
     y = x * _as_channels(scale, x.ndim)
     y += _as_channels(shift, x.ndim)
-    cache = (False, x, inverse_std, weight, bias is not None, axes,
+    cache = (False, x, inverse_std, weight, bias is not None,
              running_mean.astype(x.dtype), scale)
     return y, cache
 
@@ -112,7 +111,7 @@ def batch_norm_backward(dy, cache):
     """
     training = cache[0]
     if training:
-        _, normalized, inverse_std, weight, has_bias, axes = cache
+        _, normalized, inverse_std, weight, has_bias = cache
         count = dy.size // dy.shape[1]
         dbias = _channel_sum(dy)
         dweight_full = _channel_sum(dy, normalized)
@@ -123,7 +122,7 @@ def batch_norm_backward(dy, cache):
         dx -= _as_channels(dbias / np.asarray(count, dtype=dy.dtype), ndim)
         dx *= _as_channels(scale, ndim)
     else:
-        _, x, inverse_std, weight, has_bias, axes, running_mean, scale = cache
+        _, x, inverse_std, weight, has_bias, running_mean, scale = cache
         dbias = _channel_sum(dy)
         # x_hat = (x - running_mean) * inverse_std, summed against dy without forming x_hat.
         dweight_full = (_channel_sum(dy, x) - running_mean * dbias) * inverse_std

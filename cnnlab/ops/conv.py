@@ -272,7 +272,7 @@ def _naive_input_grad(dy, x, weight, setup):
 #
 # cols holds, for output pixel (b, i, j) and row r = (c_in, m, n), the input pixel that
 # W[:, c_in, m, n] multiplies; one extra row of ones carries the bias through the GEMM
-# (and hands back dbias from the weight-gradient GEMM for free). Two memory layouts:
+# (and hands back dbias from the weight-gradient GEMM for free). Three memory layouts:
 #   "batch":   (N, K + 1, H_out W_out); Y[b] = W cols[b] lands in NCHW directly. Best when
 #              K is small next to H_out W_out (the first layer: K = 9, 784 pixels).
 #   "channel": (K + 1, N H_out W_out); one big GEMM, then Y is transposed to NCHW. Best
@@ -324,9 +324,9 @@ def _patches_view(cols: np.ndarray, setup: _ConvSetup, layout: str) -> np.ndarra
 
 def _padded_input(x: np.ndarray, setup: _ConvSetup) -> tuple[np.ndarray, bool]:
     """x with its zero border, in a pooled buffer (True) or x itself when unpadded (False)."""
-    top, bottom, left, right = setup.pads
     if not any(setup.pads):
         return x, False
+    top, _, left, _ = setup.pads
     padded = _workspace.take("conv-padded", x.shape[:2] + setup.padded_hw, x.dtype,
                              init=lambda buffer: buffer.fill(0), variant=setup.pads)
     # Only the interior is written, so the border keeps the zeros of its first fill.
