@@ -159,13 +159,12 @@ def _output_hw(input_hw, kernel_size, stride, padding, dilation, index, kind) ->
     from cnnlab.ops.conv import conv2d_output_size
 
     kernel, step, pad, dilate = (_pair(v) for v in (kernel_size, stride, padding, dilation))
-    out = tuple(int(conv2d_output_size((size, size), kernel[axis], step[axis], pad[axis],
-                                       dilate[axis])[0])
-                for axis, size in enumerate(input_hw))
-    if min(out) < 1:
-        raise ShapeError(f"layer {index} {kind}: kernel {kernel} does not fit the "
-                         f"{input_hw[0]}x{input_hw[1]} input (output {out})")
-    return out
+    try:
+        return tuple(int(conv2d_output_size((size, size), kernel[axis], step[axis], pad[axis],
+                                            dilate[axis])[0])
+                     for axis, size in enumerate(input_hw))
+    except ShapeError as error:
+        raise ShapeError(f"layer {index} {kind}: {error}") from None
 
 
 def _by_running(layer, shape: tuple) -> tuple:
