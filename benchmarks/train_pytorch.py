@@ -70,6 +70,7 @@ def main(argv=None) -> int:
     from cnnlab.config import MODEL_DEFAULTS, FALLBACK_DEFAULTS
     from cnnlab.data import load_dataset
     from cnnlab.data.loader import dataset_mean_std, epoch_order, iterate_batches
+    from cnnlab.fileio import write_json
     from cnnlab.models import build_model
 
     torch.set_num_threads(args.threads)
@@ -123,8 +124,7 @@ def main(argv=None) -> int:
               "images_per_second": epochs * len(train_labels) / train_seconds, "test_accuracy": accuracy}
     print(json.dumps(result, indent=2))
     if args.json:
-        with open(args.json, "w") as stream:
-            json.dump(result, stream, indent=2)
+        write_json(args.json, result)
     return 0
 
 

@@ -22,8 +22,6 @@ from cnnlab.errors import ConfigError
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "linear")
 NORMALIZATIONS = ("unit", "standard")
-NAMED_MODELS = ("mlp", "cnn", "cnn-bn")
-NAMED_DATASETS = ("mnist", "fashion-mnist", "kmnist")
 
 # Measured on Fashion-MNIST (docs/training.md): the fewest epochs that reach the target accuracy.
 MODEL_DEFAULTS = {

@@ -378,9 +378,7 @@ class Batches:
         """The next batch ``(x, y)``; reshuffles when an epoch is complete."""
         remaining = len(self._order) - self._position
         if remaining == 0 or (self.drop_last and remaining < self.batch_size):
-            self.epoch += 1
-            self._order = self._permutation(self.epoch)
-            self._position = 0
+            self.next_epoch()
         indices = self._order[self._position:self._position + self.batch_size]
         self._position += len(indices)
         return self._take(self.X, indices), self._take(self.Y, indices)

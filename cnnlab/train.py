@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab import runs
-from cnnlab.config import TrainConfig, load_config_file, resolve_config, suggest
+from cnnlab.config import TrainConfig, load_config_file, resolve_config
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, TrainingError
 from cnnlab.fileio import write_json
 from cnnlab.progress import ProgressBar
@@ -109,12 +109,11 @@ class _Data:
 
 
 def _check_dataset_name(name: str) -> None:
-    from cnnlab.data import DATASETS
+    """ConfigError suggesting the closest name, unless ``name`` is a dataset or a folder."""
+    from cnnlab.data import get_dataset_info
 
-    if name in DATASETS or Path(name).is_dir():
-        return
-    raise ConfigError(f"unknown dataset '{name}'{suggest(name, list(DATASETS))}; use "
-                      f"{', '.join(DATASETS)} or a folder of IDX files")
+    if not Path(name).is_dir():
+        get_dataset_info(name)
 
 
 def _load_data(config: TrainConfig) -> _Data:
@@ -477,9 +476,10 @@ class Trainer:
             with _StopSignals() as stop:
                 for epoch in range(self.progress.epochs_done + 1, config.epochs + 1):
                     if stop.signum is not None or not self._train_epoch(epoch, stop):
-                        write_json(self.run_dir / runs.SUMMARY_FILE, self.summary(False))
-                        exit_code = 128 + stop.signum
-                        return TrainResult(self.run_dir, self.summary(False), stop.signum)
+                        result = TrainResult(self.run_dir, self.summary(finished=False), stop.signum)
+                        write_json(self.run_dir / runs.SUMMARY_FILE, result.summary)
+                        exit_code = result.exit_code
+                        return result
             summary = self.summary(finished=True)
             write_json(self.run_dir / runs.SUMMARY_FILE, summary)
             self._write_report()

@@ -64,6 +64,8 @@ def _list(args) -> int:
 
 
 def _info(args) -> int:
+    import numpy as np
+
     from cnnlab.data.datasets import load_dataset
     from cnnlab.data.loader import dataset_mean_std
 
@@ -83,8 +85,6 @@ def _info(args) -> int:
     print(f"image size   {height}x{width} pixels, uint8")
     print(f"pixels       mean {mean:.4f}, std {std:.4f} (of pixel/255, training set)")
     print(f"classes      {dataset.num_classes}")
-    import numpy as np
-
     train_counts = np.bincount(dataset.train_labels, minlength=dataset.num_classes)
     test_counts = np.bincount(dataset.test_labels, minlength=dataset.num_classes)
     name_width = max(len(name) for name in dataset.classes)
@@ -102,7 +102,7 @@ def _download(args) -> int:
     info = get_dataset_info(args.dataset)
     folder = locate(info.name, args.data_dir)
     if folder is not None:
-        dataset = load_folder(folder, info)
+        load_folder(folder, info)  # verifies every file
         print(f"{info.name}: already present and verified in {folder}")
         return 0
     folder = download_dataset(info.name, data_dir=args.data_dir, timeout=args.timeout,

@@ -143,18 +143,16 @@ def confusion_counts(labels, predictions, num_classes: int) -> np.ndarray:
         - labels, predictions: (N,) integers in [0, num_classes)
         - output: (num_classes, num_classes) int64
     """
-    labels = np.asarray(labels, dtype=np.int64)
-    predictions = np.asarray(predictions, dtype=np.int64)
-    flat = np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes)
-    return flat.reshape(num_classes, num_classes)
+    from cnnlab.evaluation import confusion_matrix as count_pairs
+
+    return count_pairs(labels, predictions, num_classes)
 
 
 def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
     """Recall of each class: diagonal / row sum (NaN for a class with no images)."""
-    matrix = np.asarray(matrix, dtype=np.float64)
-    totals = matrix.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(totals > 0, np.diag(matrix) / totals, np.nan)
+    from cnnlab.evaluation import per_class_accuracy as recall
+
+    return recall(np.asarray(matrix, dtype=np.float64))
 
 
 def confusion_matrix(matrix, classes: Sequence[str]):

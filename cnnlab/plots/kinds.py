@@ -71,9 +71,10 @@ def _filters(run: Run, options: PlotOptions):
 
 
 def _features(run: Run, options: PlotOptions):
-    inputs, labels = run.test_inputs(_chosen_indices(options, 2))
+    indices = _chosen_indices(options, 2)
+    inputs, labels = run.test_inputs(indices)
     titles = [f"test image {index}: {run.classes[int(label)]}"
-              for index, label in zip(_chosen_indices(options, 2), labels)]
+              for index, label in zip(indices, labels)]
     return model_figures.feature_maps(run.model, inputs, titles=titles)
 
 

@@ -106,11 +106,8 @@ def filters(model, max_filters: int = 64):
 
 def _shown_layer_kinds():
     layers = _layer_classes()
-    kinds = [layers.Conv2d, layers.ReLU, layers.MaxPool2d]
-    for optional in ("LeakyReLU", "Sigmoid", "Tanh", "AvgPool2d"):
-        if hasattr(layers, optional):
-            kinds.append(getattr(layers, optional))
-    return tuple(kinds)
+    return (layers.Conv2d, layers.ReLU, layers.MaxPool2d, layers.LeakyReLU, layers.Sigmoid,
+            layers.Tanh, layers.AvgPool2d)
 
 
 def layer_outputs(model, images) -> list[tuple[int, str, np.ndarray]]:
@@ -135,7 +132,7 @@ def feature_maps(model, images, max_channels: int = 16, titles: Sequence[str] | 
     Args:
         model: an ``nn.Sequential`` taking (N, C, H, W) images.
         images: (C, H, W) or (N, C, H, W), normalized as the model was trained (see
-            :func:`cnnlab.plots.run_test_images`).
+            :meth:`cnnlab.plots.Run.test_inputs`).
         max_channels: the first this many channels of each layer are shown.
         titles: optional label of each image (row), e.g. its class.
 
@@ -242,7 +239,7 @@ def weight_histograms(model, grads: Mapping[str, np.ndarray] | None = None, bins
         model: the network; every parameter with 2 or more dimensions (conv and linear weights)
             gets a row. Biases are left out: a handful of numbers makes no histogram.
         grads: parameter name -> gradient, e.g. a checkpoint's ``grad/`` arrays
-            (:func:`cnnlab.plots.load_run_gradients`); a missing name shows "no gradient saved".
+            (:attr:`cnnlab.plots.Run.gradients`); a missing name shows "no gradient saved".
     """
     grads = grads or {}
     weights = [(name, parameter.data) for name, parameter in model.named_parameters()

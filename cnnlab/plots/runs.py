@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import CheckpointError, ConfigError, DataError
-
-CHECKPOINT_NAME = "checkpoint.npz"
+from cnnlab.runs import CHECKPOINT_FILE as CHECKPOINT_NAME
+from cnnlab.runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
 
 def resolve_run(run: str | os.PathLike) -> Path:
@@ -32,7 +32,7 @@ def resolve_run(run: str | os.PathLike) -> Path:
         path = path.parent
     if not path.is_dir():
         raise ConfigError(f"run folder {str(path)!r} not found: give a folder made by 'cnnlab train' (runs/...)")
-    if not any((path / name).exists() for name in ("config.json", "metrics.jsonl", "checkpoint.npz")):
+    if not any((path / name).exists() for name in (CONFIG_FILE, METRICS_FILE, CHECKPOINT_NAME)):
         raise ConfigError(f"{path}: not a run folder (no config.json, metrics.jsonl or checkpoint.npz); "
                           "give a folder made by 'cnnlab train'")
     return path
@@ -51,7 +51,7 @@ def read_metrics(run: str | os.PathLike) -> list[dict]:
     The file is appended while training runs, so a last line cut short is skipped; a damaged
     line elsewhere raises DataError.
     """
-    path = resolve_run(run) / "metrics.jsonl"
+    path = resolve_run(run) / METRICS_FILE
     if not path.exists():
         return []
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -70,11 +70,9 @@ def read_metrics(run: str | os.PathLike) -> list[dict]:
 
 def to_model_input(images: np.ndarray, meta: dict) -> np.ndarray:
     """uint8 images (N, H, W) -> float32 (N, 1, H, W), normalized as the checkpoint's model was trained."""
-    from cnnlab.data import to_float
+    from cnnlab.images import to_model_input as normalize
 
-    normalization = meta.get("normalization") or {"kind": "unit"}
-    return to_float(images, normalization=normalization.get("kind", "unit"),
-                    mean=normalization.get("mean"), std=normalization.get("std"))
+    return normalize(images, meta.get("normalization"))
 
 
 def predict_probabilities(model, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
@@ -120,13 +118,13 @@ class Run:
 
     @cached_property
     def config(self) -> dict:
-        path = self.path / "config.json"
+        path = self.path / CONFIG_FILE
         return _read_json(path) if path.exists() else {}
 
     @cached_property
     def summary(self) -> dict | None:
         """summary.json, or None while the run has not written one."""
-        path = self.path / "summary.json"
+        path = self.path / SUMMARY_FILE
         return _read_json(path) if path.exists() else None
 
     @property
