@@ -22,35 +22,6 @@ import time
 import numpy as np
 
 
-def torch_twin(torch, model):
-    """The cnnlab Sequential ``model`` as a torch Sequential with the same weights."""
-    layers = []
-    for layer in model:
-        kind = type(layer).__name__
-        if kind == "Conv2d":
-            layers.append(torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
-                                          stride=layer.stride, padding=layer.padding,
-                                          dilation=layer.dilation, groups=layer.groups,
-                                          bias=layer.bias is not None))
-        elif kind == "Linear":
-            layers.append(torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None))
-        elif kind in ("MaxPool2d", "AvgPool2d"):
-            layers.append(getattr(torch.nn, kind)(layer.kernel_size, layer.stride, layer.padding))
-        elif kind in ("BatchNorm1d", "BatchNorm2d"):
-            layers.append(getattr(torch.nn, kind)(layer.num_features, eps=layer.eps, momentum=layer.momentum))
-        elif kind == "Dropout":
-            layers.append(torch.nn.Dropout(layer.p))
-        elif kind in ("ReLU", "Flatten", "Sigmoid", "Tanh"):
-            layers.append(getattr(torch.nn, kind)())
-        elif kind == "LeakyReLU":
-            layers.append(torch.nn.LeakyReLU(layer.negative_slope))
-        else:
-            raise SystemExit(f"no PyTorch twin for layer {kind}")
-    twin = torch.nn.Sequential(*layers)
-    twin.load_state_dict({key: torch.from_numpy(np.array(value)) for key, value in model.state_dict().items()})
-    return twin
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="cnn")
@@ -71,6 +42,7 @@ def main(argv=None) -> int:
     from cnnlab.data import load_dataset
     from cnnlab.data.loader import dataset_mean_std, epoch_order, iterate_batches
     from cnnlab.fileio import write_json
+    from cnnlab.bench import torch_twin
     from cnnlab.models import build_model
 
     torch.set_num_threads(args.threads)

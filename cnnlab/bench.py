@@ -166,11 +166,15 @@ def gemm_rate(size: int = 2048, repeats: int = 5) -> dict:
 # The networks, in cnnlab and in PyTorch with identical weights
 # ---------------------------------------------------------------------------
 
-def _torch_model(torch_module, cnnlab_model):
-    """The same Sequential in PyTorch, built from cnnlab's layer reprs and loaded with its weights."""
+def torch_twin(torch_module, model):
+    """The cnnlab Sequential ``model`` as a torch Sequential with the same weights.
+
+    Used wherever cnnlab and PyTorch are timed side by side (here and
+    benchmarks/train_pytorch.py), so both always run the same network.
+    """
     torch_nn = torch_module.nn
     layers = []
-    for layer in cnnlab_model:
+    for layer in model:
         kind = type(layer).__name__
         if kind == "Conv2d":
             layers.append(torch_nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
@@ -179,19 +183,22 @@ def _torch_model(torch_module, cnnlab_model):
                                           bias=layer.bias is not None))
         elif kind == "Linear":
             layers.append(torch_nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None))
-        elif kind == "MaxPool2d":
-            layers.append(torch_nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding))
-        elif kind == "ReLU":
-            layers.append(torch_nn.ReLU())
-        elif kind == "Flatten":
-            layers.append(torch_nn.Flatten())
+        elif kind in ("MaxPool2d", "AvgPool2d"):
+            layers.append(getattr(torch_nn, kind)(layer.kernel_size, layer.stride, layer.padding))
+        elif kind in ("BatchNorm1d", "BatchNorm2d"):
+            layers.append(getattr(torch_nn, kind)(layer.num_features, eps=layer.eps, momentum=layer.momentum))
+        elif kind == "Dropout":
+            layers.append(torch_nn.Dropout(layer.p))
+        elif kind in ("ReLU", "Flatten", "Sigmoid", "Tanh"):
+            layers.append(getattr(torch_nn, kind)())
+        elif kind == "LeakyReLU":
+            layers.append(torch_nn.LeakyReLU(layer.negative_slope))
         else:
-            raise ValueError(f"bench has no PyTorch twin for layer {kind}")
-    model = torch_nn.Sequential(*layers)
-    state = {key: torch_module.from_numpy(np.ascontiguousarray(value))
-             for key, value in cnnlab_model.state_dict().items()}
-    model.load_state_dict(state)
-    return model
+            raise ValueError(f"no PyTorch twin for layer {kind}")
+    twin = torch_nn.Sequential(*layers)
+    twin.load_state_dict({key: torch_module.from_numpy(np.array(value))
+                          for key, value in model.state_dict().items()})
+    return twin
 
 
 def _lecture_model(name: str, seed: int):
@@ -399,13 +406,13 @@ def bench_models(torch_module, repeats: int, batch_sizes: tuple[int, ...]) -> di
                         continue  # no spatial layout to choose for a fully connected net
                     memory_format = (torch_module.channels_last if layout == "channels_last"
                                      else torch_module.contiguous_format)
-                    t_model = _torch_model(torch_module, _lecture_model(model_name, seed=0))
+                    t_model = torch_twin(torch_module, _lecture_model(model_name, seed=0))
                     t_model = t_model.to(memory_format=memory_format)
                     t_optimizer = torch_module.optim.Adam(t_model.parameters(), lr=1e-3)
                     tx = torch_module.from_numpy(x.copy()).contiguous(memory_format=memory_format)
                     ty = torch_module.from_numpy(y.copy())
                     train[f"torch_{layout}"] = _torch_train_step(torch_module, t_model, t_optimizer, tx, ty)
-                    t_infer = _torch_model(torch_module, _lecture_model(model_name, seed=0)).eval()
+                    t_infer = torch_twin(torch_module, _lecture_model(model_name, seed=0)).eval()
                     t_infer = t_infer.to(memory_format=memory_format)
 
                     def t_infer_step(m=t_infer, tx=tx):
@@ -446,7 +453,7 @@ def bench_epoch(torch_module, images: int, batch_size: int, gemm_gflops: float) 
     result = {"images": images, "batch_size": batch_size, "cnnlab_seconds": cnnlab_seconds,
               "gemm_bound_seconds": bound_seconds, "times_gemm_bound": cnnlab_seconds / bound_seconds}
     if torch_module is not None:
-        t_model = _torch_model(torch_module, _lecture_model("cnn", seed=0)).to(
+        t_model = torch_twin(torch_module, _lecture_model("cnn", seed=0)).to(
             memory_format=torch_module.channels_last)
         t_optimizer = torch_module.optim.Adam(t_model.parameters(), lr=1e-3)
         t_batches = [(torch_module.from_numpy(x).contiguous(memory_format=torch_module.channels_last),
