@@ -8,7 +8,7 @@ Each output pixel summarises one kH x kW window of its channel:
 
 with reduce = max (max pooling) or mean (average pooling). Both ops loop over the kH*kW
 kernel taps only; each step is one vectorised pass over an (N, C, H_out, W_out) strided
-view, so the common 2x2/stride-2 pool is four strided views and no copy of the input.
+view (for the common 2x2/stride-2 max pool, over contiguous copies of the four tap views).
 
 Max pooling's backward sends each window's gradient to its FIRST largest element in
 row-major window order, exactly as PyTorch does on ties; the forward records which tap
@@ -127,6 +127,31 @@ class _GradientTarget:
         return dx
 
 
+# The 2x2 / stride-2 max pool (every CNN here) runs the same tap loop on contiguous
+# copies of its four tap views. numpy runs an elementwise op on a strided view one short
+# row at a time (W_out = 14 elements per call, no SIMD): a strided np.maximum costs ~8x
+# the contiguous one. One copy sorts x into four contiguous tap planes, tap-major, and
+# every later pass then runs over a whole flat array (forward 1.3-1.4x faster, same bits).
+# The backward keeps its four strided writes: scattering planes back cost more than it saved.
+
+def _is_2x2_tiling(setup: _PoolSetup) -> bool:
+    return setup.kernel == (2, 2) and setup.tiles_exactly
+
+
+def _tap_planes(x: np.ndarray, setup: _PoolSetup) -> np.ndarray:
+    """x's four tap views as a pooled (4, N, C, H_out, W_out) buffer, taps in row-major order.
+
+    Give it back with ``_workspace.give(planes, "pool-planes")``.
+    """
+    n, c = x.shape[:2]
+    h_out, w_out = setup.out_hw
+    planes = _workspace.take("pool-planes", (4,) + setup.output_shape(), setup.dtype)
+    # x's covered part as (N, C, H_out, m, W_out, n), copied to (m, n, N, C, H_out, W_out).
+    tiles = x[:, :, :2 * h_out, :2 * w_out].reshape(n, c, h_out, 2, w_out, 2)
+    np.copyto(planes.reshape((2, 2) + planes.shape[1:]), tiles.transpose(3, 5, 0, 1, 2, 4))
+    return planes
+
+
 # ---------------------------------------------------------------------------
 # Max pooling
 # ---------------------------------------------------------------------------
@@ -152,14 +177,25 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
         ``(y, cache)``; the cache records the position of each window's first maximum.
     """
     setup = _PoolSetup(x, kernel_size, stride, padding, "max_pool2d")
-    padded, pooled = _padded(x, setup, -np.inf)
-    taps = setup.taps
-    y = setup.view(padded, taps[0]).copy()
-    index = np.zeros(y.shape, dtype=np.uint8 if len(taps) <= 256 else np.int32)
+    planes, pooled = None, False
+    if _is_2x2_tiling(setup):
+        planes = _tap_planes(x, setup)
+        views = list(planes)
+    else:
+        padded, pooled = _padded(x, setup, -np.inf)
+        views = [setup.view(padded, tap) for tap in setup.taps]
+    index_type = np.uint8 if len(views) <= 256 else np.int32
+    if len(views) == 1:
+        y, index = views[0].copy(), np.zeros(views[0].shape, dtype=index_type)
+    else:
+        # Taps 0 and 1 need no bookkeeping: after them the index is just (tap 1 > tap 0);
+        # two passes instead of a copy, a zero fill and the loop's five.
+        y = np.maximum(views[0], views[1])
+        index = np.empty(y.shape, dtype=index_type)
+        np.greater(views[1], views[0], out=index)
     larger = np.empty(y.shape, dtype=bool)
     step = np.empty_like(index)
-    for number, tap in enumerate(taps[1:], start=1):
-        candidate = setup.view(padded, tap)
+    for number, candidate in enumerate(views[2:], start=2):
         # Strictly larger: on ties the earlier tap (row-major) keeps the maximum, as PyTorch.
         np.greater(candidate, y, out=larger)
         # index = number where larger, else unchanged; arithmetic (wrapping in uint8) is
@@ -170,6 +206,8 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
         np.maximum(y, candidate, out=y)
     if pooled:
         _release_padded(padded, setup, -np.inf)
+    if planes is not None:
+        _workspace.give(planes, "pool-planes")
     return y, (setup, index)
 
 
