@@ -16,7 +16,6 @@ import ctypes
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -466,24 +465,38 @@ def bench_epoch(torch_module, images: int, batch_size: int, gemm_gflops: float) 
     return result
 
 
+# Runs `cnnlab ARGS...` and then prints its own peak RSS. The process reports it itself: the
+# parent's RUSAGE_CHILDREN can count the forked child before exec, while it still maps the
+# parent's pages (torch, the benchmark's arrays), and so overstate the training run.
+_PEAK_RSS_SCRIPT = """
+import resource, runpy, sys
+sys.argv = ["cnnlab", *sys.argv[1:]]
+try:
+    runpy.run_module("cnnlab", run_name="__main__")
+finally:
+    print("peak_rss_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+"""
+
+
 def bench_train_memory(limit_train: int, data_dir: str | None) -> dict:
     """Peak RSS (MB) of a real `cnnlab train --model cnn` process."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "cnnlab", "train", "--model", "cnn", "--dataset", "fashion-mnist",
-                   "--epochs", "1", "--limit-train", str(limit_train), "--no-progress", "--no-report",
-                   "--run-dir", os.path.join(tmp, "run")]
+        arguments = ["train", "--model", "cnn", "--dataset", "fashion-mnist", "--epochs", "1",
+                     "--limit-train", str(limit_train), "--no-progress", "--no-report"]
         if data_dir:
-            command += ["--data-dir", data_dir]
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        completed = subprocess.run(command, capture_output=True, text=True)
-        peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if completed.returncode != 0:
-        return {"error": (completed.stderr.strip().splitlines() or ["failed"])[-1], "command": " ".join(command)}
-    return {"peak_rss_mb": peak_kb / 1024, "limit_train": limit_train,
-            "note": None if peak_kb > before else "peak may be an earlier child's",
-            "command": " ".join(command)}
+            arguments += ["--data-dir", data_dir]
+        completed = subprocess.run([sys.executable, "-c", _PEAK_RSS_SCRIPT, *arguments,
+                                    "--run-dir", os.path.join(tmp, "run")],
+                                   capture_output=True, text=True)
+    command = "cnnlab " + " ".join(arguments)
+    lines = completed.stderr.strip().splitlines()
+    if completed.returncode != 0 or not lines or not lines[-1].startswith("peak_rss_kb"):
+        error = next((line for line in reversed(lines) if not line.startswith("peak_rss_kb")), "failed")
+        return {"error": error, "command": command}
+    peak_kb = int(lines[-1].split()[1])
+    return {"peak_rss_mb": peak_kb / 1024, "limit_train": limit_train, "command": command}
 
 
 # ---------------------------------------------------------------------------
