@@ -465,16 +465,28 @@ def bench_epoch(torch_module, images: int, batch_size: int, gemm_gflops: float) 
     return result
 
 
-# Runs `cnnlab ARGS...` and then prints its own peak RSS. The process reports it itself: the
-# parent's RUSAGE_CHILDREN can count the forked child before exec, while it still maps the
-# parent's pages (torch, the benchmark's arrays), and so overstate the training run.
+# Runs `cnnlab ARGS...` and then prints its own peak RSS, as VmHWM of /proc/self/status: the
+# high-water mark of this program's own address space. getrusage's ru_maxrss would not do:
+# Linux carries it across exec, so it includes the benchmark process the child was forked
+# (or vforked) from, with torch and the benchmark's arrays.
 _PEAK_RSS_SCRIPT = """
 import resource, runpy, sys
+
+def peak_kb():
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
 sys.argv = ["cnnlab", *sys.argv[1:]]
 try:
     runpy.run_module("cnnlab", run_name="__main__")
 finally:
-    print("peak_rss_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+    print("peak_rss_kb", peak_kb(), file=sys.stderr)
 """
 
 
