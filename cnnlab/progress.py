@@ -45,6 +45,7 @@ class ProgressBar:
         self.fields: dict[str, object] = {}
         self.start = time.perf_counter()
         self._last_draw = 0.0
+        self._drawn_count = -1   # the count shown by the last line drawn
         self._interactive = bool(getattr(self.stream, "isatty", lambda: False)())
         self._closed = False
 
@@ -80,6 +81,7 @@ class ProgressBar:
         return "  ".join(parts)
 
     def _draw(self, now: float) -> None:
+        self._drawn_count = self.count
         line = self._line(now)
         if self._interactive:
             self.stream.write("\r\033[K" + line)
@@ -98,7 +100,7 @@ class ProgressBar:
         if self._interactive:
             self._draw(now)
             self.stream.write("\n")
-        elif now - self._last_draw > 0 or self.count == 0:
+        elif self._drawn_count != self.count:
             self.stream.write(self._line(now) + "\n")
         self.stream.flush()
 

@@ -231,7 +231,6 @@ class Trainer:
         self.wandb = None
         self.wandb_run_id = wandb_run_id
         self._report_notice_shown = False
-        self._report_process = None   # the background `cnnlab report` of the last epoch
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -348,28 +347,14 @@ class Trainer:
             return False
         return True
 
-    def _refresh_report_in_background(self) -> None:
-        """Rewrite report.html after an epoch, in another process, so training goes on meanwhile.
-
-        A report takes a few seconds (about a fifth of a Fashion-MNIST epoch of the lecture CNN);
-        drawn here it would stall training that long. If the previous one is still being drawn,
-        this epoch's is skipped. The process has its own session, so a Ctrl-C meant for training
-        does not cut it off; it writes atomically either way.
-        """
-        if not self._report_possible():
-            return
-        if self._report_process is not None and self._report_process.poll() is None:
-            return
-        import subprocess
-
-        self._report_process = subprocess.Popen(
-            [sys.executable, "-m", "cnnlab", "report", str(self.run_dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
     def _write_report(self) -> None:
-        """Write the final report.html here, after any background one has finished."""
-        if self._report_process is not None:
-            self._report_process.wait()
+        """Rewrite report.html (after every epoch, so a browser left open on it follows the run).
+
+        It is drawn here, between epochs, costing a few seconds each time (about a sixth of a
+        Fashion-MNIST epoch of the lecture CNN; `--no-report` skips it). Drawing it in another
+        process while training goes on was measured slower: on two cores it competes with
+        OpenBLAS's threads and costs the epoch more than drawing it here.
+        """
         if not self._report_possible():
             return
         from cnnlab.report import write_report
@@ -470,7 +455,7 @@ class Trainer:
         write_json(self.run_dir / runs.SUMMARY_FILE, self.summary(finished=False))
         self._print_epoch(record)
         if epoch < self.config.epochs:
-            self._refresh_report_in_background()
+            self._write_report()
 
     def _print_epoch(self, record: dict) -> None:
         line = (f"epoch {record['epoch']}/{self.config.epochs}: train loss "
