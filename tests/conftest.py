@@ -27,6 +27,18 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    """Make any unpickling (by cnnlab, or by numpy on its behalf) fail the test."""
+    import pickle
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("something was unpickled")
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+
+
 @pytest.fixture(autouse=True)
 def _torch_single_thread():
     """Two pytest workers share two cores: torch's thread pool fighting the other worker makes

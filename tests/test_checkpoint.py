@@ -28,15 +28,6 @@ def trained_step(model, optimizer, rng, steps=2):
         optimizer.step()
 
 
-@pytest.fixture
-def no_unpickling(monkeypatch):
-    """Any attempt to unpickle fails the test loudly."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("pickle was called")
-    monkeypatch.setattr(pickle, "load", refuse)
-    monkeypatch.setattr(pickle, "loads", refuse)
-
-
 @pytest.mark.parametrize("make_optimizer", [
     lambda params: Adam(params, lr=1e-3),
     lambda params: SGD(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4),

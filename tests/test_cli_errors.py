@@ -121,16 +121,6 @@ def copy_dataset(workspace, tmp_path):
     return make
 
 
-@pytest.fixture
-def no_unpickling(monkeypatch):
-    """Make any unpickling (by cnnlab or by numpy on its behalf) fail the test."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("something was unpickled")
-    monkeypatch.setattr(pickle, "load", refuse)
-    monkeypatch.setattr(pickle, "loads", refuse)
-    monkeypatch.setattr(pickle, "Unpickler", refuse)
-
-
 # --------------------------------------------------------------------------- IDX files
 
 def _raw(folder: Path, name: str = TRAIN_IMAGES) -> bytes:
