@@ -130,22 +130,49 @@ class Timing:
                 "repeats": len(self.samples)}
 
 
-def time_interleaved(functions: dict[str, Callable[[], object]], repeats: int,
-                     warmup: int = 2, inner: int = 1) -> dict[str, Timing]:
-    """Time each function ``repeats`` times, taking turns, so drift hits all alike.
+# How long a block waits before it starts. After a BLAS call, OpenBLAS's idle worker
+# threads keep spinning for about 2^28 cycles (~0.1 s) before they sleep, and PyTorch's
+# OpenMP threads do likewise; on a 2-core machine whoever runs next pays for it.
+# Measured here: PyTorch's MLP inference right after a NumPy GEMM took 2-10x its time.
+SETTLE_SECONDS = 0.25
 
-    Each sample is the mean over ``inner`` consecutive calls.
+
+def _settle(seconds: float) -> None:
+    """Wait, busy: a sleeping process lets a virtual CPU's clock drop, and the next
+    timed calls ran ~25% slower after time.sleep here."""
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        pass
+
+
+def time_interleaved(functions: dict[str, Callable[[], object]], repeats: int,
+                     warmup: int = 2, inner: int = 1, block: int = 3,
+                     settle: float | None = None) -> dict[str, Timing]:
+    """Time each function ``repeats`` times, in rounds that take turns, so drift hits all alike.
+
+    Each round runs every function as a block: a pause of ``settle`` seconds (default
+    SETTLE_SECONDS when there is more than one function), one untimed call, then
+    ``block`` timed samples, each the mean over ``inner`` consecutive calls. Alternating
+    single calls instead measured PyTorch's cnn training step at half its real speed:
+    each library ran against the other's spinning threads.
     """
+    if settle is None:
+        settle = SETTLE_SECONDS if len(functions) > 1 else 0.0
     for function in functions.values():
         for _ in range(warmup):
             function()
     timings = {name: Timing() for name in functions}
-    for _ in range(repeats):
+    rounds = -(-repeats // block)
+    for round_index in range(rounds):
+        samples_this_round = min(block, repeats - round_index * block)
         for name, function in functions.items():
-            start = time.perf_counter()
-            for _ in range(inner):
-                function()
-            timings[name].samples.append((time.perf_counter() - start) / inner)
+            _settle(settle)
+            function()
+            for _ in range(samples_this_round):
+                start = time.perf_counter()
+                for _ in range(inner):
+                    function()
+                timings[name].samples.append((time.perf_counter() - start) / inner)
     return timings
 
 
@@ -442,6 +469,10 @@ def bench_epoch(torch_module, images: int, batch_size: int, gemm_gflops: float) 
 
     model = _lecture_model("cnn", seed=0)
     optimizer = Adam(model.parameters(), lr=1e-3)
+    # One untimed step each, so neither side starts against the other's spinning threads
+    # (see time_interleaved).
+    _cnnlab_train_step(model, optimizer, *batches[0])()
+    _settle(SETTLE_SECONDS)
     start = time.perf_counter()
     for x, y in batches:
         _cnnlab_train_step(model, optimizer, x, y)()
@@ -457,6 +488,8 @@ def bench_epoch(torch_module, images: int, batch_size: int, gemm_gflops: float) 
         t_optimizer = torch_module.optim.Adam(t_model.parameters(), lr=1e-3)
         t_batches = [(torch_module.from_numpy(x).contiguous(memory_format=torch_module.channels_last),
                       torch_module.from_numpy(y)) for x, y in batches]
+        _settle(SETTLE_SECONDS)
+        _torch_train_step(torch_module, t_model, t_optimizer, *t_batches[0])()
         start = time.perf_counter()
         for tx, ty in t_batches:
             _torch_train_step(torch_module, t_model, t_optimizer, tx, ty)()
@@ -535,17 +568,18 @@ def run_benchmark(quick: bool = False, threads: int | None = None, with_torch: b
     epoch_images = epoch_images or (6400 if quick else 60000)
 
     log("measuring the float32 GEMM rate ...")
-    gemm = gemm_rate(1024 if quick else 2048, repeats=3 if quick else 7)
-    log(f"  {gemm['gflops_median']:.0f} GFLOP/s")
+    gemm = gemm_rate(1024 if quick else 2048, repeats=5 if quick else 9)
+    log(f"  {gemm['gflops_median']:.0f} GFLOP/s median, {gemm['gflops_max']:.0f} best")
     log("timing ops ...")
     ops = bench_ops(torch_module, repeats)
     log("timing training steps and inference ...")
     models = bench_models(torch_module, repeats, batch_sizes)
     for entry in models.values():
         entry["fraction_of_gemm_bound"] = (entry["flops_per_image"] * entry["cnnlab"]["images_per_second"]
-                                           / (gemm["gflops_median"] * 1e9))
+                                           / (gemm["gflops_max"] * 1e9))
     log(f"timing one epoch of cnn on {epoch_images} images ...")
-    epoch = bench_epoch(torch_module, epoch_images, 128, gemm["gflops_median"])
+    # The bound takes BLAS's best rate: what the hardware did, not a noisy median.
+    epoch = bench_epoch(torch_module, epoch_images, 128, gemm["gflops_max"])
     results = {
         "date": time.strftime("%Y-%m-%d"),
         "command": "cnnlab bench" + (" --quick" if quick else ""),
@@ -581,7 +615,8 @@ def format_results(results: dict) -> str:
     lines.append(f"float32 GEMM ({gemm['size']}^3): {gemm['gflops_median']:.0f} GFLOP/s median, "
                  f"{gemm['gflops_max']:.0f} best")
     lines.append("")
-    lines.append("ops at batch 128, ms: median [min-max]; speedup = PyTorch's better layout / cnnlab")
+    lines.append("ops at batch 128, ms: median [min-max] over blocks taken in turns (see time_interleaved); "
+                 "speedup = PyTorch's better layout / cnnlab")
     lines.append(f"{'op':38s} {'cnnlab':>22s} {'torch NCHW':>22s} {'torch ch_last':>22s} {'speedup':>8s}")
     for name, entry in results["ops"].items():
         cells = [_spread(entry[key]) if key in entry else "-" for key in
@@ -589,7 +624,7 @@ def format_results(results: dict) -> str:
         ratio = f"{entry['speedup_vs_torch']:.2f}x" if "speedup_vs_torch" in entry else "-"
         lines.append(f"{name:38s} {cells[0]:>22s} {cells[1]:>22s} {cells[2]:>22s} {ratio:>8s}")
     lines.append("")
-    lines.append("throughput, images/s (median); GEMM bound = FLOPs / measured GEMM rate")
+    lines.append("throughput, images/s (median); GEMM bound = FLOPs / best measured GEMM rate")
     lines.append(f"{'model':32s} {'cnnlab':>9s} {'torch NCHW':>11s} {'torch ch_l':>11s} "
                  f"{'speedup':>8s} {'of bound':>9s}")
     for name, entry in results["models"].items():

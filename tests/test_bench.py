@@ -42,3 +42,16 @@ def test_quick_bench_writes_every_figure(tmp_path, shared_data, capsys):
     epoch = results["epoch"]
     assert epoch["images"] == 1280 and epoch["times_gemm_bound"] > 0.5
     assert results["train_memory"]["peak_rss_mb"] > 20, results["train_memory"]
+
+
+def test_timing_runs_each_function_in_blocks_after_an_untimed_call():
+    # Alternating single calls let each library run against the other's spinning BLAS
+    # threads; blocks with an untimed first call (and a pause) measure each on its own.
+    from cnnlab.bench import time_interleaved
+
+    calls = []
+    timings = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                               repeats=5, warmup=1, block=2, settle=0.0)
+    assert [len(timings[name].samples) for name in "ab"] == [5, 5]
+    # warm-up a, b; then rounds of (1 untimed + 2 timed) a, likewise b; the last round has 1 timed.
+    assert "".join(calls) == "ab" + "aaabbb" * 2 + "aabb"
