@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from cnnlab.fileio import write_json
+from cnnlab.ops import _kernels
 
 
 # ---------------------------------------------------------------------------
@@ -39,6 +40,30 @@ def _cpu_name() -> str:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def _cpu_has_avx512() -> bool:
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as stream:
+            for line in stream:
+                if line.startswith("flags"):
+                    return "avx512f" in line.split()
+    return False
+
+
+# OpenBLAS kernels (get_corename, lower case) that use AVX-512.
+_AVX512_KERNELS = ("skylakex", "cooperlake", "sapphirerapids", "zen4", "zen5")
+
+
+def blas_kernel_note(blas: dict) -> str | None:
+    """A line for the user when OPENBLAS_CORETYPE holds OpenBLAS back on an AVX-512 CPU."""
+    forced = blas.get("env", {}).get("OPENBLAS_CORETYPE")
+    kernel = (blas.get("kernel") or "").lower()
+    if forced and kernel and not kernel.startswith(_AVX512_KERNELS) and _cpu_has_avx512():
+        return (f"note: OPENBLAS_CORETYPE={forced} makes OpenBLAS use its {blas['kernel']} kernel on "
+                "this AVX-512 CPU; without it (unset OPENBLAS_CORETYPE) OpenBLAS picks its "
+                "AVX-512 kernel and NumPy's float32 GEMM runs up to ~2x faster")
+    return None
 
 
 def _openblas_library() -> ctypes.CDLL | None:
@@ -95,6 +120,7 @@ def environment(torch_module=None) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "blas": blas_info(),
+        "kernels": _kernels.describe(),
     }
     if torch_module is not None:
         env["torch"] = {
@@ -231,6 +257,20 @@ def _lecture_model(name: str, seed: int):
     from cnnlab.models import build_model
 
     return build_model(name, np.random.default_rng(seed))
+
+
+def _flops_per_image(model, kind: str) -> int:
+    """Forward FLOPs; a training step adds the weight gradient and the input gradient of
+    each layer (about one forward each), except the first layer's input gradient, which
+    nobody needs (for the mlp that layer is almost all of the work)."""
+    from cnnlab.summary import summarize
+
+    rows = summarize(model, (1, 28, 28))
+    forward = sum(row.flops for row in rows)
+    if kind != "train step":
+        return forward
+    first_with_weights = next((row.flops for row in rows if row.parameters), 0)
+    return 3 * forward - first_with_weights
 
 
 def _cnnlab_train_step(model, optimizer, x, y):
@@ -414,7 +454,6 @@ def bench_ops(torch_module, repeats: int, batch_size: int = 128) -> dict:
 def bench_models(torch_module, repeats: int, batch_sizes: tuple[int, ...]) -> dict:
     """Training-step and inference throughput (images/s) for `cnn` and `mlp`."""
     from cnnlab.optim import Adam
-    from cnnlab.summary import summarize
 
     results: dict = {}
     for model_name in ("cnn", "mlp"):
@@ -445,14 +484,12 @@ def bench_models(torch_module, repeats: int, batch_sizes: tuple[int, ...]) -> di
                         with torch_module.no_grad():
                             return m(tx)
                     infer[f"torch_{layout}"] = t_infer_step
-            flops_forward = sum(row.flops for row in summarize(model, (1, 28, 28)))
             for kind, functions in (("train step", train), ("inference", infer)):
                 timings = time_interleaved(functions, repeats)
                 entry = {key: {**timing.as_dict(), "images_per_second": batch_size / timing.median}
                          for key, timing in timings.items()}
                 entry["batch_size"] = batch_size
-                # A training step is about three forward passes of work (forward, dX and dW).
-                entry["flops_per_image"] = flops_forward * (3 if kind == "train step" else 1)
+                entry["flops_per_image"] = _flops_per_image(model, kind)
                 results[f"{model_name} {kind} batch {batch_size}"] = _with_ratio(entry)
     return results
 
@@ -460,7 +497,6 @@ def bench_models(torch_module, repeats: int, batch_sizes: tuple[int, ...]) -> di
 def bench_epoch(torch_module, images: int, batch_size: int, gemm_gflops: float) -> dict:
     """One training epoch of `cnn` over ``images`` random images, against the GEMM bound."""
     from cnnlab.optim import Adam
-    from cnnlab.summary import summarize
 
     rng = np.random.default_rng(1)
     data = rng.random((images, 1, 28, 28), dtype=np.float32)
@@ -478,7 +514,7 @@ def bench_epoch(torch_module, images: int, batch_size: int, gemm_gflops: float) 
         _cnnlab_train_step(model, optimizer, x, y)()
     cnnlab_seconds = time.perf_counter() - start
 
-    flops_per_image = 3 * sum(row.flops for row in summarize(model, (1, 28, 28)))
+    flops_per_image = _flops_per_image(model, "train step")
     bound_seconds = flops_per_image * images / (gemm_gflops * 1e9)
     result = {"images": images, "batch_size": batch_size, "cnnlab_seconds": cnnlab_seconds,
               "gemm_bound_seconds": bound_seconds, "times_gemm_bound": cnnlab_seconds / bound_seconds}
@@ -608,6 +644,10 @@ def format_results(results: dict) -> str:
         f"NumPy {blas.get('numpy')}  BLAS {blas.get('library')} {blas.get('library_version') or ''}  "
         f"kernel {blas.get('kernel')}  BLAS threads {blas.get('threads')}  env {blas.get('env') or '{}'}",
     ]
+    lines.append(f"compiled kernels: {env.get('kernels', '-')}")
+    note = blas_kernel_note(blas)
+    if note:
+        lines.append(note)
     if "torch" in env:
         lines.append(f"PyTorch {env['torch']['version']}  threads {env['torch']['threads']}  "
                      f"cpu capability {env['torch']['cpu_capability']}")

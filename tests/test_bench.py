@@ -17,6 +17,7 @@ def test_quick_bench_writes_every_figure(tmp_path, shared_data, capsys):
     assert "GEMM" in printed and "speedup" in printed
 
     assert results["gemm"]["gflops_median"] > 0
+    assert results["environment"]["kernels"].startswith("numba ")
     blas = results["environment"]["blas"]
     assert blas["library"] and "threads" in blas
     assert results["environment"]["torch"]["threads"] >= 1
@@ -55,3 +56,15 @@ def test_timing_runs_each_function_in_blocks_after_an_untimed_call():
     assert [len(timings[name].samples) for name in "ab"] == [5, 5]
     # warm-up a, b; then rounds of (1 untimed + 2 timed) a, likewise b; the last round has 1 timed.
     assert "".join(calls) == "ab" + "aaabbb" * 2 + "aabb"
+
+
+def test_note_when_openblas_is_held_to_a_weaker_kernel_on_an_avx512_cpu(monkeypatch):
+    from cnnlab import bench
+
+    monkeypatch.setattr(bench, "_cpu_has_avx512", lambda: True)
+    held_back = {"kernel": "Haswell", "env": {"OPENBLAS_CORETYPE": "Haswell"}}
+    assert "unset OPENBLAS_CORETYPE" in bench.blas_kernel_note(held_back)
+    assert bench.blas_kernel_note({"kernel": "SkylakeX", "env": {"OPENBLAS_CORETYPE": "SkylakeX"}}) is None
+    assert bench.blas_kernel_note({"kernel": "Haswell", "env": {}}) is None
+    monkeypatch.setattr(bench, "_cpu_has_avx512", lambda: False)
+    assert bench.blas_kernel_note(held_back) is None

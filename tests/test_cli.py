@@ -5,7 +5,7 @@ import sys
 
 from cnnlab.cli import COMMANDS, main
 
-HEAVY = ("torch", "matplotlib", "wandb", "PIL")
+HEAVY = ("torch", "matplotlib", "wandb", "PIL", "numba")
 
 
 def _modules_after(code: str) -> set[str]:

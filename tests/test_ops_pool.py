@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cnnlab.errors import ShapeError
+from cnnlab.ops import _kernels
 from cnnlab.ops.pool import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
 
 # (shape, kernel, stride, padding)
@@ -23,6 +24,18 @@ OPS = {
     "max": (max_pool2d_forward, max_pool2d_backward, torch.nn.functional.max_pool2d),
     "avg": (avg_pool2d_forward, avg_pool2d_backward, torch.nn.functional.avg_pool2d),
 }
+
+
+@pytest.fixture(autouse=True, params=["kernels", "numpy"])
+def backend(request, monkeypatch):
+    """Every test here runs twice: with the compiled 2x2 max-pool kernels (numba, which CI
+    installs) and with the NumPy fallback."""
+    if request.param == "numpy":
+        monkeypatch.setenv("CNNLAB_KERNELS", "numpy")
+    else:
+        monkeypatch.delenv("CNNLAB_KERNELS", raising=False)
+        assert _kernels.enabled(), "numba is missing: pip install -e '.[test]' installs it"
+    return request.param
 
 
 def _torch_pool(kind, x, kernel, stride, padding, dy):
