@@ -27,10 +27,14 @@ def enabled() -> bool:
     return get() is not None
 
 
+def _turned_off() -> bool:
+    return os.environ.get("CNNLAB_KERNELS", "").strip().lower() == "numpy"
+
+
 def get() -> SimpleNamespace | None:
-    """The compiled kernels, or None (no numba, or turned off)."""
+    """The compiled kernels, or None (no numba, it failed to compile, or turned off)."""
     global _kernels, _tried
-    if os.environ.get("CNNLAB_KERNELS", "").strip().lower() == "numpy":
+    if _turned_off():
         return None
     if not _tried:
         _tried = True
@@ -48,10 +52,10 @@ def get() -> SimpleNamespace | None:
 
 def describe() -> str:
     """For benchmarks and bug reports: which code runs the memory-bound steps."""
-    if os.environ.get("CNNLAB_KERNELS", "").strip().lower() == "numpy":
+    if _turned_off():
         return "numpy (CNNLAB_KERNELS=numpy)"
     if get() is None:
-        return "numpy (numba not installed: pip install cnnlab[fast])"
+        return "numpy (numba not installed or unable to compile: pip install cnnlab[fast])"
     import numba
     return f"numba {numba.__version__}"
 
