@@ -33,22 +33,22 @@ from cnnlab.ops import _kernels
 # Environment: CPU, BLAS library, the kernel it chose, threads
 # ---------------------------------------------------------------------------
 
-def _cpu_name() -> str:
+def _cpuinfo_field(name: str) -> str | None:
+    """The first value of field ``name`` in /proc/cpuinfo (None elsewhere)."""
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as stream:
             for line in stream:
-                if line.startswith("model name"):
+                if line.startswith(name):
                     return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return None
+
+
+def _cpu_name() -> str:
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def _cpu_has_avx512() -> bool:
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as stream:
-            for line in stream:
-                if line.startswith("flags"):
-                    return "avx512f" in line.split()
-    return False
+    return "avx512f" in (_cpuinfo_field("flags") or "").split()
 
 
 # OpenBLAS kernels (get_corename, lower case) that use AVX-512.
