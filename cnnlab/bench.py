@@ -273,13 +273,17 @@ def _flops_per_image(model, kind: str) -> int:
     return 3 * forward - first_with_weights
 
 
-def _cnnlab_train_step(model, optimizer, x, y):
-    from cnnlab.ops.loss import cross_entropy
+def _data_parallel(model, threads: int, batch_size: int):
+    """The training step `cnnlab train` runs: the batch split over threads (at least
+    MIN_SHARD images each), as config.threads does."""
+    from cnnlab.parallel import MIN_SHARD, DataParallel
 
+    return DataParallel(model, max(1, min(threads, batch_size // MIN_SHARD)))
+
+
+def _cnnlab_train_step(parallel, optimizer, x, y):
     def step():
-        logits = model(x)
-        _, dlogits = cross_entropy(logits, y)
-        model.backward(dlogits)
+        parallel.forward_backward(x, y)
         optimizer.step()
         optimizer.zero_grad()
     return step
@@ -451,7 +455,7 @@ def bench_ops(torch_module, repeats: int, batch_size: int = 128) -> dict:
     return timed
 
 
-def bench_models(torch_module, repeats: int, batch_sizes: tuple[int, ...]) -> dict:
+def bench_models(torch_module, repeats: int, batch_sizes: tuple[int, ...], threads: int) -> dict:
     """Training-step and inference throughput (images/s) for `cnn` and `mlp`."""
     from cnnlab.optim import Adam
 
@@ -461,7 +465,8 @@ def bench_models(torch_module, repeats: int, batch_sizes: tuple[int, ...]) -> di
             x, y = _batch(batch_size)
             model = _lecture_model(model_name, seed=0)
             optimizer = Adam(model.parameters(), lr=1e-3)
-            train = {"cnnlab": _cnnlab_train_step(model, optimizer, x, y)}
+            parallel = _data_parallel(model, threads, batch_size)
+            train = {"cnnlab": _cnnlab_train_step(parallel, optimizer, x, y)}
             infer_model = _lecture_model(model_name, seed=0)
             infer_model.eval()
             infer = {"cnnlab": lambda m=infer_model, x=x: m(x)}
@@ -491,10 +496,12 @@ def bench_models(torch_module, repeats: int, batch_sizes: tuple[int, ...]) -> di
                 entry["batch_size"] = batch_size
                 entry["flops_per_image"] = _flops_per_image(model, kind)
                 results[f"{model_name} {kind} batch {batch_size}"] = _with_ratio(entry)
+            results[f"{model_name} train step batch {batch_size}"]["cnnlab_threads"] = parallel.threads
+            parallel.close()
     return results
 
 
-def bench_epoch(torch_module, images: int, batch_size: int, gemm_gflops: float) -> dict:
+def bench_epoch(torch_module, images: int, batch_size: int, gemm_gflops: float, threads: int) -> dict:
     """One training epoch of `cnn` over ``images`` random images, against the GEMM bound."""
     from cnnlab.optim import Adam
 
@@ -507,12 +514,14 @@ def bench_epoch(torch_module, images: int, batch_size: int, gemm_gflops: float) 
     optimizer = Adam(model.parameters(), lr=1e-3)
     # One untimed step each, so neither side starts against the other's spinning threads
     # (see time_interleaved).
-    _cnnlab_train_step(model, optimizer, *batches[0])()
+    parallel = _data_parallel(model, threads, batch_size)
+    _cnnlab_train_step(parallel, optimizer, *batches[0])()
     _settle(SETTLE_SECONDS)
     start = time.perf_counter()
     for x, y in batches:
-        _cnnlab_train_step(model, optimizer, x, y)()
+        _cnnlab_train_step(parallel, optimizer, x, y)()
     cnnlab_seconds = time.perf_counter() - start
+    parallel.close()
 
     flops_per_image = _flops_per_image(model, "train step")
     bound_seconds = flops_per_image * images / (gemm_gflops * 1e9)
@@ -609,13 +618,13 @@ def run_benchmark(quick: bool = False, threads: int | None = None, with_torch: b
     log("timing ops ...")
     ops = bench_ops(torch_module, repeats)
     log("timing training steps and inference ...")
-    models = bench_models(torch_module, repeats, batch_sizes)
+    models = bench_models(torch_module, repeats, batch_sizes, threads)
     for entry in models.values():
         entry["fraction_of_gemm_bound"] = (entry["flops_per_image"] * entry["cnnlab"]["images_per_second"]
                                            / (gemm["gflops_max"] * 1e9))
     log(f"timing one epoch of cnn on {epoch_images} images ...")
     # The bound takes BLAS's best rate: what the hardware did, not a noisy median.
-    epoch = bench_epoch(torch_module, epoch_images, 128, gemm["gflops_max"])
+    epoch = bench_epoch(torch_module, epoch_images, 128, gemm["gflops_max"], threads)
     results = {
         "date": time.strftime("%Y-%m-%d"),
         "command": "cnnlab bench" + (" --quick" if quick else ""),

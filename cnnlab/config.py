@@ -56,6 +56,10 @@ class TrainConfig:
         val_fraction: share of the training set held out for validation (0: none).
         limit_train: use only the first N training images (None: all).
         limit_test: use only the first N test images (None: all).
+        threads: threads that share each batch, one shard each (None: one per CPU core,
+            with at least 32 images per thread). Results depend on it at the level of float
+            rounding (BatchNorm: per-shard statistics); the same seed and threads give the
+            same run.
         log_every: steps between step records in metrics.jsonl.
         progress: draw a progress bar.
         report: write report.html after each epoch (needs matplotlib).
@@ -81,6 +85,7 @@ class TrainConfig:
     val_fraction: float = 0.0
     limit_train: int | None = None
     limit_test: int | None = None
+    threads: int | None = None
     log_every: int = 50
     progress: bool = True
     report: bool = True
@@ -94,11 +99,11 @@ class TrainConfig:
 
 FIELD_NAMES = tuple(field.name for field in dataclasses.fields(TrainConfig))
 _INT_FIELDS = {"epochs", "batch_size", "step_epochs", "seed", "limit_train", "limit_test",
-               "log_every"}
+               "threads", "log_every"}
 _FLOAT_FIELDS = {"lr", "gamma", "momentum", "weight_decay", "val_fraction"}
 _BOOL_FIELDS = {"progress", "report", "wandb"}
 _OPTIONAL_FIELDS = {"data_dir", "epochs", "lr", "step_epochs", "limit_train", "limit_test",
-                    "wandb_name"}
+                    "threads", "wandb_name"}
 
 
 def suggest(value: str, choices) -> str:
@@ -186,6 +191,10 @@ def resolve_config(file_values: dict | None = None, overrides: dict | None = Non
     if config.step_epochs is None:
         config.step_epochs = max(1, math.ceil(config.epochs / 3))
     validate_config(config)
+    if config.threads is None:
+        from cnnlab.parallel import default_threads
+
+        config.threads = default_threads(config.batch_size)
     return config
 
 
@@ -212,7 +221,7 @@ def validate_config(config: TrainConfig) -> None:
     _check_choice("normalization", config.normalization, NORMALIZATIONS)
     for name in ("epochs", "batch_size", "lr", "log_every", "step_epochs", "gamma"):
         _check_positive(name, getattr(config, name))
-    for name in ("limit_train", "limit_test"):
+    for name in ("limit_train", "limit_test", "threads"):
         _check_positive(name, getattr(config, name), allow_none=True)
     if not math.isfinite(config.lr):
         raise ConfigError(f"--lr must be a finite number, got {config.lr}")

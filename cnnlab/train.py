@@ -5,9 +5,13 @@ One step is the lecture's minibatch gradient descent::
     logits = model(x);  loss, dlogits = cross_entropy(logits, y)
     model.backward(dlogits);  optimizer.step()
 
+with the forward and backward split over ``config.threads`` shards of the batch
+(cnnlab/parallel.py): one thread and model replica per shard, gradients summed.
+
 Everything random is drawn from generators seeded by ``config.seed``: the
 weights (``default_rng(seed)``), the data order (``epoch_order(n, seed, epoch)``)
-and dropout (``default_rng([seed, 1])``, whose state the checkpoint keeps). A run
+and dropout (``default_rng([seed, 1])``, whose state the checkpoint keeps; with
+several threads it seeds each shard's masks). A run
 stopped by Ctrl-C or SIGTERM saves a checkpoint at the step it reached; resuming
 it gives, bit for bit, the weights and metrics of a run that was never stopped.
 """
@@ -28,6 +32,7 @@ from cnnlab import runs
 from cnnlab.config import TrainConfig, load_config_file, resolve_config
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, TrainingError
 from cnnlab.fileio import write_json
+from cnnlab.parallel import DataParallel
 from cnnlab.progress import ProgressBar
 
 EVAL_BATCH_SIZE = 256  # larger batches are no faster, and batch 1000 doubles peak memory (conv2 im2col: 226 MB)
@@ -226,6 +231,7 @@ class Trainer:
         self.dropout_rng = np.random.default_rng([config.seed, 1])
         _attach_dropout_rng(self.model, self.dropout_rng)
         self.optimizer = _build_optimizer(config, self.model.parameters())
+        self.parallel = DataParallel(self.model, config.threads, rng=self.dropout_rng)
         self.steps_per_epoch = math.ceil(len(data.train_labels) / config.batch_size)
         self.scheduler = build_scheduler(config, self.optimizer, self.steps_per_epoch)
         self.wandb = None
@@ -369,8 +375,6 @@ class Trainer:
     def _train_epoch(self, epoch: int, stop: _StopSignals) -> bool:
         """Run the rest of ``epoch``; False if a signal stopped it (after saving a checkpoint)."""
         from cnnlab.data.loader import epoch_order, iterate_batches
-        from cnnlab.ops.loss import cross_entropy
-
         config, progress, data = self.config, self.progress, self.data
         model, optimizer = self.model, self.optimizer
         order = epoch_order(len(data.train_labels), config.seed, epoch)
@@ -391,15 +395,13 @@ class Trainer:
             for x, y in batches:
                 lr = optimizer.lr
                 optimizer.zero_grad()
-                logits = model(x)
-                loss, dlogits = cross_entropy(logits, y)
-                loss = float(loss)
+                # forward, loss and backward, over config.threads shards of the batch
+                loss, logits = self.parallel.forward_backward(x, y)
                 if not math.isfinite(loss):
                     raise TrainingError(
                         f"the loss became {loss} at epoch {epoch}, step "
                         f"{progress.global_step + 1} (learning rate {lr:.3g}); lower the "
                         f"learning rate, e.g. --lr {config.lr / 10:g}; {self._checkpoint_note()}")
-                model.backward(dlogits)
                 optimizer.step()
                 if self.scheduler is not None:
                     self.scheduler.step()
@@ -435,11 +437,13 @@ class Trainer:
         record = {"kind": "epoch", "epoch": epoch, "step": progress.global_step,
                   "train_loss": progress.epoch_loss_sum / progress.epoch_seen,
                   "train_accuracy": progress.epoch_correct / progress.epoch_seen}
-        record["test_loss"], record["test_accuracy"] = evaluate_arrays(
-            self.model, data.test_images, data.test_labels, data.normalization)
-        if data.val_images is not None:
-            record["val_loss"], record["val_accuracy"] = evaluate_arrays(
-                self.model, data.val_images, data.val_labels, data.normalization)
+        # Weights that overflowed in the last step give a non-finite test loss, reported below.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            record["test_loss"], record["test_accuracy"] = evaluate_arrays(
+                self.model, data.test_images, data.test_labels, data.normalization)
+            if data.val_images is not None:
+                record["val_loss"], record["val_accuracy"] = evaluate_arrays(
+                    self.model, data.val_images, data.val_labels, data.normalization)
         record["seconds"] = seconds
         record["time"] = time.time()
         progress.epochs_done = epoch
@@ -493,6 +497,7 @@ class Trainer:
             write_json(self.run_dir / runs.SUMMARY_FILE, self.summary(finished=False))
             raise
         finally:
+            self.parallel.close()
             self.metrics.close()
             if self.wandb is not None:
                 self.wandb.finish(exit_code)

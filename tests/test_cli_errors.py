@@ -422,6 +422,7 @@ TRAIN_OPTION_CASES = [
     ("negative-batch-size", ["--batch-size", "-1"], ["--batch-size", "-1"]),
     ("negative-lr", ["--lr", "-1"], ["--lr", "-1"]),
     ("zero-limit-train", ["--limit-train", "0"], ["--limit-train", "0"]),
+    ("zero-threads", ["--threads", "0"], ["--threads", "0"]),
     ("val-fraction-above-one", ["--val-fraction", "1.5"], ["--val-fraction", "1.5"]),
     ("kernel-larger-than-input", ["--model", "c8k30-fc10"],
      ["'c8k30'", "kernel 30", "28x28"]),

@@ -86,6 +86,21 @@ def test_run_folder_has_every_file_with_the_right_content(tiny_fashion, tmp_path
     assert result.accuracy == summary["test_accuracy"]
 
 
+def test_threads_split_each_batch_without_changing_the_run(tiny_fashion, tmp_path):
+    common = ["--model", "cnn", "--dataset", tiny_fashion, "--epochs", "1", "--batch-size",
+              "64", "--limit-train", "512", "--limit-test", "200", "--log-every", "1",
+              "--no-report"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert train_cli(*common, "--threads", "1", "--run-dir", one) == 0
+    assert train_cli(*common, "--threads", "2", "--run-dir", two) == 0
+    assert json.loads((one / "config.json").read_text())["threads"] == 1
+    assert json.loads((two / "config.json").read_text())["threads"] == 2
+    # Two shards sum the same gradient in another order: the runs agree to float rounding.
+    losses = [[r["loss"] for r in read_metrics(run) if r["kind"] == "step"] for run in (one, two)]
+    assert len(losses[0]) == 8
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+
+
 def test_config_file_reruns_the_same_run_and_seeds_matter(tiny_fashion, tmp_path, capsys):
     common = ["--model", "mlp", "--dataset", tiny_fashion, "--epochs", "2", "--batch-size",
               "64", "--limit-train", "512", "--limit-test", "200", "--log-every", "2"]
@@ -219,7 +234,7 @@ def test_huge_learning_rate_stops_with_a_message(tiny_fashion, tmp_path, capsys)
 
 def test_nan_in_a_later_epoch_keeps_the_last_good_checkpoint(tiny_fashion, tmp_path,
                                                              monkeypatch):
-    import cnnlab.ops.loss as loss_module
+    import cnnlab.parallel as loss_module  # the training step calls cross_entropy from there
     from cnnlab.checkpoint import load_checkpoint
     from cnnlab.config import resolve_config
     from cnnlab.train import train
@@ -233,9 +248,10 @@ def test_nan_in_a_later_epoch_keeps_the_last_good_checkpoint(tiny_fashion, tmp_p
         return (float("nan"), dlogits) if calls["n"] == 11 else (loss, dlogits)
 
     monkeypatch.setattr(loss_module, "cross_entropy", cross_entropy_nan_at_step_11)
+    # One thread: one cross_entropy call per step.
     config = resolve_config({"model": "mlp", "dataset": str(tiny_fashion), "epochs": 3,
                              "batch_size": 64, "limit_train": 512, "limit_test": 100,
-                             "progress": False, "report": False})
+                             "threads": 1, "progress": False, "report": False})
     run = tmp_path / "run"
     with pytest.raises(TrainingError, match="epoch 2, step 11.*lower the learning rate"):
         train(config, run_dir=run)

@@ -9,7 +9,7 @@ HELP = "train a model (mlp, cnn, cnn-bn or a spec) and save a run folder"
 # Options that map one-to-one onto TrainConfig fields (dest == field name).
 CONFIG_OPTIONS = ("model", "dataset", "data_dir", "epochs", "batch_size", "optimizer", "lr",
                   "schedule", "step_epochs", "gamma", "momentum", "weight_decay", "seed",
-                  "normalization", "val_fraction", "limit_train", "limit_test", "log_every",
+                  "normalization", "val_fraction", "limit_train", "limit_test", "threads", "log_every",
                   "wandb", "wandb_project", "wandb_name", "progress", "report")
 
 
@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     how.add_argument("--weight-decay", type=float, help="weight decay (default 0)")
     how.add_argument("--seed", type=int, help="seed of weights, data order, dropout (default 0)")
+    how.add_argument("--threads", type=int, metavar="N",
+                     help="threads sharing each batch, one shard each (default: one per CPU "
+                     "core, at least 32 images each); recorded in config.json")
     how.add_argument("--config", metavar="FILE", help="JSON or TOML file of settings "
                      "(a run's config.json re-runs it); options given here override it")
     where = parser.add_argument_group("run folder and logging")

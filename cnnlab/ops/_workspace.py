@@ -62,6 +62,14 @@ def give(array: np.ndarray, tag: str, variant: tuple = ()) -> None:
             _FREE.popitem(last=False)
 
 
+def keep_per_key(count: int) -> None:
+    """Pool at least ``count`` free buffers of each shape (threads running the same op at
+    once each borrow one)."""
+    global _MAX_FREE_PER_KEY
+    with _LOCK:
+        _MAX_FREE_PER_KEY = max(_MAX_FREE_PER_KEY, int(count))
+
+
 def clear() -> None:
     """Drop every pooled buffer (frees the memory; later calls allocate afresh)."""
     with _LOCK:

@@ -1,0 +1,209 @@
+"""Data-parallel training steps: each batch split across threads, one model replica per thread.
+
+A training step is a chain of ops, and most of them (im2col, pooling, ReLU, the loss) are
+NumPy loops that run on one core; BLAS's own threads help only inside each matrix
+product, and they spin between products, in the way of everything else. Splitting the
+batch instead keeps every core busy for the whole step:
+
+1. shard k of the batch goes to thread k, which runs forward, loss and backward of its
+   own replica of the model, with single-threaded BLAS;
+2. the loss is a mean over the batch, L = sum_k (N_k / N) L_k, so each shard's dlogits
+   is scaled by N_k / N and the replicas' gradients simply add up;
+3. the optimizer then steps the one set of parameters all replicas share.
+
+As in ``torch.nn.DataParallel``: BatchNorm normalises each shard with that shard's
+statistics, and the running statistics are those of shard 0 (the model itself); other
+replicas keep private copies that nothing reads. Dropout in shard k > 0 draws its masks
+from a generator seeded, step by step, from the model's own, so a run is reproducible. The step
+equals the single-thread step up to float rounding (the same sums, in another order)
+for models without BatchNorm and Dropout; for the same seed and thread count, the
+result is the same every time.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from concurrent.futures import ThreadPoolExecutor, wait
+
+import numpy as np
+
+from cnnlab.ops import _workspace
+from cnnlab.ops.loss import cross_entropy
+
+#: Fewer images than this per thread and a shard stops paying for its thread (and
+#: BatchNorm's per-shard statistics get noisy).
+MIN_SHARD = 32
+
+
+def default_threads(batch_size: int) -> int:
+    """One thread per CPU core, but at least ``MIN_SHARD`` images per thread."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, batch_size // MIN_SHARD))
+
+
+def shard_bounds(batch: int, shards: int) -> list[tuple[int, int]]:
+    """``shards`` contiguous ranges covering ``range(batch)``, sizes differing by at most 1."""
+    shards = max(1, min(shards, batch))
+    edges = [round(index * batch / shards) for index in range(shards + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+class _SingleThreadedBlas:
+    """Holds BLAS to one thread while shards run (each shard is a thread of its own).
+
+    Uses threadpoolctl when it is installed; without it, BLAS keeps its threads and the
+    shards share the cores with them (correct, only slower).
+    """
+
+    def __init__(self) -> None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            self._controller = None
+        else:
+            self._controller = ThreadpoolController()
+
+    def __enter__(self):
+        self._limit = None
+        if self._controller is not None:
+            self._limit = self._controller.limit(limits=1, user_api="blas")
+            self._limit.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._limit is not None:
+            self._limit.__exit__(*exc)
+
+
+def replicate(model):
+    """A copy of ``model`` that shares its parameter arrays but has its own gradients,
+    buffers and caches (what a forward/backward on another thread needs)."""
+    memo = {id(parameter.data): parameter.data for parameter in model.parameters()}
+    for module in model.modules():
+        for name in ("_cache", "_relu_mask"):
+            if name in module.__dict__:
+                memo[id(module.__dict__[name])] = None  # not worth copying: the next forward replaces it
+    replica = copy.deepcopy(model, memo)
+    for module in replica.modules():
+        module.__dict__.pop("_cache", None)
+        module.__dict__.pop("_relu_mask", None)
+    for parameter in replica.parameters():
+        parameter.grad = np.zeros_like(parameter.data)
+    return replica
+
+
+def _random_layers(model) -> list:
+    return [module for module in model.modules()
+            if isinstance(getattr(module, "rng", None), np.random.Generator)]
+
+
+class DataParallel:
+    """Runs the forward and backward of a training step over ``threads`` shards of each batch.
+
+    Args:
+        model: the model to train; it is shard 0's replica, and its parameters' ``.grad``
+            receive the gradient of the whole batch.
+        threads: number of shards (and threads). 1 runs the plain single-thread step.
+        rng (np.random.Generator): seeds the Dropout masks of shards 1, 2, ... (one draw
+            per shard and step; shard 0 is the model, whose layers draw as usual).
+            Default: the generator of the model's first Dropout layer.
+
+    Example::
+
+        parallel = DataParallel(model, threads=2)
+        optimizer.zero_grad()
+        loss, logits = parallel.forward_backward(x, y)   # mean cross-entropy, (N, C)
+        optimizer.step()
+    """
+
+    def __init__(self, model, threads: int, rng: np.random.Generator | None = None) -> None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a whole number >= 1, got {threads!r}")
+        self.model = model
+        self.threads = threads
+        random_layers = _random_layers(model)
+        self.rng = rng if rng is not None or not random_layers else random_layers[0].rng
+        self._replicas: list = [model]
+        self._pool: ThreadPoolExecutor | None = None
+        self._blas = _SingleThreadedBlas() if threads > 1 else None
+        # Each shard borrows its own scratch buffers of each shape; keep them all pooled.
+        _workspace.keep_per_key(2 * threads)
+
+    def _replicas_for(self, shards: int) -> list:
+        parameters = self.model.parameters()
+        # A replica built before parameters were swapped for new arrays would train stale ones.
+        if len(self._replicas) > 1 and any(
+                ours.data is not theirs.data
+                for ours, theirs in zip(parameters, self._replicas[1].parameters())):
+            self._replicas = [self.model]
+        while len(self._replicas) < shards:
+            self._replicas.append(replicate(self.model))
+        for replica in self._replicas[1:]:
+            replica.train(self.model.training)
+        return self._replicas[:shards]
+
+    def forward_backward(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        """Mean cross-entropy of the batch and its logits; adds the batch's gradient into
+        the model's ``.grad`` (as ``model.backward`` does)."""
+        bounds = shard_bounds(len(x), self.threads)
+        if len(bounds) == 1:
+            return _shard_step(self.model, x, y, 1.0)
+        replicas = self._replicas_for(len(bounds))
+        self._seed_random_layers(replicas)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="cnnlab-shard")
+        weights = [(stop - start) / len(x) for start, stop in bounds]
+        # np.errstate is per thread: the shards follow the caller's settings.
+        errors = np.geterr()
+        with self._blas:
+            futures = [self._pool.submit(_shard_step, replica, x[start:stop], y[start:stop], weight,
+                                         errors)
+                       for replica, (start, stop), weight in zip(replicas[1:], bounds[1:], weights[1:])]
+            try:
+                start, stop = bounds[0]
+                own = _shard_step(replicas[0], x[start:stop], y[start:stop], weights[0])
+            finally:
+                # Every shard finishes before anything is raised or reduced.
+                wait(futures)
+        results = [own] + [future.result() for future in futures]
+        self._reduce_gradients(replicas)
+        loss = sum(shard_loss * weight for (shard_loss, _), weight in zip(results, weights))
+        return loss, np.concatenate([logits for _, logits in results])
+
+    def _seed_random_layers(self, replicas: list) -> None:
+        """Shard 0 (the model) draws its Dropout masks as usual; every other shard gets a
+        generator of its own, seeded from ``self.rng`` before the threads start, so the
+        masks are reproducible and no generator is used by two threads at once."""
+        if self.rng is None or len(replicas) < 2:
+            return
+        seeds = self.rng.integers(2**63, size=len(replicas) - 1)
+        for replica, seed in zip(replicas[1:], seeds):
+            generator = np.random.default_rng(int(seed))
+            for layer in _random_layers(replica):
+                layer.rng = generator
+
+    def _reduce_gradients(self, replicas: list) -> None:
+        # Fixed order (replica 1, 2, ...), so the sum is the same every run.
+        for parameters in zip(*(replica.parameters() for replica in replicas)):
+            total = parameters[0].grad
+            for other in parameters[1:]:
+                total += other.grad
+                other.grad.fill(0)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+
+def _shard_step(replica, x: np.ndarray, y: np.ndarray, weight: float,
+                errors: dict | None = None) -> tuple[float, np.ndarray]:
+    with np.errstate(**(errors or np.geterr())):
+        logits = replica(x)
+        loss, dlogits = cross_entropy(logits, y)
+        if weight != 1.0:
+            dlogits *= weight  # this shard's share of the batch mean
+        if np.isfinite(loss):
+            replica.backward(dlogits)
+    return loss, logits

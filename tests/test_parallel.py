@@ -1,0 +1,164 @@
+"""Data-parallel steps (cnnlab/parallel.py): the same gradient as one thread, reproducibly."""
+
+import numpy as np
+import pytest
+
+from cnnlab import nn
+from cnnlab.models import build_model
+from cnnlab.ops.loss import cross_entropy
+from cnnlab.parallel import DataParallel, default_threads, replicate, shard_bounds
+
+
+def batch(size, seed=0, shape=(1, 28, 28)):
+    rng = np.random.default_rng(seed)
+    return rng.random((size,) + shape, dtype=np.float32), rng.integers(0, 10, size)
+
+
+def single_thread_step(model, x, y):
+    logits = model(x)
+    loss, dlogits = cross_entropy(logits, y)
+    model.backward(dlogits)
+    return loss, logits
+
+
+@pytest.mark.parametrize("name", ["cnn", "mlp"])
+@pytest.mark.parametrize("threads, size", [(2, 128), (3, 65), (2, 5)])
+def test_gradient_equals_the_single_thread_gradient(name, threads, size):
+    x, y = batch(size)
+    reference, model = build_model(name, np.random.default_rng(1)), build_model(name, np.random.default_rng(1))
+    loss, logits = single_thread_step(reference, x, y)
+    parallel = DataParallel(model, threads)
+    parallel_loss, parallel_logits = parallel.forward_backward(x, y)
+    parallel.close()
+    assert parallel_loss == pytest.approx(loss, rel=1e-6)
+    np.testing.assert_allclose(parallel_logits, logits, rtol=1e-5, atol=1e-6)
+    for (key, expected), actual in zip(reference.named_parameters(), model.parameters()):
+        scale = np.abs(expected.grad).max()
+        np.testing.assert_allclose(actual.grad, expected.grad, rtol=0, atol=2e-6 * scale, err_msg=key)
+
+
+def test_replicas_share_the_weights_and_follow_optimizer_steps():
+    from cnnlab.optim import SGD
+
+    x, y = batch(64)
+    reference, model = build_model("cnn", np.random.default_rng(2)), build_model("cnn", np.random.default_rng(2))
+    parallel = DataParallel(model, 2)
+    optimizers = SGD(reference.parameters(), lr=0.1), SGD(model.parameters(), lr=0.1)
+    for step in range(3):
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        single_thread_step(reference, x, y)
+        parallel.forward_backward(x, y)
+        for optimizer in optimizers:
+            optimizer.step()
+    for expected, actual in zip(reference.parameters(), model.parameters()):
+        np.testing.assert_allclose(actual.data, expected.data, rtol=1e-5, atol=1e-6)
+    # The replica's gradients were handed over to the model and cleared.
+    assert all(not p.grad.any() for p in parallel._replicas[1].parameters())
+
+
+def test_same_seed_same_result_with_dropout_and_batchnorm():
+    def run():
+        model = build_model("cnn-bn", np.random.default_rng(3))
+        parallel = DataParallel(model, 2, rng=np.random.default_rng(4))
+        results = [parallel.forward_backward(*batch(64, seed)) for seed in range(2)]
+        return results, {key: value.copy() for key, value in model.state_dict().items()}, \
+            [p.grad.copy() for p in model.parameters()]
+    (first, state_a, grads_a), (second, state_b, grads_b) = run(), run()
+    assert [loss for loss, _ in first] == [loss for loss, _ in second]
+    for key in state_a:
+        np.testing.assert_array_equal(state_a[key], state_b[key], err_msg=key)
+    for a, b in zip(grads_a, grads_b):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_each_shard_draws_its_own_dropout_masks():
+    dropout = nn.Dropout(0.5, rng=np.random.default_rng(5))
+    model = nn.Sequential(nn.Flatten(), dropout, nn.Linear(4, 10, rng=np.random.default_rng(6)))
+    model.requires_input_grad = True
+    parallel = DataParallel(model, 2)
+    x = np.ones((64, 1, 2, 2), dtype=np.float32)
+    parallel.forward_backward(x, np.zeros(64, dtype=np.int64))
+    first_shard_mask = dropout._cache
+    other_shard_mask = parallel._replicas[1][1]._cache
+    assert parallel._replicas[1][1].rng is not dropout.rng
+    assert not np.array_equal(np.asarray(first_shard_mask), np.asarray(other_shard_mask))
+
+
+def test_batchnorm_running_statistics_come_from_the_first_shard():
+    x, y = batch(64, shape=(3, 4, 4))
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(48, 10, rng=np.random.default_rng(0)))
+    first_shard = nn.Sequential(nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(48, 10, rng=np.random.default_rng(0)))
+    DataParallel(model, 2).forward_backward(x, y)
+    first_shard(x[:32])
+    np.testing.assert_allclose(model[0].running_mean, first_shard[0].running_mean, rtol=1e-6)
+    np.testing.assert_allclose(model[0].running_var, first_shard[0].running_var, rtol=1e-6)
+
+
+def test_replicas_follow_loaded_weights_and_new_parameter_arrays():
+    x, y = batch(32)
+    model = build_model("mlp", np.random.default_rng(7))
+    parallel = DataParallel(model, 2)
+    parallel.forward_backward(x, y)
+    other = build_model("mlp", np.random.default_rng(8))
+    model.load_state_dict(other.state_dict())  # in place: the replicas see it
+    for parameter in model.parameters():
+        parameter.grad.fill(0)
+        parameter.data = parameter.data.copy()  # new arrays: the replicas are rebuilt
+    loss, _ = parallel.forward_backward(x, y)
+    expected_loss, _ = single_thread_step(other, x, y)
+    assert loss == pytest.approx(expected_loss, rel=1e-6)
+    for expected, actual in zip(other.parameters(), model.parameters()):
+        np.testing.assert_allclose(actual.grad, expected.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_an_error_in_a_shard_reaches_the_caller_after_every_shard_stopped():
+    from cnnlab.errors import ShapeError
+
+    model = build_model("mlp", np.random.default_rng(0))
+    parallel = DataParallel(model, 2)
+    with pytest.raises(ShapeError):
+        parallel.forward_backward(np.zeros((64, 1, 28, 27), dtype=np.float32), np.zeros(64, dtype=np.int64))
+    loss, _ = parallel.forward_backward(*batch(64))  # still usable afterwards
+    assert np.isfinite(loss)
+
+
+def test_shards_run_with_single_threaded_blas_and_restore_it():
+    import threadpoolctl  # a dependency of cnnlab
+
+    blas = threadpoolctl.ThreadpoolController().select(user_api="blas")
+    assert blas.lib_controllers, "threadpoolctl finds no BLAS under NumPy"
+    before = [library.num_threads for library in blas.lib_controllers]
+    seen = []
+
+    class Spy(nn.Flatten):
+        def forward(self, x):
+            seen.append([library.num_threads for library in
+                         threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers])
+            return super().forward(x)
+
+    model = nn.Sequential(Spy(), nn.Linear(784, 10, rng=np.random.default_rng(0)))
+    DataParallel(model, 2).forward_backward(*batch(64))
+    assert seen and all(threads == [1] * len(before) for threads in seen)
+    assert [library.num_threads for library in
+            threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers] == before
+
+
+def test_shard_bounds_and_default_threads():
+    assert shard_bounds(128, 2) == [(0, 64), (64, 128)]
+    assert shard_bounds(5, 3) == [(0, 2), (2, 3), (3, 5)]
+    assert shard_bounds(1, 4) == [(0, 1)]
+    assert default_threads(16) == 1  # fewer than 32 images per thread never split
+    assert 1 <= default_threads(128) <= 4
+    with pytest.raises(ValueError, match="threads"):
+        DataParallel(build_model("mlp", np.random.default_rng(0)), 0)
+
+
+def test_replicate_shares_parameters_but_not_gradients_or_buffers():
+    model = build_model("cnn-bn", np.random.default_rng(0))
+    model(batch(4)[0])
+    replica = replicate(model)
+    for ours, theirs in zip(model.parameters(), replica.parameters()):
+        assert theirs.data is ours.data and theirs.grad is not ours.grad
+    assert replica[1].running_mean is not model[1].running_mean
+    assert all("_cache" not in module.__dict__ for module in replica.modules())
