@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from cnnlab.fileio import write_json
-from cnnlab.ops import _kernels
+from cnnlab.ops import _gemm, _kernels
 
 
 # ---------------------------------------------------------------------------
@@ -121,6 +121,7 @@ def environment(torch_module=None) -> dict:
         "platform": platform.platform(),
         "blas": blas_info(),
         "kernels": _kernels.describe(),
+        "conv_gemm": _gemm.describe(),
     }
     if torch_module is not None:
         env["torch"] = {
@@ -274,11 +275,12 @@ def _flops_per_image(model, kind: str) -> int:
 
 
 def _data_parallel(model, threads: int, batch_size: int):
-    """The training step `cnnlab train` runs: the batch split over threads (at least
-    MIN_SHARD images each), as config.threads does."""
-    from cnnlab.parallel import MIN_SHARD, DataParallel
+    """The training step `cnnlab train` runs: the batch split over as many threads as its
+    default would use (enough work per thread), at most ``threads``."""
+    from cnnlab.parallel import DataParallel, default_threads, forward_flops_per_image
 
-    return DataParallel(model, max(1, min(threads, batch_size // MIN_SHARD)))
+    flops = forward_flops_per_image(model, (1, 28, 28))
+    return DataParallel(model, max(1, min(threads, default_threads(batch_size, flops))))
 
 
 def _cnnlab_train_step(parallel, optimizer, x, y):
@@ -653,7 +655,7 @@ def format_results(results: dict) -> str:
         f"NumPy {blas.get('numpy')}  BLAS {blas.get('library')} {blas.get('library_version') or ''}  "
         f"kernel {blas.get('kernel')}  BLAS threads {blas.get('threads')}  env {blas.get('env') or '{}'}",
     ]
-    lines.append(f"compiled kernels: {env.get('kernels', '-')}")
+    lines.append(f"compiled kernels: {env.get('kernels', '-')}; convolution GEMM: {env.get('conv_gemm', '-')}")
     note = blas_kernel_note(blas)
     if note:
         lines.append(note)
@@ -674,6 +676,9 @@ def format_results(results: dict) -> str:
         lines.append(f"{name:38s} {cells[0]:>22s} {cells[1]:>22s} {cells[2]:>22s} {ratio:>8s}")
     lines.append("")
     lines.append("throughput, images/s (median); GEMM bound = FLOPs / best measured GEMM rate")
+    threads = sorted({entry["cnnlab_threads"] for entry in results["models"].values() if "cnnlab_threads" in entry})
+    lines.append(f"cnnlab train steps split each batch over {'/'.join(map(str, threads))} threads "
+                 "(as `cnnlab train`); inference is one call")
     lines.append(f"{'model':32s} {'cnnlab':>9s} {'torch NCHW':>11s} {'torch ch_l':>11s} "
                  f"{'speedup':>8s} {'of bound':>9s}")
     for name, entry in results["models"].items():

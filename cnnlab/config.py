@@ -57,7 +57,8 @@ class TrainConfig:
         limit_train: use only the first N training images (None: all).
         limit_test: use only the first N test images (None: all).
         threads: threads that share each batch, one shard each (None: one per CPU core,
-            with at least 32 images per thread). Results depend on it at the level of float
+            with at least 32 images and 200 MFLOP of forward work per thread; resolved when
+            the run starts and written into config.json). Results depend on it at the level of float
             rounding (BatchNorm: per-shard statistics); the same seed and threads give the
             same run.
         log_every: steps between step records in metrics.jsonl.
@@ -191,10 +192,6 @@ def resolve_config(file_values: dict | None = None, overrides: dict | None = Non
     if config.step_epochs is None:
         config.step_epochs = max(1, math.ceil(config.epochs / 3))
     validate_config(config)
-    if config.threads is None:
-        from cnnlab.parallel import default_threads
-
-        config.threads = default_threads(config.batch_size)
     return config
 
 

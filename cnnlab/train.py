@@ -18,6 +18,7 @@ it gives, bit for bit, the weights and metrics of a run that was never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
@@ -157,6 +158,14 @@ def _build_model(config: TrainConfig, input_shape, num_classes: int):
                        input_shape=input_shape, num_classes=num_classes)
 
 
+def _resolve_threads(config: TrainConfig, model, input_shape) -> None:
+    """Fill in ``config.threads`` (None: one per core, enough work per thread)."""
+    from cnnlab.parallel import default_threads, forward_flops_per_image
+
+    if config.threads is None:
+        config.threads = default_threads(config.batch_size, forward_flops_per_image(model, input_shape))
+
+
 def _attach_dropout_rng(model, generator: np.random.Generator) -> None:
     """Make every random layer (Dropout) draw from ``generator``, whose state we checkpoint."""
     for module in model.modules():
@@ -231,6 +240,7 @@ class Trainer:
         self.dropout_rng = np.random.default_rng([config.seed, 1])
         _attach_dropout_rng(self.model, self.dropout_rng)
         self.optimizer = _build_optimizer(config, self.model.parameters())
+        _resolve_threads(config, self.model, self.input_shape)  # a run saved without threads
         self.parallel = DataParallel(self.model, config.threads, rng=self.dropout_rng)
         self.steps_per_epoch = math.ceil(len(data.train_labels) / config.batch_size)
         self.scheduler = build_scheduler(config, self.optimizer, self.steps_per_epoch)
@@ -389,9 +399,11 @@ class Trainer:
         model.train()
         started = window_start = time.perf_counter()
         # A diverging run overflows before its loss is NaN; the loss check below reports it.
-        errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
+        contexts = contextlib.ExitStack()
         try:
-            errstate.__enter__()
+            contexts.enter_context(np.errstate(over="ignore", invalid="ignore", divide="ignore"))
+            # BLAS stays at one thread per shard for the whole epoch (cnnlab/parallel.py).
+            contexts.enter_context(self.parallel.hold_blas())
             for x, y in batches:
                 lr = optimizer.lr
                 optimizer.zero_grad()
@@ -423,7 +435,7 @@ class Trainer:
                 if stop.signum is not None:
                     break
         finally:
-            errstate.__exit__(None, None, None)
+            contexts.close()
             bar.close()
             progress.train_seconds += time.perf_counter() - started
         if stop.signum is not None:
@@ -516,7 +528,8 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, runs_root: str
     spec_tokens(config.model)  # a misspelt model name fails before any data is loaded
     data = _load_data(config)
     # Build once before making the folder, so a bad model spec leaves no empty run folder.
-    _build_model(config, (1,) + tuple(data.train_images.shape[1:]), len(data.classes))
+    model = _build_model(config, (1,) + tuple(data.train_images.shape[1:]), len(data.classes))
+    _resolve_threads(config, model, (1,) + tuple(data.train_images.shape[1:]))
     folder = runs.make_run_dir(config.model, config.dataset, run_dir, runs_root)
     write_json(folder / runs.CONFIG_FILE, config.to_dict())
     (folder / runs.METRICS_FILE).touch()

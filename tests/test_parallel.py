@@ -150,6 +150,8 @@ def test_shard_bounds_and_default_threads():
     assert shard_bounds(1, 4) == [(0, 1)]
     assert default_threads(16) == 1  # fewer than 32 images per thread never split
     assert 1 <= default_threads(128) <= 4
+    assert default_threads(128, flops_per_image=0.8e6) == 1  # the mlp: too little work per thread
+    assert default_threads(128, flops_per_image=7.7e6) == default_threads(128)  # the cnn
     with pytest.raises(ValueError, match="threads"):
         DataParallel(build_model("mlp", np.random.default_rng(0)), 0)
 

@@ -21,9 +21,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def common_options(data: Path) -> list[str]:
-    # A small conv net with BatchNorm and Dropout: their buffers and rng must survive too.
+    # A small conv net with BatchNorm and Dropout: their buffers and rng must survive too,
+    # with each batch split over two threads (each shard's dropout generator is seeded
+    # from the checkpointed one).
     return ["train", "--model", "c6k3p1-bn-p2-c8k3p1-p2-flatten-drop0.3-fc32", "--dataset",
-            str(data), "--epochs", "2", "--batch-size", "16", "--limit-train", "512",
+            str(data), "--epochs", "2", "--batch-size", "16", "--threads", "2", "--limit-train", "512",
             "--limit-test", "100", "--log-every", "1", "--no-report", "--no-progress",
             "--val-fraction", "0.0625", "--optimizer", "adamw", "--schedule", "step",
             "--step-epochs", "1"]

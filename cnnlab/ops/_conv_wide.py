@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.ops import _workspace
+from cnnlab.ops import _gemm, _workspace
 
 
 def _geometry(setup):
@@ -59,7 +59,7 @@ def release(cols: np.ndarray) -> None:
 def forward(weight_matrix: np.ndarray, cols: np.ndarray, setup, y: np.ndarray) -> None:
     out_h, out_w = setup.out_hw
     product = _workspace.take("conv-product", (weight_matrix.shape[0], cols.shape[1]), y.dtype)
-    np.matmul(weight_matrix, cols if weight_matrix.shape[1] == cols.shape[0] else cols[:-1], out=product)
+    _gemm.matmul(weight_matrix, cols if weight_matrix.shape[1] == cols.shape[0] else cols[:-1], out=product)
     wide_rows = product.reshape(setup.out_channels, setup.batch, out_h, -1)
     np.copyto(y, wide_rows[..., :out_w].transpose(1, 0, 2, 3))
     _workspace.give(product, "conv-product")
@@ -74,11 +74,11 @@ def backward(dy: np.ndarray, cols: np.ndarray, weight: np.ndarray, setup, input_
     # Only the real columns are written; the junk ones keep their zeros.
     np.copyto(dy_matrix.reshape(setup.out_channels, setup.batch, out_h, -1)[..., :out_w],
               dy.transpose(1, 0, 2, 3))
-    dweight_ext = dy_matrix @ cols.T
+    dweight_ext = _gemm.matmul(dy_matrix, cols.T)
     dx_padded = None
     if input_grad:
         dcols = _workspace.take("conv-dcols", (cols.shape[0] - 1, cols.shape[1]), dy.dtype)
-        np.matmul(weight.reshape(weight.shape[0], -1).T, dy_matrix, out=dcols)
+        _gemm.matmul(weight.reshape(weight.shape[0], -1).T, dy_matrix, out=dcols)
         dx_padded = _col2im(dcols, setup, image, wide, run, starts)
         _workspace.give(dcols, "conv-dcols")
     _workspace.give(dy_matrix, "conv-dy-wide")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.errors import ShapeError
-from cnnlab.ops import _conv_wide, _workspace
+from cnnlab.ops import _conv_wide, _gemm, _workspace
 from cnnlab.ops._workspace import as_pair, check_image_batch, window
 
 Pads = tuple[int, int, int, int]  # (top, bottom, left, right)
@@ -407,7 +407,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     else:
         columns = cols if bias is not None else cols[:-1]
         product = _workspace.take("conv-product", (setup.out_channels, columns.shape[1]), x.dtype)
-        np.matmul(_weight_matrix(weight, bias), columns, out=product)
+        _gemm.matmul(_weight_matrix(weight, bias), columns, out=product)
         # (C_out, N, P) -> (N, C_out, P): the one transpose this layout pays.
         np.copyto(y.reshape(y.shape[0], y.shape[1], -1),
                   product.reshape(setup.out_channels, setup.batch, -1).transpose(1, 0, 2))
@@ -518,11 +518,11 @@ def _channel_layout_backward(dy3, cols, cache, input_grad):
     # dY as (C_out, N P), the layout of the forward's GEMM output.
     dy_matrix = _workspace.take("conv-product", (setup.out_channels, cols.shape[1]), dy3.dtype)
     np.copyto(dy_matrix.reshape(setup.out_channels, setup.batch, -1), dy3.transpose(1, 0, 2))
-    dweight, dbias = _split_weight_grad(dy_matrix @ cols.T, cache)
+    dweight, dbias = _split_weight_grad(_gemm.matmul(dy_matrix, cols.T), cache)
     dcols = None
     if input_grad:
         dcols = _workspace.take("conv-dcols", (cols.shape[0] - 1, cols.shape[1]), dy3.dtype)
-        np.matmul(cache.weight.reshape(cache.weight.shape[0], -1).T, dy_matrix, out=dcols)
+        _gemm.matmul(cache.weight.reshape(cache.weight.shape[0], -1).T, dy_matrix, out=dcols)
     _workspace.give(dy_matrix, "conv-product")
     return dweight, dbias, dcols
 

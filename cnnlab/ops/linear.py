@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.errors import ShapeError
+from cnnlab.ops import _gemm
 
 
 def _check_linear_shapes(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> None:
@@ -44,7 +45,7 @@ def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = 
         ``(y, cache)``; pass the cache to :func:`linear_backward`.
     """
     _check_linear_shapes(x, weight, bias)
-    y = x @ weight.T
+    y = _gemm.matmul(x, weight.T)
     if bias is not None:
         y += bias
     return y, (x, weight, bias is not None)
@@ -64,7 +65,7 @@ def linear_backward(dy: np.ndarray, cache, input_grad: bool = True):
           dbias: (out_features,) or None when the forward had no bias.
     """
     x, weight, has_bias = cache
-    dx = dy @ weight if input_grad else None
-    dweight = dy.T @ x
+    dx = _gemm.matmul(dy, weight) if input_grad else None
+    dweight = _gemm.matmul(dy.T, x)
     dbias = dy.sum(axis=0) if has_bias else None
     return dx, dweight, dbias

@@ -1,0 +1,91 @@
+"""Matrix products of conv and linear layers: NumPy's BLAS, or cnnlab's one-thread AVX-512 GEMM.
+
+Training splits each batch over threads with BLAS held to one thread per shard
+(cnnlab/parallel.py). One thread of OpenBLAS is then the speed limit of the convolution,
+and OpenBLAS may run AVX2 kernels on an AVX-512 CPU (its choice, or ``OPENBLAS_CORETYPE``).
+``cnnlab._sgemm`` (cnnlab/_native/sgemm.c, built by ``pip install`` when a C compiler is
+there) is a blocked GEMM with an AVX-512 micro-kernel, measured 1.4-1.8x faster than
+one-thread OpenBLAS with its AVX2 kernel on the convolution's shapes here.
+
+:func:`matmul` uses it only while :func:`one_thread_blas` is active (inside a
+data-parallel step), for float32 operands whose rows are contiguous; everywhere else,
+and on CPUs without AVX-512, NumPy's BLAS runs as before (with all its threads).
+``CNNLAB_KERNELS=numpy`` turns it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+
+from cnnlab.ops import _kernels
+
+_native = None
+_tried = False
+_one_thread_depth = 0
+_depth_lock = threading.Lock()
+
+
+def native():
+    """The compiled module when it is built, the CPU has AVX-512 and it is not turned off."""
+    global _native, _tried
+    if _kernels._turned_off():
+        return None
+    if not _tried:
+        _tried = True
+        try:
+            from cnnlab import _sgemm
+        except ImportError:
+            return None
+        _native = _sgemm if _sgemm.avx512() else None
+    return _native
+
+
+def describe() -> str:
+    """For benchmarks and bug reports: which GEMM the training step's conv and linear layers use."""
+    if _kernels._turned_off():
+        return "NumPy's BLAS (CNNLAB_KERNELS=numpy)"
+    if native() is None:
+        return "NumPy's BLAS (cnnlab._sgemm not built, or no AVX-512)"
+    return "cnnlab AVX-512 GEMM in data-parallel steps"
+
+
+@contextlib.contextmanager
+def one_thread_blas():
+    """Marks a region where BLAS runs one thread per caller (data-parallel shards)."""
+    global _one_thread_depth
+    with _depth_lock:
+        _one_thread_depth += 1
+    try:
+        yield
+    finally:
+        with _depth_lock:
+            _one_thread_depth -= 1
+
+
+def _as_row_major(matrix: np.ndarray):
+    """(array whose rows are contiguous, transposed?, leading dimension) or None."""
+    if matrix.flags.c_contiguous:
+        return matrix, False, matrix.shape[1]
+    if matrix.flags.f_contiguous:
+        return matrix.T, True, matrix.shape[0]
+    return None
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``a @ b`` for 2-D arrays, into ``out`` when given (as ``np.matmul(a, b, out=out)``)."""
+    module = native() if _one_thread_depth else None
+    if (module is not None and a.dtype == b.dtype == np.float32 and a.ndim == b.ndim == 2
+            and a.size and b.size
+            and (out is None or (out.dtype == np.float32 and out.flags.c_contiguous))):
+        left, right = _as_row_major(a), _as_row_major(b)
+        if left is not None and right is not None:
+            if out is None:
+                out = np.empty((a.shape[0], b.shape[1]), dtype=np.float32)
+            (a_rows, trans_a, lda), (b_rows, trans_b, ldb) = left, right
+            module.gemm(trans_a, trans_b, a.shape[0], b.shape[1], a.shape[1],
+                        a_rows, lda, b_rows, ldb, out, out.shape[1], False)
+            return out
+    return np.matmul(a, b, out=out)

@@ -1,0 +1,230 @@
+"""cnnlab._sgemm (cnnlab/_native/sgemm.c) against a float64 NumPy reference, and
+cnnlab/ops/_gemm.py, which routes the convolution's products to it.
+
+``pip install`` builds the module (CI has a C compiler), so a missing module fails here.
+"""
+import itertools
+import threading
+
+import numpy as np
+import pytest
+
+from cnnlab import _sgemm
+from cnnlab.ops import _gemm
+
+pytestmark = pytest.mark.skipif(not _sgemm.avx512(), reason="the CPU has no AVX-512")
+
+# Shapes around the micro-tile (MR=12, NR=32) and block (KC=320, MC=144,
+# NC=256) boundaries, degenerate sizes, and the CNN layer shapes (scaled).
+SHAPES = [
+    (1, 1, 1), (1, 1, 7), (1, 33, 1), (13, 1, 5), (2, 3, 4),
+    (11, 31, 17), (12, 32, 16), (13, 33, 17), (25, 65, 100),
+    (24, 16, 3), (12, 17, 9), (5, 48, 20),
+    (64, 289, 700), (64, 300, 289), (145, 257, 321), (150, 300, 650),
+    (288, 520, 64), (7, 1000, 3), (300, 40, 1000),
+]
+
+
+def make(ta, tb, m, n, k, pad, rng):
+    """Random operands; `pad` extra columns make leading dims > row length."""
+    ar, ac = (k, m) if ta else (m, k)
+    br, bc = (n, k) if tb else (k, n)
+    A = rng.standard_normal((ar, ac + pad), dtype=np.float32)
+    B = rng.standard_normal((br, bc + pad), dtype=np.float32)
+    C = rng.standard_normal((m, n + pad), dtype=np.float32)
+    opA = (A[:, :ac].T if ta else A[:, :ac]).astype(np.float64)
+    opB = (B[:, :bc].T if tb else B[:, :bc]).astype(np.float64)
+    return A, B, C, opA @ opB
+
+
+def check(got, ref, k):
+    scale = np.sqrt(max(k, 1)) * 4.0  # |sum of k products| of unit normals
+    err = np.abs(got - ref).max() / scale
+    assert err < 5e-6, err
+
+
+@pytest.mark.parametrize("ta,tb", list(itertools.product([False, True], repeat=2)))
+@pytest.mark.parametrize("acc", [False, True])
+@pytest.mark.parametrize("pad", [0, 5])
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_against_numpy(ta, tb, acc, pad, m, n, k):
+    rng = np.random.default_rng([int(ta), int(tb), int(acc), pad, m, n, k])
+    A, B, C, ref = make(ta, tb, m, n, k, pad, rng)
+    C0 = C.copy()
+    if acc:
+        ref = ref + C0[:, :n]
+    _sgemm.gemm(ta, tb, m, n, k, A, A.shape[1], B, B.shape[1], C, C.shape[1], acc)
+    check(C[:, :n], ref, k)
+    # Padding columns of C must be untouched.
+    np.testing.assert_array_equal(C[:, n:], C0[:, n:])
+
+
+def test_relative_error_layer_shape():
+    rng = np.random.default_rng(1)
+    m, n, k = 64, 2000, 289
+    A = rng.standard_normal((m, k), dtype=np.float32)
+    B = rng.standard_normal((k, n), dtype=np.float32)
+    C = np.empty((m, n), np.float32)
+    _sgemm.gemm(False, False, m, n, k, A, k, B, n, C, n, False)
+    ref = A.astype(np.float64) @ B.astype(np.float64)
+    rel = np.linalg.norm(C - ref) / np.linalg.norm(ref)
+    assert rel < 2e-6, rel
+
+
+def test_k_zero():
+    A = np.zeros((4, 0), np.float32)
+    B = np.zeros((0, 5), np.float32)
+    C = np.ones((4, 5), np.float32)
+    _sgemm.gemm(False, False, 4, 5, 0, A, 1, B, 5, C, 5, True)
+    assert (C == 1).all()
+    _sgemm.gemm(False, False, 4, 5, 0, A, 1, B, 5, C, 5, False)
+    assert (C == 0).all()
+
+
+def test_m_or_n_zero():
+    A = np.ones((3, 3), np.float32)
+    C = np.ones((3, 3), np.float32)
+    _sgemm.gemm(False, False, 0, 3, 3, A, 3, A, 3, C, 3, False)
+    _sgemm.gemm(False, False, 3, 0, 3, A, 3, A, 3, C, 3, False)
+    assert (C == 1).all()
+
+
+def test_views_as_buffers():
+    # Any C-contiguous float32 buffer works, e.g. memoryview / array module.
+    import array
+    a = array.array("f", [1.0, 2.0, 3.0, 4.0])  # 2x2
+    c = array.array("f", [0.0] * 4)
+    _sgemm.gemm(False, True, 2, 2, 2, a, 2, memoryview(a), 2, c, 2, False)
+    assert list(c) == [5.0, 11.0, 11.0, 25.0]
+
+
+def _call(ta=False, tb=False, m=4, n=5, k=6, A=None, lda=None, B=None, ldb=None,
+          C=None, ldc=None, acc=False):
+    A = np.zeros((m, k), np.float32) if A is None else A
+    B = np.zeros((k, n), np.float32) if B is None else B
+    C = np.zeros((m, n), np.float32) if C is None else C
+    _sgemm.gemm(ta, tb, m, n, k, A, k if lda is None else lda, B,
+                n if ldb is None else ldb, C, n if ldc is None else ldc, acc)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(A=np.zeros((4, 5), np.float32)),            # A too small
+    dict(B=np.zeros((5, 5), np.float32)),            # B too small
+    dict(C=np.zeros((4, 4), np.float32)),            # C too small
+    dict(lda=5),                                     # lda < k
+    dict(ldc=4),                                     # ldc < n
+    dict(lda=7),                                     # lda ok but buffer too small
+    dict(ta=True),                                   # A^T stored k x m needs 5*6+4 = 34 > 24 floats
+    dict(tb=True, ldb=5),                            # B^T stored n x k needs ldb >= k
+    dict(m=-1),
+    dict(A=np.zeros((4, 6), np.float64)),            # wrong dtype
+    dict(A=np.zeros((6, 4), np.float32).T),          # not C-contiguous
+])
+def test_bad_arguments_raise_value_error(kwargs):
+    with pytest.raises((ValueError, BufferError)):
+        _call(**kwargs)
+
+
+def test_readonly_output_rejected():
+    C = np.zeros((4, 5), np.float32)
+    C.setflags(write=False)
+    with pytest.raises((ValueError, BufferError, TypeError)):
+        _call(C=C)
+
+
+def test_overlap_rejected():
+    X = np.zeros(64, np.float32)
+    with pytest.raises(ValueError):
+        _sgemm.gemm(False, False, 4, 4, 4, X, 4, X[16:32], 4, X[8:24], 4, False)
+
+
+def test_two_threads():
+    rng = np.random.default_rng(2)
+    m, n, k = 64, 3000, 289
+    jobs = []
+    for _ in range(2):
+        A = rng.standard_normal((m, k), dtype=np.float32)
+        B = rng.standard_normal((k, n), dtype=np.float32)
+        jobs.append((A, B, np.empty((m, n), np.float32)))
+
+    def work(A, B, C):
+        for _ in range(5):
+            _sgemm.gemm(False, False, m, n, k, A, k, B, n, C, n, False)
+
+    ts = [threading.Thread(target=work, args=j) for j in jobs]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for A, B, C in jobs:
+        check(C, A.astype(np.float64) @ B.astype(np.float64), k)
+
+
+@pytest.mark.parametrize("layout_a, layout_b", list(itertools.product(["C", "F"], repeat=2)))
+def test_matmul_uses_the_native_gemm_only_in_one_thread_regions(layout_a, layout_b, monkeypatch):
+    rng = np.random.default_rng(3)
+    a = np.asarray(rng.standard_normal((40, 70), dtype=np.float32), order=layout_a)
+    b = np.asarray(rng.standard_normal((70, 50), dtype=np.float32), order=layout_b)
+    calls = []
+    monkeypatch.setattr(_gemm, "_native", _CountingNative(calls))
+    monkeypatch.setattr(_gemm, "_tried", True)
+    np.testing.assert_array_equal(_gemm.matmul(a, b), a @ b)  # outside: NumPy's BLAS
+    assert calls == []
+    with _gemm.one_thread_blas():
+        out = np.empty((40, 50), dtype=np.float32)
+        assert _gemm.matmul(a, b, out=out) is out
+    assert calls == [(layout_a == "F", layout_b == "F")]
+    check(out, a.astype(np.float64) @ b.astype(np.float64), 70)
+
+
+def test_matmul_falls_back_to_numpy_for_what_the_kernel_does_not_take(monkeypatch):
+    calls = []
+    monkeypatch.setattr(_gemm, "_native", _CountingNative(calls))
+    monkeypatch.setattr(_gemm, "_tried", True)
+    rng = np.random.default_rng(4)
+    a64 = rng.standard_normal((8, 9))
+    strided = rng.standard_normal((8, 18), dtype=np.float32)[:, ::2]
+    b = rng.standard_normal((9, 5), dtype=np.float32)
+    with _gemm.one_thread_blas():
+        np.testing.assert_allclose(_gemm.matmul(a64, b), a64 @ b)
+        np.testing.assert_array_equal(_gemm.matmul(strided, b), strided @ b)
+        monkeypatch.setenv("CNNLAB_KERNELS", "numpy")
+        np.testing.assert_array_equal(_gemm.matmul(b.T.copy(), b), b.T @ b)
+    assert calls == []
+    assert "CNNLAB_KERNELS=numpy" in _gemm.describe()
+
+
+@pytest.mark.parametrize("stride, layout", [(1, "wide"), (2, "channel")])
+def test_convolution_in_a_one_thread_region_matches_numpy(stride, layout, monkeypatch):
+    from cnnlab.ops import conv
+    from cnnlab.ops.conv import conv2d_backward, conv2d_forward
+
+    calls = []
+    monkeypatch.setattr(_gemm, "_native", _CountingNative(calls))
+    monkeypatch.setattr(_gemm, "_tried", True)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 32, 7, 7), dtype=np.float32)   # K = 288 > 49 pixels
+    weight = rng.standard_normal((16, 32, 3, 3), dtype=np.float32)
+    bias = rng.standard_normal(16, dtype=np.float32)
+    y, cache = conv2d_forward(x, weight, bias, stride=stride, padding=1)
+    assert cache.layout == layout
+    dy = rng.standard_normal(y.shape, dtype=np.float32)
+    expected = (y,) + conv2d_backward(dy, cache)
+    with _gemm.one_thread_blas():
+        y, cache = conv2d_forward(x, weight, bias, stride=stride, padding=1)
+        native = (y,) + conv2d_backward(dy, cache)
+    assert len(calls) == 3  # Y = W cols, dW = dY cols^T, dcols = W^T dY
+    assert conv._choose_layout(cache.setup) == layout
+    for ours, reference in zip(native, expected):
+        np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-4)
+
+
+class _CountingNative:
+    """The real kernel, recording the transposition flags of each call."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def gemm(self, trans_a, trans_b, *args):
+        self.calls.append((trans_a, trans_b))
+        return _sgemm.gemm(trans_a, trans_b, *args)
