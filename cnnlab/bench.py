@@ -277,9 +277,9 @@ def _flops_per_image(model, kind: str) -> int:
 def _data_parallel(model, threads: int, batch_size: int):
     """The training step `cnnlab train` runs: the batch split over as many threads as its
     default would use (enough work per thread), at most ``threads``."""
-    from cnnlab.parallel import DataParallel, default_threads, forward_flops_per_image
+    from cnnlab.parallel import DataParallel, default_threads
 
-    flops = forward_flops_per_image(model, (1, 28, 28))
+    flops = _flops_per_image(model, "inference")
     return DataParallel(model, max(1, min(threads, default_threads(batch_size, flops))))
 
 

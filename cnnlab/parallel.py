@@ -50,13 +50,6 @@ def default_threads(batch_size: int, flops_per_image: float | None = None) -> in
     return max(1, min(cores or 1, shards))
 
 
-def forward_flops_per_image(model, input_shape) -> float:
-    """The model's forward FLOPs for one input of ``input_shape`` (C, H, W)."""
-    from cnnlab.summary import summarize
-
-    return float(sum(row.flops for row in summarize(model, input_shape)))
-
-
 def shard_bounds(batch: int, shards: int) -> list[tuple[int, int]]:
     """``shards`` contiguous ranges covering ``range(batch)``, sizes differing by at most 1."""
     shards = max(1, min(shards, batch))

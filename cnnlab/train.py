@@ -160,10 +160,17 @@ def _build_model(config: TrainConfig, input_shape, num_classes: int):
 
 def _resolve_threads(config: TrainConfig, model, input_shape) -> None:
     """Fill in ``config.threads`` (None: one per core, enough work per thread)."""
-    from cnnlab.parallel import default_threads, forward_flops_per_image
+    from cnnlab.parallel import default_threads
+    from cnnlab.summary import summarize, totals
 
     if config.threads is None:
-        config.threads = default_threads(config.batch_size, forward_flops_per_image(model, input_shape))
+        flops = totals(summarize(model, input_shape))["flops"]
+        config.threads = default_threads(config.batch_size, flops)
+
+
+def _ignore_overflow():
+    """A diverging run overflows before its loss is NaN; the loss checks report it instead."""
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
 
 
 def _attach_dropout_rng(model, generator: np.random.Generator) -> None:
@@ -398,10 +405,9 @@ class Trainer:
             bar.update(min(progress.batch_in_epoch * config.batch_size, len(data.train_labels)))
         model.train()
         started = window_start = time.perf_counter()
-        # A diverging run overflows before its loss is NaN; the loss check below reports it.
         contexts = contextlib.ExitStack()
         try:
-            contexts.enter_context(np.errstate(over="ignore", invalid="ignore", divide="ignore"))
+            contexts.enter_context(_ignore_overflow())
             # BLAS stays at one thread per shard for the whole epoch (cnnlab/parallel.py).
             contexts.enter_context(self.parallel.hold_blas())
             for x, y in batches:
@@ -449,8 +455,7 @@ class Trainer:
         record = {"kind": "epoch", "epoch": epoch, "step": progress.global_step,
                   "train_loss": progress.epoch_loss_sum / progress.epoch_seen,
                   "train_accuracy": progress.epoch_correct / progress.epoch_seen}
-        # Weights that overflowed in the last step give a non-finite test loss, reported below.
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        with _ignore_overflow():  # overflowed weights give a non-finite test loss, reported below
             record["test_loss"], record["test_accuracy"] = evaluate_arrays(
                 self.model, data.test_images, data.test_labels, data.normalization)
             if data.val_images is not None:
@@ -528,8 +533,9 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, runs_root: str
     spec_tokens(config.model)  # a misspelt model name fails before any data is loaded
     data = _load_data(config)
     # Build once before making the folder, so a bad model spec leaves no empty run folder.
-    model = _build_model(config, (1,) + tuple(data.train_images.shape[1:]), len(data.classes))
-    _resolve_threads(config, model, (1,) + tuple(data.train_images.shape[1:]))
+    input_shape = (1,) + tuple(data.train_images.shape[1:])
+    model = _build_model(config, input_shape, len(data.classes))
+    _resolve_threads(config, model, input_shape)
     folder = runs.make_run_dir(config.model, config.dataset, run_dir, runs_root)
     write_json(folder / runs.CONFIG_FILE, config.to_dict())
     (folder / runs.METRICS_FILE).touch()
