@@ -1,14 +1,25 @@
 """The optional compiled part of cnnlab; everything else is in pyproject.toml.
 
-cnnlab._sgemm is a single-threaded float32 GEMM with an AVX-512 micro-kernel
-(cnnlab/_native/sgemm.c), used by the convolution while training splits each
-batch over threads (see cnnlab/ops/_gemm.py). It is optional: without a C
-compiler or Python headers the build skips it and NumPy's BLAS does the work.
-Plain -O3: the AVX-512 functions carry their own target attributes and are
-chosen at run time, so the module loads on any x86-64 CPU.
+Two C extensions, both optional: without a C compiler or Python headers the build
+skips them and the NumPy code does the work (same results).
+
+- cnnlab._sgemm (cnnlab/_native/sgemm.c): a single-threaded float32 GEMM with an
+  AVX-512 micro-kernel, used by conv and linear layers while training splits each
+  batch over threads (cnnlab/ops/_gemm.py). Plain -O3: the AVX-512 functions carry
+  their own target attributes and are chosen at run time, so the module loads on
+  any x86-64 CPU.
+- cnnlab._loops (cnnlab/_native/loops.c): one-pass loops for the memory-bound steps
+  (2x2 max pool, ReLU, the Adam update; cnnlab/ops/_kernels.py). -ffp-contract=off
+  keeps every multiply and add rounded on its own, as in NumPy, so the results
+  match the NumPy code bit for bit; -fno-math-errno lets sqrt vectorise.
 """
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("cnnlab._sgemm", sources=["cnnlab/_native/sgemm.c"],
-                             extra_compile_args=["-O3"], optional=True)])
+setup(ext_modules=[
+    Extension("cnnlab._sgemm", sources=["cnnlab/_native/sgemm.c"],
+              extra_compile_args=["-O3"], optional=True),
+    Extension("cnnlab._loops", sources=["cnnlab/_native/loops.c"],
+              extra_compile_args=["-O3", "-ffp-contract=off", "-fno-math-errno",
+                                  "-fno-trapping-math"], optional=True),
+])

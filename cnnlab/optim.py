@@ -23,6 +23,7 @@ import numpy as np
 
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.nn.module import Parameter
+from cnnlab.ops import _kernels
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRScheduler", "StepLR", "CosineAnnealingLR", "LinearLR"]
 
@@ -270,10 +271,18 @@ class Adam(Optimizer):
             state = self.state[index]
             if not state:
                 state.update(step=0, exp_avg=np.zeros_like(weights), exp_avg_sq=np.zeros_like(weights))
-            scratch, *decayed = self._scratch_arrays(index, 2 if coupled_decay else 1)
             exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
             state["step"] += 1
             t = state["step"]
+            loops = _kernels.get()
+            if loops is not None and _kernels.contiguous_float(weights, grad, exp_avg, exp_avg_sq):
+                # The lines below in one pass (cnnlab/_native/loops.c), the same bits.
+                loops.adam_step(weights, grad, exp_avg, exp_avg_sq,
+                                weight_decay if coupled_decay else 0.0,
+                                1 - lr * weight_decay if self._decoupled else 1.0,
+                                beta1, beta2, math.sqrt(1 - beta2**t), eps, lr / (1 - beta1**t))
+                continue
+            scratch, *decayed = self._scratch_arrays(index, 2 if coupled_decay else 1)
             if weight_decay != 0 and self._decoupled:
                 weights *= 1 - lr * weight_decay               # w <- w (1 - eta lambda)   (AdamW)
             elif coupled_decay:

@@ -5,7 +5,7 @@ import sys
 
 from cnnlab.cli import COMMANDS, main
 
-HEAVY = ("torch", "matplotlib", "wandb", "PIL", "numba")
+HEAVY = ("torch", "matplotlib", "wandb", "PIL")
 
 
 def _modules_after(code: str) -> set[str]:

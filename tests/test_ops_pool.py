@@ -28,13 +28,13 @@ OPS = {
 
 @pytest.fixture(autouse=True, params=["kernels", "numpy"])
 def backend(request, monkeypatch):
-    """Every test here runs twice: with the compiled 2x2 max-pool kernels (numba, which CI
-    installs) and with the NumPy fallback."""
+    """Every test here runs twice: with the compiled 2x2 max-pool loop (cnnlab._loops, which
+    CI builds) and with the NumPy fallback."""
     if request.param == "numpy":
         monkeypatch.setenv("CNNLAB_KERNELS", "numpy")
     else:
         monkeypatch.delenv("CNNLAB_KERNELS", raising=False)
-        assert _kernels.enabled(), "numba is missing: pip install -e '.[test]' installs it"
+        assert _kernels.enabled(), "cnnlab._loops is not built: pip install -e '.[test]' builds it"
     return request.param
 
 

@@ -9,8 +9,8 @@ Each output pixel summarises one kH x kW window of its channel:
 with reduce = max (max pooling) or mean (average pooling). Both ops loop over the kH*kW
 kernel taps only; each step is one vectorised pass over an (N, C, H_out, W_out) strided
 view (for the common 2x2/stride-2 max pool, over contiguous copies of the four tap views).
-With numba installed (``cnnlab[fast]``), that 2x2 max pool runs as one compiled loop
-instead (cnnlab/ops/_kernels.py), with the same results bit for bit, about 4x faster.
+When cnnlab's C loops are built (cnnlab/ops/_kernels.py), that 2x2 max pool runs as one
+compiled loop instead, with the same results bit for bit, several times faster.
 
 Max pooling's backward sends each window's gradient to its FIRST largest element in
 row-major window order, exactly as PyTorch does on ties; the forward records which tap
@@ -183,7 +183,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
     if kernels is not None:
         y = np.empty(setup.output_shape(), dtype=setup.dtype)
         index = np.empty(y.shape, dtype=np.uint8)
-        kernels.max_pool_2x2_forward(x, y, index)
+        kernels.max_pool_2x2_forward(np.ascontiguousarray(x), y, index)
         return y, (setup, index)
     planes, pooled = None, False
     if _is_2x2_tiling(setup):
@@ -234,7 +234,7 @@ def max_pool2d_backward(dy, cache):
     target = _GradientTarget(setup)
     kernels = _kernels.get() if _is_2x2_tiling(setup) else None
     if kernels is not None:
-        kernels.max_pool_2x2_backward(dy, index, target.padded)
+        kernels.max_pool_2x2_backward(np.ascontiguousarray(dy), index, target.padded)
         return target.result()
     chosen = np.empty(index.shape, dtype=bool)
     routed = None if setup.tiles_exactly else np.empty(dy.shape, dtype=setup.dtype)

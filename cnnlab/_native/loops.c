@@ -1,0 +1,469 @@
+/*
+ * _loops: the memory-bound steps of a training step as single C loops.
+ *
+ *   max_pool_2x2_forward(x, y, index)        2x2 / stride-2 max pool
+ *   max_pool_2x2_backward(dy, index, dx)     its gradient
+ *   relu_forward(x, y, mask)                 y = max(x, 0), mask = x > 0
+ *   relu_backward(dy, mask, dx)              dx = dy * mask
+ *   adam_step(w, g, m, v, ...)               one Adam / AdamW update, in place
+ *
+ * NumPy runs each of these as several passes over memory (and over a strided
+ * view, one short row at a time); a loop here reads every input once and
+ * writes every output once.  Each computes exactly what the NumPy code beside
+ * its caller computes, bit for bit, in the same order of float operations
+ * (built with -ffp-contract=off, so no multiply-add is fused):
+ * tests/test_kernels.py checks every one against that code.
+ *
+ * float32 and float64 ('f' and 'd' buffers), C-contiguous (the callers copy
+ * the rare strided input first), so GCC vectorises the loops.  The GIL is released while a loop runs: data-parallel shards call
+ * these from several threads at once.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <string.h>
+
+/* Several elementwise loops vectorise best with the widest instructions the CPU
+ * has; GCC builds one clone per target and picks at load time (ifunc). */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__) && !defined(__clang__)
+#define WIDEST __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define WIDEST
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Kernels, one copy per float type                                         */
+/* ------------------------------------------------------------------------ */
+
+/* Windows per pass of the pool loops: four tap arrays of this many stay in L1. */
+#define CHUNK 256
+
+#define DEFINE_KERNELS(T, S, SQRT)                                                        \
+                                                                                          \
+/* np.maximum(a, b): NaN wins, else the larger, else b (so -0.0 vs 0.0 gives b, as */    \
+/* x86's maxps). Two selects: GCC vectorises this form, not one with `||`.          */    \
+static inline T maximum_##S(T a, T b)                                                    \
+{                                                                                         \
+    T larger = a > b ? a : b;                                                             \
+    return a != a ? a : larger;                                                           \
+}                                                                                         \
+                                                                                          \
+/* Y[b,c,i,j] = max of the 2x2 window; index = its first maximum's tap, row-major:    */  \
+/* tap 1 if x1 > x0, then tap t if x_t > the running max (NumPy path's rule). Windows */  \
+/* go CHUNK at a time (across rows and planes): first split into four tap arrays, as  */  \
+/* the NumPy path's tap planes, then reduced on those contiguous arrays, which GCC     */  \
+/* vectorises (rows of 14 or 7 windows alone are too short for it).                   */  \
+WIDEST static void pool_forward_##S(const T *restrict x, T *restrict y,                   \
+                                    unsigned char *restrict index, Py_ssize_t windows,    \
+                                    Py_ssize_t in_w, Py_ssize_t in_h, Py_ssize_t out_h,   \
+                                    Py_ssize_t out_w)                                     \
+{                                                                                         \
+    T x0[CHUNK], x1[CHUNK], x2[CHUNK], x3[CHUNK];                                         \
+    const T *plane = x, *top = x;   /* the window's plane (b, c), top row */              \
+    Py_ssize_t i = 0, j = 0;                                                              \
+    for (Py_ssize_t start = 0; start < windows; start += CHUNK) {                         \
+        Py_ssize_t n = windows - start < CHUNK ? windows - start : CHUNK;                 \
+        for (Py_ssize_t k = 0; k < n; k++) {                                              \
+            x0[k] = top[2 * j];                                                           \
+            x1[k] = top[2 * j + 1];                                                       \
+            x2[k] = top[in_w + 2 * j];                                                    \
+            x3[k] = top[in_w + 2 * j + 1];                                                \
+            if (++j == out_w) {                                                           \
+                j = 0;                                                                    \
+                if (++i == out_h) {                                                       \
+                    i = 0;                                                                \
+                    plane += in_h * in_w;                                                 \
+                }                                                                         \
+                top = plane + 2 * i * in_w;                                               \
+            }                                                                             \
+        }                                                                                 \
+        T *y_part = y + start;                                                            \
+        unsigned char *index_part = index + start;                                        \
+        for (Py_ssize_t k = 0; k < n; k++) {                                              \
+            T best01 = maximum_##S(x0[k], x1[k]), best012 = maximum_##S(best01, x2[k]);   \
+            int over1 = x1[k] > x0[k], over2 = x2[k] > best01, over3 = x3[k] > best012;   \
+            y_part[k] = maximum_##S(best012, x3[k]);                                      \
+            index_part[k] = (unsigned char)(over3 ? 3 : over2 ? 2 : over1);               \
+        }                                                                                 \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* dX = dY at each window's recorded tap, 0 at its other three pixels, written as     */  \
+/* NumPy's dy * (index == tap) (so NaN * 0 stays NaN). Rows/columns past the last     */  \
+/* whole window are the caller's. CHUNK windows at a time: taps, then into dx.        */  \
+WIDEST static void pool_backward_##S(const T *restrict dy, const unsigned char *restrict index, \
+                                     T *restrict dx, Py_ssize_t windows, Py_ssize_t in_w, \
+                                     Py_ssize_t in_h, Py_ssize_t out_h, Py_ssize_t out_w) \
+{                                                                                         \
+    T d0[CHUNK], d1[CHUNK], d2[CHUNK], d3[CHUNK];                                         \
+    T *plane = dx, *top = dx;   /* the window's plane (b, c), top row */                  \
+    Py_ssize_t i = 0, j = 0;                                                              \
+    for (Py_ssize_t start = 0; start < windows; start += CHUNK) {                         \
+        Py_ssize_t n = windows - start < CHUNK ? windows - start : CHUNK;                 \
+        const T *dy_part = dy + start;                                                    \
+        const unsigned char *index_part = index + start;                                  \
+        for (Py_ssize_t k = 0; k < n; k++) {                                              \
+            T gradient = dy_part[k];                                                      \
+            int tap = index_part[k];                                                      \
+            d0[k] = gradient * (T)(tap == 0);   /* as NumPy: dy * (index == tap) */       \
+            d1[k] = gradient * (T)(tap == 1);                                             \
+            d2[k] = gradient * (T)(tap == 2);                                             \
+            d3[k] = gradient * (T)(tap == 3);                                             \
+        }                                                                                 \
+        for (Py_ssize_t k = 0; k < n; k++) {                                              \
+            top[2 * j] = d0[k];                                                           \
+            top[2 * j + 1] = d1[k];                                                       \
+            top[in_w + 2 * j] = d2[k];                                                    \
+            top[in_w + 2 * j + 1] = d3[k];                                                \
+            if (++j == out_w) {                                                           \
+                j = 0;                                                                    \
+                if (++i == out_h) {                                                       \
+                    i = 0;                                                                \
+                    plane += in_h * in_w;                                                 \
+                }                                                                         \
+                top = plane + 2 * i * in_w;                                               \
+            }                                                                             \
+        }                                                                                 \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* y = np.maximum(x, 0), mask = x > 0 */                                                  \
+WIDEST static void relu_forward_##S(const T *x, T *y, unsigned char *mask, Py_ssize_t n) \
+{                                                                                         \
+    for (Py_ssize_t k = 0; k < n; k++) {                                                  \
+        T value = x[k];                                                                   \
+        y[k] = maximum_##S(value, (T)0);                                                  \
+        mask[k] = value > 0;                                                              \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* dx = dy * mask (np.multiply with a bool array: NaN * 0 stays NaN) */                   \
+WIDEST static void relu_backward_##S(const T *dy, const unsigned char *mask, T *dx,       \
+                                     Py_ssize_t n)                                        \
+{                                                                                         \
+    for (Py_ssize_t k = 0; k < n; k++) {  /* a select, not a branch on the mask */        \
+        T kept = dy[k], dropped = dy[k] * (T)0;                                           \
+        dx[k] = mask[k] ? kept : dropped;                                                 \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* One Adam step, each line one NumPy pass of cnnlab.optim.Adam.step, same rounding. */   \
+WIDEST static void adam_##S(T *w, const T *grad, T *m, T *v, Py_ssize_t n, int coupled,   \
+                            T decay, int decoupled, T shrink, T beta1, T one_minus_beta1, \
+                            T beta2, T one_minus_beta2, T bias2_sqrt, T eps, T step_size) \
+{                                                                                         \
+    for (Py_ssize_t k = 0; k < n; k++) {                                                  \
+        T weight = w[k], g = grad[k];                                                     \
+        if (decoupled)                                                                    \
+            weight = weight * shrink;           /* w <- w (1 - eta lambda)   (AdamW) */   \
+        else if (coupled)                                                                 \
+            g = weight * decay + g;             /* g_t = lambda w + dL/dw    (Adam)  */   \
+        T mean = m[k] * beta1 + g * one_minus_beta1;         /* m_t */                    \
+        T square = g * g;                                                                 \
+        square = square * one_minus_beta2;                                                \
+        T second = v[k] * beta2 + square;                    /* v_t */                    \
+        T denominator = SQRT(second) / bias2_sqrt + eps;                                     \
+        T ratio = mean / denominator;                                                     \
+        w[k] = weight - ratio * step_size;                                                \
+        m[k] = mean;                                                                      \
+        v[k] = second;                                                                    \
+    }                                                                                     \
+}
+
+DEFINE_KERNELS(float, f32, sqrtf)
+DEFINE_KERNELS(double, f64, sqrt)
+
+/* ------------------------------------------------------------------------ */
+/* Python binding                                                           */
+/* ------------------------------------------------------------------------ */
+
+/* 'f' -> 4, 'd' -> 8, anything else -> 0 */
+static int float_size(const Py_buffer *view)
+{
+    const char *f = view->format ? view->format : "B";
+    if (*f == '@' || *f == '=' || *f == '<')
+        f++;
+    if (strcmp(f, "f") == 0 && view->itemsize == 4)
+        return 4;
+    if (strcmp(f, "d") == 0 && view->itemsize == 8)
+        return 8;
+    return 0;
+}
+
+static int byte_size(const Py_buffer *view)
+{
+    const char *f = view->format ? view->format : "B";
+    return view->itemsize == 1 && (strcmp(f, "B") == 0 || strcmp(f, "?") == 0);
+}
+
+/* Acquire obj as a buffer; kind 'F' (float32/float64) or 'B' (one-byte), strided or
+ * C-contiguous, of `ndim` axes (0: any). */
+static int get(PyObject *obj, Py_buffer *view, char kind, int writable, int strided,
+               int ndim, const char *name)
+{
+    int flags = (strided ? PyBUF_STRIDES : PyBUF_C_CONTIGUOUS) | PyBUF_FORMAT |
+                (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) < 0)
+        return -1;
+    if (kind == 'F' ? !float_size(view) : !byte_size(view)) {
+        PyErr_Format(PyExc_ValueError, "%s must be a %s buffer (got format '%s')", name,
+                     kind == 'F' ? "float32 or float64" : "uint8 or bool",
+                     view->format ? view->format : "B");
+        PyBuffer_Release(view);
+        return -1;
+    }
+    if (ndim && view->ndim != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s must have %d axes, got %d", name, ndim, view->ndim);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+static void release(Py_buffer *views, int count)
+{
+    for (int k = 0; k < count; k++)
+        PyBuffer_Release(&views[k]);
+}
+
+static int same_shape(const Py_buffer *a, const Py_buffer *b)
+{
+    if (a->ndim != b->ndim)
+        return 0;
+    for (int d = 0; d < a->ndim; d++)
+        if (a->shape[d] != b->shape[d])
+            return 0;
+    return 1;
+}
+
+/* The pooled output (N, C, H_out, W_out) must be half the input, rounded down. */
+static int pool_shapes_fit(const Py_buffer *input, const Py_buffer *output)
+{
+    return input->shape[0] == output->shape[0] && input->shape[1] == output->shape[1] &&
+           input->shape[2] / 2 == output->shape[2] && input->shape[3] / 2 == output->shape[3];
+}
+
+PyDoc_STRVAR(pool_forward_doc,
+"max_pool_2x2_forward(x, y, index) -> None\n\n"
+"y[b,c,i,j] = max of x[b,c,2i:2i+2,2j:2j+2]; index[b,c,i,j] = its first maximum's\n"
+"tap (0..3, row-major). x: (N, C, H, W) float32/float64; y: (N, C, H//2, W//2), x's\n"
+"dtype; index: y's shape, uint8. All C-contiguous.");
+
+static PyObject *py_pool_forward(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *yo, *io;
+    Py_buffer v[3];
+    if (!PyArg_ParseTuple(args, "OOO:max_pool_2x2_forward", &xo, &yo, &io))
+        return NULL;
+    if (get(xo, &v[0], 'F', 0, 0, 4, "x") < 0)
+        return NULL;
+    if (get(yo, &v[1], 'F', 1, 0, 4, "y") < 0) {
+        release(v, 1);
+        return NULL;
+    }
+    if (get(io, &v[2], 'B', 1, 0, 4, "index") < 0) {
+        release(v, 2);
+        return NULL;
+    }
+    if (v[0].itemsize != v[1].itemsize || !pool_shapes_fit(&v[0], &v[1]) ||
+        !same_shape(&v[1], &v[2])) {
+        PyErr_SetString(PyExc_ValueError,
+                        "y and index must be (N, C, H//2, W//2) for x of (N, C, H, W), y of x's dtype");
+        release(v, 3);
+        return NULL;
+    }
+    Py_ssize_t in_h = v[0].shape[2], in_w = v[0].shape[3];
+    Py_ssize_t out_h = v[1].shape[2], out_w = v[1].shape[3];
+    Py_ssize_t windows = v[1].shape[0] * v[1].shape[1] * out_h * out_w;
+    Py_BEGIN_ALLOW_THREADS
+    if (v[0].itemsize == 4)
+        pool_forward_f32(v[0].buf, v[1].buf, v[2].buf, windows, in_w, in_h, out_h, out_w);
+    else
+        pool_forward_f64(v[0].buf, v[1].buf, v[2].buf, windows, in_w, in_h, out_h, out_w);
+    Py_END_ALLOW_THREADS
+    release(v, 3);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(pool_backward_doc,
+"max_pool_2x2_backward(dy, index, dx) -> None\n\n"
+"Writes dx's covered part (rows < 2 H_out, columns < 2 W_out): dy at each window's\n"
+"recorded tap, 0 elsewhere. dy: (N, C, H_out, W_out) float32/float64; index: dy's\n"
+"shape, uint8; dx: (N, C, H, W), dy's dtype. All C-contiguous.");
+
+static PyObject *py_pool_backward(PyObject *self, PyObject *args)
+{
+    PyObject *dyo, *io, *dxo;
+    Py_buffer v[3];
+    if (!PyArg_ParseTuple(args, "OOO:max_pool_2x2_backward", &dyo, &io, &dxo))
+        return NULL;
+    if (get(dyo, &v[0], 'F', 0, 0, 4, "dy") < 0)
+        return NULL;
+    if (get(io, &v[1], 'B', 0, 0, 4, "index") < 0) {
+        release(v, 1);
+        return NULL;
+    }
+    if (get(dxo, &v[2], 'F', 1, 0, 4, "dx") < 0) {
+        release(v, 2);
+        return NULL;
+    }
+    if (v[0].itemsize != v[2].itemsize || !same_shape(&v[0], &v[1]) ||
+        !pool_shapes_fit(&v[2], &v[0])) {
+        PyErr_SetString(PyExc_ValueError,
+                        "index must have dy's shape and dx be (N, C, H, W) with H//2, W//2 = dy's, "
+                        "dx of dy's dtype");
+        release(v, 3);
+        return NULL;
+    }
+    Py_ssize_t out_h = v[0].shape[2], out_w = v[0].shape[3];
+    Py_ssize_t in_h = v[2].shape[2], in_w = v[2].shape[3];
+    Py_ssize_t windows = v[0].shape[0] * v[0].shape[1] * out_h * out_w;
+    Py_BEGIN_ALLOW_THREADS
+    if (v[0].itemsize == 4)
+        pool_backward_f32(v[0].buf, v[1].buf, v[2].buf, windows, in_w, in_h, out_h, out_w);
+    else
+        pool_backward_f64(v[0].buf, v[1].buf, v[2].buf, windows, in_w, in_h, out_h, out_w);
+    Py_END_ALLOW_THREADS
+    release(v, 3);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(relu_forward_doc,
+"relu_forward(x, y, mask) -> None\n\n"
+"y = np.maximum(x, 0) and mask = x > 0. x, y: C-contiguous float32/float64 of one\n"
+"shape and dtype; mask: bool or uint8 of that shape.");
+
+static PyObject *py_relu_forward(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *yo, *mo;
+    Py_buffer v[3];
+    if (!PyArg_ParseTuple(args, "OOO:relu_forward", &xo, &yo, &mo))
+        return NULL;
+    if (get(xo, &v[0], 'F', 0, 0, 0, "x") < 0)
+        return NULL;
+    if (get(yo, &v[1], 'F', 1, 0, 0, "y") < 0) {
+        release(v, 1);
+        return NULL;
+    }
+    if (get(mo, &v[2], 'B', 1, 0, 0, "mask") < 0) {
+        release(v, 2);
+        return NULL;
+    }
+    if (v[0].itemsize != v[1].itemsize || !same_shape(&v[0], &v[1]) || !same_shape(&v[0], &v[2])) {
+        PyErr_SetString(PyExc_ValueError, "x, y and mask must have one shape, x and y one dtype");
+        release(v, 3);
+        return NULL;
+    }
+    Py_ssize_t n = v[2].len;
+    Py_BEGIN_ALLOW_THREADS
+    if (v[0].itemsize == 4)
+        relu_forward_f32(v[0].buf, v[1].buf, v[2].buf, n);
+    else
+        relu_forward_f64(v[0].buf, v[1].buf, v[2].buf, n);
+    Py_END_ALLOW_THREADS
+    release(v, 3);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(relu_backward_doc,
+"relu_backward(dy, mask, dx) -> None\n\n"
+"dx = dy * mask. dy, dx: C-contiguous float32/float64 of one shape and dtype (dx may\n"
+"be dy itself); mask: bool or uint8 of that shape.");
+
+static PyObject *py_relu_backward(PyObject *self, PyObject *args)
+{
+    PyObject *dyo, *mo, *dxo;
+    Py_buffer v[3];
+    if (!PyArg_ParseTuple(args, "OOO:relu_backward", &dyo, &mo, &dxo))
+        return NULL;
+    if (get(dyo, &v[0], 'F', 0, 0, 0, "dy") < 0)
+        return NULL;
+    if (get(mo, &v[1], 'B', 0, 0, 0, "mask") < 0) {
+        release(v, 1);
+        return NULL;
+    }
+    if (get(dxo, &v[2], 'F', 1, 0, 0, "dx") < 0) {
+        release(v, 2);
+        return NULL;
+    }
+    if (v[0].itemsize != v[2].itemsize || !same_shape(&v[0], &v[1]) || !same_shape(&v[0], &v[2])) {
+        PyErr_SetString(PyExc_ValueError, "dy, mask and dx must have one shape, dy and dx one dtype");
+        release(v, 3);
+        return NULL;
+    }
+    Py_ssize_t n = v[1].len;
+    Py_BEGIN_ALLOW_THREADS
+    if (v[0].itemsize == 4)
+        relu_backward_f32(v[0].buf, v[1].buf, v[2].buf, n);
+    else
+        relu_backward_f64(v[0].buf, v[1].buf, v[2].buf, n);
+    Py_END_ALLOW_THREADS
+    release(v, 3);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(adam_doc,
+"adam_step(w, grad, m, v, decay, shrink, beta1, beta2, bias2_sqrt, eps, step_size) -> None\n\n"
+"One Adam update of w, m and v in place (C-contiguous, one shape and float dtype).\n"
+"decay != 0: Adam's L2 term, g = decay w + grad. shrink != 1: AdamW's w *= shrink\n"
+"first (then decay must be 0). m = beta1 m + (1 - beta1) g; v = beta2 v + (1 - beta2) g^2;\n"
+"w -= step_size m / (sqrt(v) / bias2_sqrt + eps). Scalars are rounded to w's dtype.");
+
+static PyObject *py_adam(PyObject *self, PyObject *args)
+{
+    PyObject *wo, *go, *mo, *vo;
+    double decay, shrink, beta1, beta2, bias2_sqrt, eps, step_size;
+    Py_buffer v[4];
+    if (!PyArg_ParseTuple(args, "OOOOddddddd:adam_step", &wo, &go, &mo, &vo, &decay, &shrink,
+                          &beta1, &beta2, &bias2_sqrt, &eps, &step_size))
+        return NULL;
+    PyObject *objects[4] = {wo, go, mo, vo};
+    const char *names[4] = {"w", "grad", "m", "v"};
+    for (int k = 0; k < 4; k++) {
+        if (get(objects[k], &v[k], 'F', k != 1, 0, 0, names[k]) < 0) {
+            release(v, k);
+            return NULL;
+        }
+        if (k && (v[k].itemsize != v[0].itemsize || !same_shape(&v[0], &v[k]))) {
+            PyErr_SetString(PyExc_ValueError, "w, grad, m and v must have one shape and dtype");
+            release(v, k + 1);
+            return NULL;
+        }
+    }
+    if (decay != 0 && shrink != 1) {
+        PyErr_SetString(PyExc_ValueError, "decay (Adam) and shrink (AdamW) exclude each other");
+        release(v, 4);
+        return NULL;
+    }
+    Py_ssize_t n = v[0].len / v[0].itemsize;
+    int coupled = decay != 0, decoupled = shrink != 1;
+    Py_BEGIN_ALLOW_THREADS
+    if (v[0].itemsize == 4)
+        adam_f32(v[0].buf, v[1].buf, v[2].buf, v[3].buf, n, coupled, (float)decay, decoupled,
+                 (float)shrink, (float)beta1, (float)(1 - beta1), (float)beta2,
+                 (float)(1 - beta2), (float)bias2_sqrt, (float)eps, (float)step_size);
+    else
+        adam_f64(v[0].buf, v[1].buf, v[2].buf, v[3].buf, n, coupled, decay, decoupled, shrink,
+                 beta1, 1 - beta1, beta2, 1 - beta2, bias2_sqrt, eps, step_size);
+    Py_END_ALLOW_THREADS
+    release(v, 4);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"max_pool_2x2_forward", py_pool_forward, METH_VARARGS, pool_forward_doc},
+    {"max_pool_2x2_backward", py_pool_backward, METH_VARARGS, pool_backward_doc},
+    {"relu_forward", py_relu_forward, METH_VARARGS, relu_forward_doc},
+    {"relu_backward", py_relu_backward, METH_VARARGS, relu_backward_doc},
+    {"adam_step", py_adam, METH_VARARGS, adam_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "cnnlab._loops",
+    "Single-pass C loops for max pooling, ReLU and Adam (see cnnlab/ops/_kernels.py).", -1,
+    methods,
+};
+
+PyMODINIT_FUNC PyInit__loops(void) { return PyModule_Create(&moduledef); }
