@@ -275,8 +275,8 @@ def _flops_per_image(model, kind: str) -> int:
 
 
 def _data_parallel(model, threads: int, batch_size: int):
-    """The training step `cnnlab train` runs: the batch split over as many threads as its
-    default would use (enough work per thread), at most ``threads``."""
+    """The batch split over threads as `cnnlab train` and `cnnlab evaluate` split it (as many
+    as their default would use: enough work per thread), at most ``threads``."""
     from cnnlab.parallel import DataParallel, default_threads
 
     flops = _flops_per_image(model, "inference")
@@ -471,7 +471,9 @@ def bench_models(torch_module, repeats: int, batch_sizes: tuple[int, ...], threa
             train = {"cnnlab": _cnnlab_train_step(parallel, optimizer, x, y)}
             infer_model = _lecture_model(model_name, seed=0)
             infer_model.eval()
-            infer = {"cnnlab": lambda m=infer_model, x=x: m(x)}
+            # As `cnnlab evaluate` and the evaluation after each epoch run it.
+            infer_parallel = _data_parallel(infer_model, threads, batch_size)
+            infer = {"cnnlab": lambda p=infer_parallel, x=x: p.forward(x)}
             if torch_module is not None:
                 for layout in ("nchw", "channels_last"):
                     if model_name == "mlp" and layout == "channels_last":
@@ -499,7 +501,9 @@ def bench_models(torch_module, repeats: int, batch_sizes: tuple[int, ...], threa
                 entry["flops_per_image"] = _flops_per_image(model, kind)
                 results[f"{model_name} {kind} batch {batch_size}"] = _with_ratio(entry)
             results[f"{model_name} train step batch {batch_size}"]["cnnlab_threads"] = parallel.threads
+            results[f"{model_name} inference batch {batch_size}"]["cnnlab_threads"] = infer_parallel.threads
             parallel.close()
+            infer_parallel.close()
     return results
 
 
@@ -676,17 +680,15 @@ def format_results(results: dict) -> str:
         lines.append(f"{name:38s} {cells[0]:>22s} {cells[1]:>22s} {cells[2]:>22s} {ratio:>8s}")
     lines.append("")
     lines.append("throughput, images/s (median); GEMM bound = FLOPs / best measured GEMM rate")
-    threads = sorted({entry["cnnlab_threads"] for entry in results["models"].values() if "cnnlab_threads" in entry})
-    lines.append(f"cnnlab train steps split each batch over {'/'.join(map(str, threads))} threads "
-                 "(as `cnnlab train`); inference is one call")
-    lines.append(f"{'model':32s} {'cnnlab':>9s} {'torch NCHW':>11s} {'torch ch_l':>11s} "
+    lines.append("cnnlab splits each batch over 'thr' threads, as `cnnlab train` and `cnnlab evaluate` do")
+    lines.append(f"{'model':32s} {'thr':>3s} {'cnnlab':>9s} {'torch NCHW':>11s} {'torch ch_l':>11s} "
                  f"{'speedup':>8s} {'of bound':>9s}")
     for name, entry in results["models"].items():
         cells = [f"{entry[key]['images_per_second']:,.0f}" if key in entry else "-" for key in
                  ("cnnlab", "torch_nchw", "torch_channels_last")]
         ratio = f"{entry['speedup_vs_torch']:.2f}x" if "speedup_vs_torch" in entry else "-"
-        lines.append(f"{name:32s} {cells[0]:>9s} {cells[1]:>11s} {cells[2]:>11s} {ratio:>8s} "
-                     f"{entry['fraction_of_gemm_bound']:>8.0%}")
+        lines.append(f"{name:32s} {entry.get('cnnlab_threads', '-'):>3} {cells[0]:>9s} {cells[1]:>11s} "
+                     f"{cells[2]:>11s} {ratio:>8s} {entry['fraction_of_gemm_bound']:>8.0%}")
     epoch = results["epoch"]
     lines.append("")
     line = (f"one cnn epoch, {epoch['images']} images: cnnlab {epoch['cnnlab_seconds']:.1f} s, "

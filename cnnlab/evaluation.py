@@ -7,6 +7,7 @@ and by ``cnnlab evaluate``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -15,24 +16,39 @@ import numpy as np
 from cnnlab.errors import ConfigError, ShapeError
 
 
-def predict_logits(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+@contextlib.contextmanager
+def _eval_forward(model, threads: int):
+    """``model``'s forward in eval mode, each batch split over ``threads`` threads
+    (cnnlab.parallel.DataParallel); the model's mode is restored afterwards."""
+    from cnnlab.parallel import DataParallel
+
+    parallel = DataParallel(model, threads)
+    was_training = model.training
+    model.eval()
+    try:
+        with parallel.hold_blas():
+            yield parallel.forward
+    finally:
+        parallel.close()
+        model.train(was_training)
+
+
+def predict_logits(model, x: np.ndarray, batch_size: int = 256, threads: int = 1) -> np.ndarray:
     """Run ``model`` in eval mode on already-normalised inputs, ``batch_size`` at a time.
 
     Args:
         model: an ``nn.Module`` (usually the ``Sequential`` from ``build_model``).
         x: (N, C, H, W) or (N, F) float inputs, normalised as the model was trained.
         batch_size: images per forward pass; larger is faster and uses more memory.
+        threads: each batch split over this many threads (``cnnlab.parallel.threads_for``
+            picks a good number for a model).
 
     Returns:
         logits, shape (N, K), in the dtype of the model's output.
     """
     _check_batch_size(batch_size)
-    was_training = model.training
-    model.eval()
-    try:
-        outputs = [model(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
-    finally:
-        model.train(was_training)
+    with _eval_forward(model, threads) as forward:
+        outputs = [forward(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
     if not outputs:
         raise ShapeError("predict_logits: no inputs (the array has 0 samples)")
     return np.concatenate(outputs, axis=0)
@@ -98,7 +114,7 @@ class Evaluation:
 
 def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 256,
              normalization: str = "unit", mean: float | None = None, std: float | None = None,
-             num_classes: int | None = None) -> Evaluation:
+             num_classes: int | None = None, threads: int = 1) -> Evaluation:
     """Loss, accuracy and confusion matrix of ``model`` over uint8 images.
 
     Args:
@@ -108,6 +124,7 @@ def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 25
         batch_size: images per forward pass (default 256).
         normalization, mean, std: as ``cnnlab.data.to_float`` (the ones used in training).
         num_classes: K; by default the width of the model's output.
+        threads: each batch split over this many threads, as in :func:`predict_logits`.
 
     Returns:
         :class:`Evaluation`. The loss is the mean cross-entropy
@@ -124,13 +141,11 @@ def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 25
         raise ShapeError("cannot evaluate on an empty dataset (0 images)")
     total_loss = 0.0
     predictions = np.empty(len(labels), dtype=np.int64)
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_forward(model, threads) as forward:
         for start in range(0, len(labels), batch_size):
             x = to_float(images[start:start + batch_size], normalization=normalization,
                          mean=mean, std=std)
-            logits = model(x)
+            logits = forward(x)
             if num_classes is None:
                 num_classes = logits.shape[1]
             batch_labels = labels[start:start + batch_size]
@@ -138,8 +153,6 @@ def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 25
             log_probabilities = log_softmax(logits.astype(np.float64), axis=1)
             total_loss -= float(log_probabilities[np.arange(len(batch_labels)), batch_labels].sum())
             predictions[start:start + len(batch_labels)] = np.argmax(logits, axis=1)
-    finally:
-        model.train(was_training)
     confusion = confusion_matrix(labels, predictions, num_classes)
     return Evaluation(
         loss=total_loss / len(labels),

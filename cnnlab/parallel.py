@@ -50,6 +50,14 @@ def default_threads(batch_size: int, flops_per_image: float | None = None) -> in
     return max(1, min(cores or 1, shards))
 
 
+def threads_for(model, input_shape, batch_size: int) -> int:
+    """:func:`default_threads` for ``model`` on inputs of ``input_shape`` (one image),
+    its forward FLOPs counted by ``cnnlab.summary``."""
+    from cnnlab.summary import summarize, totals
+
+    return default_threads(batch_size, totals(summarize(model, input_shape))["flops"])
+
+
 def shard_bounds(batch: int, shards: int) -> list[tuple[int, int]]:
     """``shards`` contiguous ranges covering ``range(batch)``, sizes differing by at most 1."""
     shards = max(1, min(shards, batch))
@@ -194,6 +202,33 @@ class DataParallel:
         loss = sum(shard_loss * weight for (shard_loss, _), weight in zip(results, weights))
         return loss, np.concatenate([logits for _, logits in results])
 
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The model's output for ``x``, each shard on its own thread (inference: no backward).
+
+        In eval mode the replicas first take the model's BatchNorm running statistics, so
+        every shard computes what ``model(x)`` computes (up to float rounding in the GEMMs).
+        """
+        bounds = shard_bounds(len(x), self.threads)
+        if len(bounds) == 1:
+            return self.model(x)
+        replicas = self._replicas_for(len(bounds))
+        if not self.model.training:
+            for replica in replicas[1:]:
+                for (_, ours), (_, theirs) in zip(self.model.named_buffers(), replica.named_buffers()):
+                    np.copyto(theirs, ours)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="cnnlab-shard")
+        errors = np.geterr()
+        with self._blas:
+            futures = [self._pool.submit(_shard_forward, replica, x[start:stop], errors)
+                       for replica, (start, stop) in zip(replicas[1:], bounds[1:])]
+            try:
+                start, stop = bounds[0]
+                own = replicas[0](x[start:stop])
+            finally:
+                wait(futures)
+        return np.concatenate([own] + [future.result() for future in futures])
+
     def _seed_random_layers(self, replicas: list) -> None:
         """Shard 0 (the model) draws its Dropout masks as usual; every other shard gets a
         generator of its own, seeded from ``self.rng`` before the threads start, so the
@@ -230,3 +265,8 @@ def _shard_step(replica, x: np.ndarray, y: np.ndarray, weight: float,
         if np.isfinite(loss):
             replica.backward(dlogits)
     return loss, logits
+
+
+def _shard_forward(replica, x: np.ndarray, errors: dict) -> np.ndarray:
+    with np.errstate(**errors):
+        return replica(x)

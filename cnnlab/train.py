@@ -160,12 +160,10 @@ def _build_model(config: TrainConfig, input_shape, num_classes: int):
 
 def _resolve_threads(config: TrainConfig, model, input_shape) -> None:
     """Fill in ``config.threads`` (None: one per core, enough work per thread)."""
-    from cnnlab.parallel import default_threads
-    from cnnlab.summary import summarize, totals
+    from cnnlab.parallel import threads_for
 
     if config.threads is None:
-        flops = totals(summarize(model, input_shape))["flops"]
-        config.threads = default_threads(config.batch_size, flops)
+        config.threads = threads_for(model, input_shape, config.batch_size)
 
 
 def _ignore_overflow():
@@ -214,13 +212,13 @@ def build_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
 # --------------------------------------------------------------------------- evaluation
 
 
-def evaluate_arrays(model, images, labels, normalization: dict) -> tuple[float, float]:
+def evaluate_arrays(model, images, labels, normalization: dict, threads: int = 1) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` (in eval mode) on uint8 images."""
     from cnnlab.evaluation import evaluate
 
     result = evaluate(model, images, labels, batch_size=EVAL_BATCH_SIZE,
                       normalization=normalization["kind"], mean=normalization["mean"],
-                      std=normalization["std"])
+                      std=normalization["std"], threads=threads)
     return result.loss, result.accuracy
 
 
@@ -457,10 +455,11 @@ class Trainer:
                   "train_accuracy": progress.epoch_correct / progress.epoch_seen}
         with _ignore_overflow():  # overflowed weights give a non-finite test loss, reported below
             record["test_loss"], record["test_accuracy"] = evaluate_arrays(
-                self.model, data.test_images, data.test_labels, data.normalization)
+                self.model, data.test_images, data.test_labels, data.normalization, self.config.threads)
             if data.val_images is not None:
                 record["val_loss"], record["val_accuracy"] = evaluate_arrays(
-                    self.model, data.val_images, data.val_labels, data.normalization)
+                    self.model, data.val_images, data.val_labels, data.normalization,
+                    self.config.threads)
         record["seconds"] = seconds
         record["time"] = time.time()
         progress.epochs_done = epoch

@@ -164,3 +164,42 @@ def test_replicate_shares_parameters_but_not_gradients_or_buffers():
         assert theirs.data is ours.data and theirs.grad is not ours.grad
     assert replica[1].running_mean is not model[1].running_mean
     assert all("_cache" not in module.__dict__ for module in replica.modules())
+
+
+def test_inference_forward_equals_one_call_with_batchnorm_statistics_of_the_model():
+    model = build_model("cnn-bn", np.random.default_rng(8))
+    parallel = DataParallel(model, 2, rng=np.random.default_rng(9))
+    for seed in range(3):  # moves the model's running statistics away from their start
+        parallel.forward_backward(*batch(64, seed))
+    model.eval()
+    x, _ = batch(67, seed=10)
+    logits = parallel.forward(x)  # the replica has stale statistics of its own until synced
+    np.testing.assert_allclose(logits, model(x), rtol=1e-5, atol=1e-5)
+    replica_stats = dict(parallel._replicas[1].named_buffers())
+    for key, value in model.named_buffers():
+        np.testing.assert_array_equal(replica_stats[key], value, err_msg=key)
+    # Training again keeps the statistics private: only the model's move.
+    model.train()
+    before = {key: value.copy() for key, value in parallel._replicas[1].named_buffers()}
+    model_before = {key: value.copy() for key, value in model.named_buffers()}
+    parallel.forward_backward(*batch(64, 11))
+    parallel.close()
+    key = "1.running_mean"
+    assert not np.array_equal(model_before[key], dict(model.named_buffers())[key])
+    assert not np.array_equal(before[key], dict(parallel._replicas[1].named_buffers())[key])
+    assert dict(parallel._replicas[1].named_buffers())[key] is not dict(model.named_buffers())[key]
+
+
+def test_evaluate_and_predict_over_threads_equal_one_thread():
+    from cnnlab.evaluation import evaluate, predict_logits
+
+    model = build_model("cnn", np.random.default_rng(12))
+    rng = np.random.default_rng(13)
+    images, labels = rng.integers(0, 256, (300, 28, 28), dtype=np.uint8), rng.integers(0, 10, 300)
+    one, two = (evaluate(model, images, labels, batch_size=128, threads=threads) for threads in (1, 2))
+    assert two.loss == pytest.approx(one.loss, rel=1e-6)
+    np.testing.assert_array_equal(two.confusion, one.confusion)
+    x = images[:, None].astype(np.float32) / 255
+    np.testing.assert_allclose(predict_logits(model, x, 100, threads=2), predict_logits(model, x, 100),
+                               rtol=1e-5, atol=1e-6)
+    assert model.training  # put back into the mode it was in

@@ -25,6 +25,7 @@ def run(args) -> int:
     from cnnlab.errors import ConfigError
     from cnnlab.evaluation import evaluate
     from cnnlab.fileio import write_json
+    from cnnlab.parallel import threads_for
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}: give the evaluation batch size, e.g. 256")
@@ -48,7 +49,8 @@ def run(args) -> int:
     result = evaluate(model, dataset.test_images, dataset.test_labels,
                       batch_size=args.batch_size, normalization=normalization.get("kind", "unit"),
                       mean=normalization.get("mean"), std=normalization.get("std"),
-                      num_classes=num_classes)
+                      num_classes=num_classes,
+                      threads=threads_for(model, input_shape, args.batch_size))
     print(format_report(result, classes, checkpoint, dataset_name))
     if args.json:
         data = result.to_dict(classes)
