@@ -34,12 +34,16 @@ def native():
     if _kernels._turned_off():
         return None
     if not _tried:
-        _tried = True
-        try:
-            from cnnlab import _sgemm
-        except ImportError:
-            return None
-        _native = _sgemm if _sgemm.avx512() else None
+        # As in _kernels.get: a shard thread must not see "tried" before the import finished
+        # (it would run that step's products in OpenBLAS: other rounding, a flaky run).
+        with _depth_lock:
+            if not _tried:
+                try:
+                    from cnnlab import _sgemm
+                    _native = _sgemm if _sgemm.avx512() else None
+                except ImportError:
+                    pass
+                _tried = True
     return _native
 
 

@@ -15,10 +15,12 @@ turns the compiled loops (and cnnlab's GEMM, cnnlab/ops/_gemm.py) off.
 from __future__ import annotations
 
 import os
+import threading
 from types import ModuleType
 
 _module: ModuleType | None = None
 _tried = False
+_load_lock = threading.Lock()
 
 
 def _turned_off() -> bool:
@@ -31,12 +33,16 @@ def get() -> ModuleType | None:
     if _turned_off():
         return None
     if not _tried:
-        _tried = True
-        try:
-            from cnnlab import _loops
-        except ImportError:
-            return None
-        _module = _loops
+        # Shards call this from several threads at once: until the import has finished,
+        # another thread must wait, not see "tried, nothing there" and take the NumPy path.
+        with _load_lock:
+            if not _tried:
+                try:
+                    from cnnlab import _loops
+                    _module = _loops
+                except ImportError:
+                    pass
+                _tried = True
     return _module
 
 
