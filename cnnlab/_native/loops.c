@@ -163,7 +163,7 @@ WIDEST static void adam_##S(T *w, const T *grad, T *m, T *v, Py_ssize_t n, int c
         T square = g * g;                                                                 \
         square = square * one_minus_beta2;                                                \
         T second = v[k] * beta2 + square;                    /* v_t */                    \
-        T denominator = SQRT(second) / bias2_sqrt + eps;                                     \
+        T denominator = SQRT(second) / bias2_sqrt + eps;                                  \
         T ratio = mean / denominator;                                                     \
         w[k] = weight - ratio * step_size;                                                \
         m[k] = mean;                                                                      \
@@ -197,24 +197,29 @@ static int byte_size(const Py_buffer *view)
     return view->itemsize == 1 && (strcmp(f, "B") == 0 || strcmp(f, "?") == 0);
 }
 
-/* Acquire obj as a buffer; kind 'F' (float32/float64) or 'B' (one-byte), strided or
- * C-contiguous, of `ndim` axes (0: any). */
-static int get(PyObject *obj, Py_buffer *view, char kind, int writable, int strided,
-               int ndim, const char *name)
+/* What one argument must be: kind 'F' (float32 or float64) or 'B' (one byte), C-contiguous. */
+typedef struct {
+    const char *name;
+    char kind;
+    int writable;
+    int ndim; /* 0: any number of axes */
+} arg_spec;
+
+static int get(PyObject *obj, Py_buffer *view, const arg_spec *spec)
 {
-    int flags = (strided ? PyBUF_STRIDES : PyBUF_C_CONTIGUOUS) | PyBUF_FORMAT |
-                (writable ? PyBUF_WRITABLE : 0);
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (spec->writable ? PyBUF_WRITABLE : 0);
     if (PyObject_GetBuffer(obj, view, flags) < 0)
         return -1;
-    if (kind == 'F' ? !float_size(view) : !byte_size(view)) {
-        PyErr_Format(PyExc_ValueError, "%s must be a %s buffer (got format '%s')", name,
-                     kind == 'F' ? "float32 or float64" : "uint8 or bool",
+    if (spec->kind == 'F' ? !float_size(view) : !byte_size(view)) {
+        PyErr_Format(PyExc_ValueError, "%s must be a %s buffer (got format '%s')", spec->name,
+                     spec->kind == 'F' ? "float32 or float64" : "uint8 or bool",
                      view->format ? view->format : "B");
         PyBuffer_Release(view);
         return -1;
     }
-    if (ndim && view->ndim != ndim) {
-        PyErr_Format(PyExc_ValueError, "%s must have %d axes, got %d", name, ndim, view->ndim);
+    if (spec->ndim && view->ndim != spec->ndim) {
+        PyErr_Format(PyExc_ValueError, "%s must have %d axes, got %d", spec->name, spec->ndim,
+                     view->ndim);
         PyBuffer_Release(view);
         return -1;
     }
@@ -225,6 +230,25 @@ static void release(Py_buffer *views, int count)
 {
     for (int k = 0; k < count; k++)
         PyBuffer_Release(&views[k]);
+}
+
+/* Acquire every objects[k] as specs[k] says: all of them, or none (error set). */
+static int get_all(PyObject *const *objects, const arg_spec *specs, Py_buffer *views, int count)
+{
+    for (int k = 0; k < count; k++)
+        if (get(objects[k], &views[k], &specs[k]) < 0) {
+            release(views, k);
+            return -1;
+        }
+    return 0;
+}
+
+/* Release the buffers and raise ValueError(message); returns NULL for the caller to return. */
+static PyObject *reject(Py_buffer *views, int count, const char *message)
+{
+    PyErr_SetString(PyExc_ValueError, message);
+    release(views, count);
+    return NULL;
 }
 
 static int same_shape(const Py_buffer *a, const Py_buffer *b)
@@ -252,27 +276,14 @@ PyDoc_STRVAR(pool_forward_doc,
 
 static PyObject *py_pool_forward(PyObject *self, PyObject *args)
 {
-    PyObject *xo, *yo, *io;
+    static const arg_spec specs[3] = {{"x", 'F', 0, 4}, {"y", 'F', 1, 4}, {"index", 'B', 1, 4}};
+    PyObject *objects[3];
     Py_buffer v[3];
-    if (!PyArg_ParseTuple(args, "OOO:max_pool_2x2_forward", &xo, &yo, &io))
+    if (!PyArg_ParseTuple(args, "OOO:max_pool_2x2_forward", &objects[0], &objects[1], &objects[2]) ||
+        get_all(objects, specs, v, 3) < 0)
         return NULL;
-    if (get(xo, &v[0], 'F', 0, 0, 4, "x") < 0)
-        return NULL;
-    if (get(yo, &v[1], 'F', 1, 0, 4, "y") < 0) {
-        release(v, 1);
-        return NULL;
-    }
-    if (get(io, &v[2], 'B', 1, 0, 4, "index") < 0) {
-        release(v, 2);
-        return NULL;
-    }
-    if (v[0].itemsize != v[1].itemsize || !pool_shapes_fit(&v[0], &v[1]) ||
-        !same_shape(&v[1], &v[2])) {
-        PyErr_SetString(PyExc_ValueError,
-                        "y and index must be (N, C, H//2, W//2) for x of (N, C, H, W), y of x's dtype");
-        release(v, 3);
-        return NULL;
-    }
+    if (v[0].itemsize != v[1].itemsize || !pool_shapes_fit(&v[0], &v[1]) || !same_shape(&v[1], &v[2]))
+        return reject(v, 3, "y and index must be (N, C, H//2, W//2) for x of (N, C, H, W), y of x's dtype");
     Py_ssize_t in_h = v[0].shape[2], in_w = v[0].shape[3];
     Py_ssize_t out_h = v[1].shape[2], out_w = v[1].shape[3];
     Py_ssize_t windows = v[1].shape[0] * v[1].shape[1] * out_h * out_w;
@@ -294,28 +305,15 @@ PyDoc_STRVAR(pool_backward_doc,
 
 static PyObject *py_pool_backward(PyObject *self, PyObject *args)
 {
-    PyObject *dyo, *io, *dxo;
+    static const arg_spec specs[3] = {{"dy", 'F', 0, 4}, {"index", 'B', 0, 4}, {"dx", 'F', 1, 4}};
+    PyObject *objects[3];
     Py_buffer v[3];
-    if (!PyArg_ParseTuple(args, "OOO:max_pool_2x2_backward", &dyo, &io, &dxo))
+    if (!PyArg_ParseTuple(args, "OOO:max_pool_2x2_backward", &objects[0], &objects[1], &objects[2]) ||
+        get_all(objects, specs, v, 3) < 0)
         return NULL;
-    if (get(dyo, &v[0], 'F', 0, 0, 4, "dy") < 0)
-        return NULL;
-    if (get(io, &v[1], 'B', 0, 0, 4, "index") < 0) {
-        release(v, 1);
-        return NULL;
-    }
-    if (get(dxo, &v[2], 'F', 1, 0, 4, "dx") < 0) {
-        release(v, 2);
-        return NULL;
-    }
-    if (v[0].itemsize != v[2].itemsize || !same_shape(&v[0], &v[1]) ||
-        !pool_shapes_fit(&v[2], &v[0])) {
-        PyErr_SetString(PyExc_ValueError,
-                        "index must have dy's shape and dx be (N, C, H, W) with H//2, W//2 = dy's, "
-                        "dx of dy's dtype");
-        release(v, 3);
-        return NULL;
-    }
+    if (v[0].itemsize != v[2].itemsize || !same_shape(&v[0], &v[1]) || !pool_shapes_fit(&v[2], &v[0]))
+        return reject(v, 3, "index must have dy's shape and dx be (N, C, H, W) with H//2, W//2 = dy's, "
+                            "dx of dy's dtype");
     Py_ssize_t out_h = v[0].shape[2], out_w = v[0].shape[3];
     Py_ssize_t in_h = v[2].shape[2], in_w = v[2].shape[3];
     Py_ssize_t windows = v[0].shape[0] * v[0].shape[1] * out_h * out_w;
@@ -336,25 +334,14 @@ PyDoc_STRVAR(relu_forward_doc,
 
 static PyObject *py_relu_forward(PyObject *self, PyObject *args)
 {
-    PyObject *xo, *yo, *mo;
+    static const arg_spec specs[3] = {{"x", 'F', 0, 0}, {"y", 'F', 1, 0}, {"mask", 'B', 1, 0}};
+    PyObject *objects[3];
     Py_buffer v[3];
-    if (!PyArg_ParseTuple(args, "OOO:relu_forward", &xo, &yo, &mo))
+    if (!PyArg_ParseTuple(args, "OOO:relu_forward", &objects[0], &objects[1], &objects[2]) ||
+        get_all(objects, specs, v, 3) < 0)
         return NULL;
-    if (get(xo, &v[0], 'F', 0, 0, 0, "x") < 0)
-        return NULL;
-    if (get(yo, &v[1], 'F', 1, 0, 0, "y") < 0) {
-        release(v, 1);
-        return NULL;
-    }
-    if (get(mo, &v[2], 'B', 1, 0, 0, "mask") < 0) {
-        release(v, 2);
-        return NULL;
-    }
-    if (v[0].itemsize != v[1].itemsize || !same_shape(&v[0], &v[1]) || !same_shape(&v[0], &v[2])) {
-        PyErr_SetString(PyExc_ValueError, "x, y and mask must have one shape, x and y one dtype");
-        release(v, 3);
-        return NULL;
-    }
+    if (v[0].itemsize != v[1].itemsize || !same_shape(&v[0], &v[1]) || !same_shape(&v[0], &v[2]))
+        return reject(v, 3, "x, y and mask must have one shape, x and y one dtype");
     Py_ssize_t n = v[2].len;
     Py_BEGIN_ALLOW_THREADS
     if (v[0].itemsize == 4)
@@ -373,25 +360,14 @@ PyDoc_STRVAR(relu_backward_doc,
 
 static PyObject *py_relu_backward(PyObject *self, PyObject *args)
 {
-    PyObject *dyo, *mo, *dxo;
+    static const arg_spec specs[3] = {{"dy", 'F', 0, 0}, {"mask", 'B', 0, 0}, {"dx", 'F', 1, 0}};
+    PyObject *objects[3];
     Py_buffer v[3];
-    if (!PyArg_ParseTuple(args, "OOO:relu_backward", &dyo, &mo, &dxo))
+    if (!PyArg_ParseTuple(args, "OOO:relu_backward", &objects[0], &objects[1], &objects[2]) ||
+        get_all(objects, specs, v, 3) < 0)
         return NULL;
-    if (get(dyo, &v[0], 'F', 0, 0, 0, "dy") < 0)
-        return NULL;
-    if (get(mo, &v[1], 'B', 0, 0, 0, "mask") < 0) {
-        release(v, 1);
-        return NULL;
-    }
-    if (get(dxo, &v[2], 'F', 1, 0, 0, "dx") < 0) {
-        release(v, 2);
-        return NULL;
-    }
-    if (v[0].itemsize != v[2].itemsize || !same_shape(&v[0], &v[1]) || !same_shape(&v[0], &v[2])) {
-        PyErr_SetString(PyExc_ValueError, "dy, mask and dx must have one shape, dy and dx one dtype");
-        release(v, 3);
-        return NULL;
-    }
+    if (v[0].itemsize != v[2].itemsize || !same_shape(&v[0], &v[1]) || !same_shape(&v[0], &v[2]))
+        return reject(v, 3, "dy, mask and dx must have one shape, dy and dx one dtype");
     Py_ssize_t n = v[1].len;
     Py_BEGIN_ALLOW_THREADS
     if (v[0].itemsize == 4)
@@ -412,30 +388,20 @@ PyDoc_STRVAR(adam_doc,
 
 static PyObject *py_adam(PyObject *self, PyObject *args)
 {
-    PyObject *wo, *go, *mo, *vo;
+    static const arg_spec specs[4] = {{"w", 'F', 1, 0}, {"grad", 'F', 0, 0}, {"m", 'F', 1, 0},
+                                      {"v", 'F', 1, 0}};
+    PyObject *objects[4];
     double decay, shrink, beta1, beta2, bias2_sqrt, eps, step_size;
     Py_buffer v[4];
-    if (!PyArg_ParseTuple(args, "OOOOddddddd:adam_step", &wo, &go, &mo, &vo, &decay, &shrink,
-                          &beta1, &beta2, &bias2_sqrt, &eps, &step_size))
+    if (!PyArg_ParseTuple(args, "OOOOddddddd:adam_step", &objects[0], &objects[1], &objects[2],
+                          &objects[3], &decay, &shrink, &beta1, &beta2, &bias2_sqrt, &eps, &step_size) ||
+        get_all(objects, specs, v, 4) < 0)
         return NULL;
-    PyObject *objects[4] = {wo, go, mo, vo};
-    const char *names[4] = {"w", "grad", "m", "v"};
-    for (int k = 0; k < 4; k++) {
-        if (get(objects[k], &v[k], 'F', k != 1, 0, 0, names[k]) < 0) {
-            release(v, k);
-            return NULL;
-        }
-        if (k && (v[k].itemsize != v[0].itemsize || !same_shape(&v[0], &v[k]))) {
-            PyErr_SetString(PyExc_ValueError, "w, grad, m and v must have one shape and dtype");
-            release(v, k + 1);
-            return NULL;
-        }
-    }
-    if (decay != 0 && shrink != 1) {
-        PyErr_SetString(PyExc_ValueError, "decay (Adam) and shrink (AdamW) exclude each other");
-        release(v, 4);
-        return NULL;
-    }
+    for (int k = 1; k < 4; k++)
+        if (v[k].itemsize != v[0].itemsize || !same_shape(&v[0], &v[k]))
+            return reject(v, 4, "w, grad, m and v must have one shape and dtype");
+    if (decay != 0 && shrink != 1)
+        return reject(v, 4, "decay (Adam) and shrink (AdamW) exclude each other");
     Py_ssize_t n = v[0].len / v[0].itemsize;
     int coupled = decay != 0, decoupled = shrink != 1;
     Py_BEGIN_ALLOW_THREADS

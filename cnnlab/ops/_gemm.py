@@ -25,7 +25,7 @@ from cnnlab.ops import _kernels
 _native = None
 _tried = False
 _one_thread_depth = 0
-_depth_lock = threading.Lock()
+_lock = threading.Lock()  # guards _one_thread_depth and the one-time import
 
 
 def native():
@@ -36,7 +36,7 @@ def native():
     if not _tried:
         # As in _kernels.get: a shard thread must not see "tried" before the import finished
         # (it would run that step's products in OpenBLAS: other rounding, a flaky run).
-        with _depth_lock:
+        with _lock:
             if not _tried:
                 try:
                     from cnnlab import _sgemm
@@ -60,12 +60,12 @@ def describe() -> str:
 def one_thread_blas():
     """Marks a region where BLAS runs one thread per caller (data-parallel shards)."""
     global _one_thread_depth
-    with _depth_lock:
+    with _lock:
         _one_thread_depth += 1
     try:
         yield
     finally:
-        with _depth_lock:
+        with _lock:
             _one_thread_depth -= 1
 
 
