@@ -7,6 +7,7 @@ import pytest
 
 from cnnlab.nn.module import Parameter
 from cnnlab.ops import _kernels
+from cnnlab.ops import conv as conv_ops
 from cnnlab.ops.activation import relu_backward, relu_forward
 from cnnlab.ops.pool import max_pool2d_backward, max_pool2d_forward
 from cnnlab.optim import Adam, AdamW
@@ -107,6 +108,55 @@ def test_adam_kernel_equals_numpy_bit_for_bit(optimizer, weight_decay, dtype, mo
     for got, expected in zip(fast, numpy):
         assert got.dtype == dtype
         _assert_same_bits(got, expected)
+
+
+# Stride-1 convolutions wide enough for the "wide" layout (C_in kH kW + 1 >= H_out W_out):
+# symmetric, asymmetric ("same" with an even kernel), no padding, dilation, a 1x1 kernel.
+WIDE_CASES = [
+    ((3, 8, 6, 6), (5, 8, 3, 3), {"padding": 1}),
+    ((2, 9, 5, 7), (4, 9, 2, 2), {"padding": "same"}),
+    ((2, 16, 6, 5), (3, 16, 3, 3), {"padding": 0}),
+    ((2, 12, 7, 7), (6, 12, 3, 3), {"padding": 2, "dilation": 2}),
+    ((2, 40, 4, 4), (8, 40, 1, 1), {}),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape, w_shape, options", WIDE_CASES)
+def test_wide_conv_loops_equal_numpy_bit_for_bit(x_shape, w_shape, options, dtype, rng, monkeypatch):
+    """im2col, col2im and both layout copies in C: the conv's y, dX, dW and db are the same bits."""
+    assert _kernels.enabled(), BUILT
+    x = rng.standard_normal(x_shape).astype(dtype)
+    weight = rng.standard_normal(w_shape).astype(dtype)
+    bias = rng.standard_normal(w_shape[0]).astype(dtype)
+    x.reshape(-1)[::11] = -0.0
+
+    def conv():
+        y, cache = conv_ops.conv2d_forward(x, weight, bias, **options)
+        assert cache.layout == "wide"
+        dy = np.cos(np.arange(y.size, dtype=dtype)).reshape(y.shape)
+        return (y,) + conv_ops.conv2d_backward(dy, cache)
+
+    fast, numpy = _both_ways(conv, monkeypatch)
+    for got, expected in zip(fast, numpy):
+        _assert_same_bits(got, expected)
+    assert fast[1].shape == x_shape
+
+
+def test_wide_loops_reject_bad_geometry():
+    assert _kernels.enabled(), BUILT
+    loops = _kernels.get()
+    x = np.zeros((2, 3, 4, 4), dtype=np.float32)
+    cols = np.zeros((3 * 9 + 1, 2 * 4 * 6), dtype=np.float32)
+    loops.wide_im2col(x, cols, 1, 1, 6, 6, 3, 3, 1, 1)  # fits: 4x4 output on the 6-wide grid
+    with pytest.raises(ValueError, match="N H_out W'"):
+        loops.wide_im2col(x, np.zeros((28, 47), np.float32), 1, 1, 6, 6, 3, 3, 1, 1)
+    with pytest.raises(ValueError, match="do not fit"):
+        loops.wide_im2col(x, cols, 1, 1, 6, 6, 9, 9, 1, 1)
+    with pytest.raises(ValueError, match="dtype"):
+        loops.wide_col2im(cols[:-1], x.astype(np.float64), 1, 1, 6, 6, 3, 3, 1, 1)
+    with pytest.raises(ValueError, match="W' >= W"):
+        loops.wide_to_nchw(np.zeros((3, 2 * 4 * 3), np.float32), x)
 
 
 def test_loops_reject_mismatched_arrays():

@@ -6,6 +6,8 @@
  *   relu_forward(x, y, mask)                 y = max(x, 0), mask = x > 0
  *   relu_backward(dy, mask, dx)              dx = dy * mask
  *   adam_step(w, g, m, v, ...)               one Adam / AdamW update, in place
+ *   wide_im2col / wide_col2im                the stride-1 conv's im2col and its adjoint
+ *   wide_to_nchw / nchw_to_wide              its GEMM layout to NCHW and back
  *
  * NumPy runs each of these as several passes over memory (and over a strided
  * view, one short row at a time); a loop here reads every input once and
@@ -173,6 +175,91 @@ WIDEST static void adam_##S(T *w, const T *grad, T *m, T *v, Py_ssize_t n, int c
 
 DEFINE_KERNELS(float, f32, sqrtf)
 DEFINE_KERNELS(double, f64, sqrt)
+
+/* ------------------------------------------------------------------------ */
+/* The "wide" im2col layout of stride-1 convolutions (cnnlab/ops/_conv_wide.py) */
+/* ------------------------------------------------------------------------ */
+
+/* Geometry of one stride-1 convolution in the wide layout: every image plane is padded to
+ * H' x W' (flattened); tap t = (m, n) of the kernel reads the run of `run` pixels starting
+ * at starts[t] = d_h m W' + d_w n; image b's columns in cols start at b * wide. */
+typedef struct {
+    Py_ssize_t batch, channels, in_h, in_w;   /* the input, (N, C, H, W) */
+    Py_ssize_t pad_top, pad_left, padded_h, padded_w;
+    Py_ssize_t taps, wide, run;
+    Py_ssize_t starts[64];                    /* kernels up to 64 taps (8x8) */
+} wide_geometry;
+
+/* im2col, numpy path: padded = 0, padded[interior] = x, then for every tap
+ * cols[c, tap, b, :run] = padded[b, c, start:start + run]. Plain copies, so the
+ * same bits; here one plane at a time through a small padded scratch (L1). */
+#define DEFINE_WIDE(T, S)                                                                 \
+static void wide_im2col_##S(const T *x, T *cols, const wide_geometry *g, T *scratch)      \
+{                                                                                         \
+    Py_ssize_t image = g->padded_h * g->padded_w, plane = g->in_h * g->in_w;              \
+    Py_ssize_t row_stride = g->batch * g->wide;  /* one row of cols: (c, tap) */          \
+    memset(scratch, 0, (size_t)image * sizeof(T));                                        \
+    for (Py_ssize_t b = 0; b < g->batch; b++)                                             \
+        for (Py_ssize_t c = 0; c < g->channels; c++) {                                    \
+            const T *source = x + (b * g->channels + c) * plane;                          \
+            for (Py_ssize_t i = 0; i < g->in_h; i++)  /* the border stays zero */         \
+                memcpy(scratch + (i + g->pad_top) * g->padded_w + g->pad_left,            \
+                       source + i * g->in_w, (size_t)g->in_w * sizeof(T));                \
+            T *target = cols + c * g->taps * row_stride + b * g->wide;                    \
+            for (Py_ssize_t t = 0; t < g->taps; t++)                                      \
+                memcpy(target + t * row_stride, scratch + g->starts[t],                   \
+                       (size_t)g->run * sizeof(T));                                       \
+        }                                                                                 \
+}                                                                                         \
+                                                                                          \
+/* col2im, numpy path: dx_padded = 0; for tap in order: dx_padded[b, c, start:start +   */ \
+/* run] += dcols[c, tap, b, :run]; dx = the interior. Same additions in the same order  */ \
+/* per pixel, so the same bits; one plane at a time, accumulated in the scratch (L1).   */ \
+WIDEST static void wide_col2im_##S(const T *dcols, T *dx, const wide_geometry *g,         \
+                                   T *scratch)                                            \
+{                                                                                         \
+    Py_ssize_t image = g->padded_h * g->padded_w, plane = g->in_h * g->in_w;              \
+    Py_ssize_t row_stride = g->batch * g->wide;                                           \
+    for (Py_ssize_t b = 0; b < g->batch; b++)                                             \
+        for (Py_ssize_t c = 0; c < g->channels; c++) {                                    \
+            const T *source = dcols + c * g->taps * row_stride + b * g->wide;             \
+            for (Py_ssize_t k = 0; k < image; k++)                                        \
+                scratch[k] = 0;                                                           \
+            for (Py_ssize_t t = 0; t < g->taps; t++) {                                    \
+                T *restrict sum = scratch + g->starts[t];                                 \
+                const T *restrict part = source + t * row_stride;                         \
+                for (Py_ssize_t k = 0; k < g->run; k++)                                   \
+                    sum[k] = sum[k] + part[k];                                            \
+            }                                                                             \
+            T *target = dx + (b * g->channels + c) * plane;                               \
+            for (Py_ssize_t i = 0; i < g->in_h; i++)                                      \
+                memcpy(target + i * g->in_w,                                              \
+                       scratch + (i + g->pad_top) * g->padded_w + g->pad_left,            \
+                       (size_t)g->in_w * sizeof(T));                                      \
+        }                                                                                 \
+}
+
+DEFINE_WIDE(float, f32)
+DEFINE_WIDE(double, f64)
+
+/* Between NCHW (N, C, H, W) and the wide GEMM layout (C, N, H, W'), W <= W': row (c, b, i)
+ * of the wide array holds image row (b, c, i) in its first W entries. */
+static void wide_rows_copy(const char *src, char *dst, Py_ssize_t batch, Py_ssize_t channels,
+                           Py_ssize_t height, Py_ssize_t width, Py_ssize_t wide_w,
+                           Py_ssize_t itemsize, int to_wide)
+{
+    size_t bytes = (size_t)(width * itemsize);
+    for (Py_ssize_t c = 0; c < channels; c++)
+        for (Py_ssize_t b = 0; b < batch; b++)
+            for (Py_ssize_t i = 0; i < height; i++) {
+                Py_ssize_t nchw = ((b * channels + c) * height + i) * width * itemsize;
+                Py_ssize_t wide = ((c * batch + b) * height + i) * wide_w * itemsize;
+                if (to_wide)
+                    memcpy(dst + wide, src + nchw, bytes);
+                else
+                    memcpy(dst + nchw, src + wide, bytes);
+            }
+}
 
 /* ------------------------------------------------------------------------ */
 /* Python binding                                                           */
@@ -417,7 +504,175 @@ static PyObject *py_adam(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* Fill a wide_geometry from x's or dx's (N, C, H, W) and the convolution's integers;
+ * -1 and ValueError when they do not describe a stride-1 convolution. */
+static int wide_setup(wide_geometry *g, const Py_buffer *image, const Py_ssize_t *ints)
+{
+    Py_ssize_t pad_top = ints[0], pad_left = ints[1], padded_h = ints[2], padded_w = ints[3];
+    Py_ssize_t kernel_h = ints[4], kernel_w = ints[5], dilation_h = ints[6], dilation_w = ints[7];
+    g->batch = image->shape[0];
+    g->channels = image->shape[1];
+    g->in_h = image->shape[2];
+    g->in_w = image->shape[3];
+    Py_ssize_t out_h = padded_h - dilation_h * (kernel_h - 1);
+    Py_ssize_t out_w = padded_w - dilation_w * (kernel_w - 1);
+    if (kernel_h < 1 || kernel_w < 1 || kernel_h * kernel_w > 64 || dilation_h < 1 ||
+        dilation_w < 1 || pad_top < 0 || pad_left < 0 || g->in_h + pad_top > padded_h ||
+        g->in_w + pad_left > padded_w || out_h < 1 || out_w < 1) {
+        PyErr_SetString(PyExc_ValueError, "wide layout: kernel (at most 64 taps), dilation, "
+                                          "padding and padded size do not fit the image");
+        return -1;
+    }
+    g->pad_top = pad_top;
+    g->pad_left = pad_left;
+    g->padded_h = padded_h;
+    g->padded_w = padded_w;
+    g->taps = kernel_h * kernel_w;
+    g->wide = out_h * padded_w;
+    g->run = (out_h - 1) * padded_w + out_w;
+    for (Py_ssize_t m = 0; m < kernel_h; m++)
+        for (Py_ssize_t n = 0; n < kernel_w; n++)
+            g->starts[m * kernel_w + n] = dilation_h * m * padded_w + dilation_w * n;
+    return 0;
+}
+
+#define WIDE_INTS "nnnnnnnn"
+#define WIDE_INT_ARGS(a) &a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &a[6], &a[7]
+
+PyDoc_STRVAR(wide_im2col_doc,
+"wide_im2col(x, cols, pad_top, pad_left, padded_h, padded_w, kernel_h, kernel_w,\n"
+"            dilation_h, dilation_w) -> None\n\n"
+"For a stride-1 convolution, writes cols[(c, tap), b * wide : b * wide + run] = the\n"
+"zero-padded plane x[b, c] flattened, from the tap's start on (cnnlab/ops/_conv_wide.py).\n"
+"x: (N, C, H, W) float32/float64; cols: (>= C kH kW, N wide) of x's dtype, wide =\n"
+"H_out W'. Other entries of cols are left as they are. Both C-contiguous.");
+
+static PyObject *py_wide_im2col(PyObject *self, PyObject *args)
+{
+    static const arg_spec specs[2] = {{"x", 'F', 0, 4}, {"cols", 'F', 1, 2}};
+    PyObject *objects[2];
+    Py_ssize_t ints[8];
+    Py_buffer v[2];
+    wide_geometry g;
+    if (!PyArg_ParseTuple(args, "OO" WIDE_INTS ":wide_im2col", &objects[0], &objects[1],
+                          WIDE_INT_ARGS(ints)) ||
+        get_all(objects, specs, v, 2) < 0)
+        return NULL;
+    if (wide_setup(&g, &v[0], ints) < 0) {
+        release(v, 2);
+        return NULL;
+    }
+    if (v[0].itemsize != v[1].itemsize || v[1].shape[0] < g.channels * g.taps ||
+        v[1].shape[1] != g.batch * g.wide)
+        return reject(v, 2, "cols must be (C kH kW [+ 1], N H_out W') of x's dtype");
+    void *scratch = PyMem_RawMalloc((size_t)(g.padded_h * g.padded_w * v[0].itemsize));
+    if (!scratch) {
+        release(v, 2);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (v[0].itemsize == 4)
+        wide_im2col_f32(v[0].buf, v[1].buf, &g, scratch);
+    else
+        wide_im2col_f64(v[0].buf, v[1].buf, &g, scratch);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(scratch);
+    release(v, 2);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(wide_col2im_doc,
+"wide_col2im(dcols, dx, pad_top, pad_left, padded_h, padded_w, kernel_h, kernel_w,\n"
+"            dilation_h, dilation_w) -> None\n\n"
+"The adjoint of wide_im2col: dx[b, c] = the interior of the padded plane that is the\n"
+"sum, tap by tap in order, of the runs dcols[(c, tap), b * wide : b * wide + run]\n"
+"placed at the tap's start. dcols: (C kH kW, N wide); dx: (N, C, H, W), written whole.");
+
+static PyObject *py_wide_col2im(PyObject *self, PyObject *args)
+{
+    static const arg_spec specs[2] = {{"dcols", 'F', 0, 2}, {"dx", 'F', 1, 4}};
+    PyObject *objects[2];
+    Py_ssize_t ints[8];
+    Py_buffer v[2];
+    wide_geometry g;
+    if (!PyArg_ParseTuple(args, "OO" WIDE_INTS ":wide_col2im", &objects[0], &objects[1],
+                          WIDE_INT_ARGS(ints)) ||
+        get_all(objects, specs, v, 2) < 0)
+        return NULL;
+    if (wide_setup(&g, &v[1], ints) < 0) {
+        release(v, 2);
+        return NULL;
+    }
+    if (v[0].itemsize != v[1].itemsize || v[0].shape[0] != g.channels * g.taps ||
+        v[0].shape[1] != g.batch * g.wide)
+        return reject(v, 2, "dcols must be (C kH kW, N H_out W') of dx's dtype");
+    void *scratch = PyMem_RawMalloc((size_t)(g.padded_h * g.padded_w * v[0].itemsize));
+    if (!scratch) {
+        release(v, 2);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (v[0].itemsize == 4)
+        wide_col2im_f32(v[0].buf, v[1].buf, &g, scratch);
+    else
+        wide_col2im_f64(v[0].buf, v[1].buf, &g, scratch);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(scratch);
+    release(v, 2);
+    Py_RETURN_NONE;
+}
+
+/* Shared by the two layout copies: (N, C, H, W) and (C, N H W') with W' >= W. */
+static PyObject *wide_copy(PyObject *args, const char *format, int to_wide)
+{
+    static const arg_spec nchw_to_wide_specs[2] = {{"y", 'F', 0, 4}, {"wide", 'F', 1, 2}};
+    static const arg_spec wide_to_nchw_specs[2] = {{"wide", 'F', 0, 2}, {"y", 'F', 1, 4}};
+    PyObject *objects[2];
+    Py_buffer v[2];
+    if (!PyArg_ParseTuple(args, format, &objects[0], &objects[1]) ||
+        get_all(objects, to_wide ? nchw_to_wide_specs : wide_to_nchw_specs, v, 2) < 0)
+        return NULL;
+    const Py_buffer *nchw = &v[to_wide ? 0 : 1], *wide = &v[to_wide ? 1 : 0];
+    Py_ssize_t batch = nchw->shape[0], channels = nchw->shape[1];
+    Py_ssize_t height = nchw->shape[2], width = nchw->shape[3];
+    Py_ssize_t rows = batch * height;
+    if (v[0].itemsize != v[1].itemsize || wide->shape[0] != channels || rows == 0 ||
+        wide->shape[1] % rows != 0 || wide->shape[1] / rows < width)
+        return reject(v, 2, "the wide array must be (C, N H W') with W' >= W for y of "
+                            "(N, C, H, W), one dtype");
+    Py_ssize_t wide_w = wide->shape[1] / rows;
+    Py_BEGIN_ALLOW_THREADS
+    wide_rows_copy(v[0].buf, v[1].buf, batch, channels, height, width, wide_w, v[0].itemsize,
+                   to_wide);
+    Py_END_ALLOW_THREADS
+    release(v, 2);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(wide_to_nchw_doc,
+"wide_to_nchw(wide, y) -> None\n\n"
+"y[b, c, i, :W] = wide[c, (b H + i) W' : (b H + i) W' + W]. wide: (C, N H W');\n"
+"y: (N, C, H, W), W <= W', one float dtype, both C-contiguous.");
+
+static PyObject *py_wide_to_nchw(PyObject *self, PyObject *args)
+{
+    return wide_copy(args, "OO:wide_to_nchw", 0);
+}
+
+PyDoc_STRVAR(nchw_to_wide_doc,
+"nchw_to_wide(y, wide) -> None\n\n"
+"The reverse of wide_to_nchw; entries W..W'-1 of each wide row are left as they are.");
+
+static PyObject *py_nchw_to_wide(PyObject *self, PyObject *args)
+{
+    return wide_copy(args, "OO:nchw_to_wide", 1);
+}
+
 static PyMethodDef methods[] = {
+    {"wide_im2col", py_wide_im2col, METH_VARARGS, wide_im2col_doc},
+    {"wide_col2im", py_wide_col2im, METH_VARARGS, wide_col2im_doc},
+    {"wide_to_nchw", py_wide_to_nchw, METH_VARARGS, wide_to_nchw_doc},
+    {"nchw_to_wide", py_nchw_to_wide, METH_VARARGS, nchw_to_wide_doc},
     {"max_pool_2x2_forward", py_pool_forward, METH_VARARGS, pool_forward_doc},
     {"max_pool_2x2_backward", py_pool_backward, METH_VARARGS, pool_backward_doc},
     {"relu_forward", py_relu_forward, METH_VARARGS, relu_forward_doc},
@@ -428,7 +683,8 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef moduledef = {
     PyModuleDef_HEAD_INIT, "cnnlab._loops",
-    "Single-pass C loops for max pooling, ReLU and Adam (see cnnlab/ops/_kernels.py).", -1,
+    "Single-pass C loops for max pooling, ReLU, Adam and the wide im2col layout\n"
+    "(see cnnlab/ops/_kernels.py).", -1,
     methods,
 };
 

@@ -1,4 +1,4 @@
-"""The "wide" im2col for stride-1 convolutions: long contiguous copies instead of short rows.
+"""The "wide" im2col for stride-1 convolutions: long contiguous copies, a few images at a time.
 
 With stride 1, kernel tap (m, n) sees, in each padded image flattened to H' * W' pixels,
 one contiguous run starting at ``d_h m W' + d_w n``. Computing the output on the padded
@@ -8,14 +8,27 @@ where the plain layout moves rows only W_out long (numpy's per-row overhead domi
 at W_out = 14). The junk columns cost (W' / W_out - 1) extra GEMM work (14% at 14x14)
 and are kept finite in cols and exactly zero in dY, so they never reach dW or dX.
 
-Layout: cols (K + 1, N * H_out * W'), rows (c_in, m, n) plus the ones row of the bias.
+Layout: cols (K + 1, n * H_out * W') for a chunk of n images, rows (c_in, m, n) plus the
+ones row of the bias.
+
+Chunks: for the lecture's conv2, cols are 16 MB per 64 images, and dcols as much again.
+Built for the whole batch, each would be written to DRAM and read back. A chunk's cols
+are ~1 MB (:data:`CHUNK_BYTES`), so im2col, the GEMM, and col2im pass each chunk while it
+is still in cache. The forward keeps only x for the backward, which redoes the cheap
+im2col chunk by chunk and adds each chunk's share of dW into one accumulator.
+
+With cnnlab's C loops built (cnnlab/ops/_kernels.py), im2col, col2im and the two layout
+copies run as single loops over one image plane at a time (a zero-padded plane sits in L1),
+with the same bits as the NumPy code here.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.ops import _gemm, _workspace
+from cnnlab.ops import _gemm, _kernels, _workspace
+
+CHUNK_BYTES = 1 << 20  # one chunk's cols: about the L2 cache of one core
 
 
 def _geometry(setup):
@@ -33,69 +46,147 @@ def usable(setup) -> bool:
     return setup.groups == 1 and setup.stride == (1, 1)
 
 
+def _loops(*arrays):
+    """cnnlab._loops when it is built and takes these arrays, else None (the NumPy code)."""
+    module = _kernels.get()
+    return module if module is not None and _kernels.contiguous_float(*arrays) else None
+
+
+def _loop_geometry(setup) -> tuple[int, ...]:
+    """The integers the C loops take: pad_top, pad_left, H', W', kH, kW, d_h, d_w."""
+    return (setup.pads[0], setup.pads[2]) + setup.padded_hw + setup.kernel + setup.dilation
+
+
+def _cols_rows(setup) -> int:
+    return setup.in_channels * setup.kernel[0] * setup.kernel[1] + 1
+
+
+def chunks(setup) -> list[tuple[int, int]]:
+    """(start, stop) of each chunk of images: as many as keep one chunk's cols near CHUNK_BYTES."""
+    _, wide, _, _ = _geometry(setup)
+    per_image = _cols_rows(setup) * wide * np.dtype(setup.dtype).itemsize
+    step = max(1, min(setup.batch, CHUNK_BYTES // per_image))
+    return [(start, min(start + step, setup.batch)) for start in range(0, setup.batch, step)]
+
+
 def _init_cols(cols: np.ndarray) -> None:
     cols.fill(0)
     cols[-1] = 1
 
 
-def im2col(x: np.ndarray, setup, padded_input) -> np.ndarray:
-    image, wide, run, starts = _geometry(setup)
-    rows = setup.in_channels * setup.kernel[0] * setup.kernel[1]
-    cols = _workspace.take("conv-cols-wide", (rows + 1, setup.batch * wide), x.dtype, init=_init_cols)
+def _im2col(x: np.ndarray, setup, geometry, padded_input, cols: np.ndarray) -> None:
+    """Fill cols (junk columns and the ones row stay as they are) from the images x."""
+    module = _loops(x)
+    image, wide, run, starts = geometry
+    if module is not None and len(starts) <= 64:
+        module.wide_im2col(x, cols, *_loop_geometry(setup))
+        return
     padded, pooled = padded_input(x, setup)
-    flat = np.ascontiguousarray(padded).reshape(setup.batch, setup.in_channels, image)
-    taps = cols[:-1].reshape(setup.in_channels, len(starts), setup.batch, wide)
+    flat = np.ascontiguousarray(padded).reshape(x.shape[0], setup.in_channels, image)
+    taps = cols[:-1].reshape(setup.in_channels, len(starts), x.shape[0], wide)
     for tap, start in enumerate(starts):
         np.copyto(taps[:, tap, :, :run], flat[:, :, start:start + run].transpose(1, 0, 2))
     if pooled:
         _workspace.give(padded, "conv-padded", variant=setup.pads)
-    return cols
 
 
-def release(cols: np.ndarray) -> None:
-    _workspace.give(cols, "conv-cols-wide")
+class _ChunkBuffers:
+    """Scratch arrays borrowed once per call, one set per chunk size (the last chunk may be smaller)."""
+
+    def __init__(self, setup, tags: tuple[str, ...]):
+        self.setup, self.tags, self.taken = setup, tags, {}
+
+    def get(self, images: int) -> list[np.ndarray]:
+        if images not in self.taken:
+            setup = self.setup
+            columns = images * _geometry(setup)[1]
+            shapes = {"conv-cols-wide": (_cols_rows(setup), columns),
+                      "conv-product": (setup.out_channels, columns),
+                      "conv-dy-wide": (setup.out_channels, columns),
+                      "conv-dcols": (_cols_rows(setup) - 1, columns)}
+            inits = {"conv-cols-wide": _init_cols, "conv-dy-wide": lambda buffer: buffer.fill(0)}
+            self.taken[images] = [_workspace.take(tag, shapes[tag], setup.dtype, init=inits.get(tag))
+                                  for tag in self.tags]
+        return self.taken[images]
+
+    def give_back(self) -> None:
+        for buffers in self.taken.values():
+            for tag, buffer in zip(self.tags, buffers):
+                _workspace.give(buffer, tag)
+        self.taken = {}
 
 
-def forward(weight_matrix: np.ndarray, cols: np.ndarray, setup, y: np.ndarray) -> None:
+def forward(x: np.ndarray, weight_matrix: np.ndarray, setup, padded_input, y: np.ndarray) -> None:
+    """y = W cols + b, chunk by chunk; ``weight_matrix`` is (C_out, K), or (C_out, K + 1) with the bias."""
+    with_bias = weight_matrix.shape[1] == _cols_rows(setup)
+    geometry = _geometry(setup)
+    buffers = _ChunkBuffers(setup, ("conv-cols-wide", "conv-product"))
+    for start, stop in chunks(setup):
+        cols, product = buffers.get(stop - start)
+        _im2col(x[start:stop], setup, geometry, padded_input, cols)
+        _gemm.matmul(weight_matrix, cols if with_bias else cols[:-1], out=product)  # Y = W cols
+        _to_nchw(product, y[start:stop], setup)
+    buffers.give_back()
+
+
+def backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, setup, padded_input,
+             input_grad: bool):
+    """Returns (dweight_ext (C_out, K + 1), dx or None); column K of dweight_ext is dbias."""
+    dweight_ext = np.empty((setup.out_channels, _cols_rows(setup)), dtype=setup.dtype)
+    dx = np.empty(x.shape, dtype=setup.dtype) if input_grad else None
+    weight_t = weight.reshape(weight.shape[0], -1).T
+    geometry = _geometry(setup)
+    buffers = _ChunkBuffers(setup, ("conv-cols-wide", "conv-dy-wide", "conv-dcols"))
+    for start, stop in chunks(setup):
+        cols, dy_matrix, dcols = buffers.get(stop - start)
+        _im2col(x[start:stop], setup, geometry, padded_input, cols)
+        _to_wide(dy[start:stop], dy_matrix, setup)
+        # dW = sum over chunks of dY_chunk cols_chunk^T
+        _gemm.matmul(dy_matrix, cols.T, out=dweight_ext, accumulate=start > 0)
+        if input_grad:
+            _gemm.matmul(weight_t, dy_matrix, out=dcols)  # dcols = W^T dY
+            _col2im(dcols, setup, geometry, dx[start:stop])
+    buffers.give_back()
+    return dweight_ext, dx
+
+
+def _to_nchw(product: np.ndarray, y: np.ndarray, setup) -> None:
+    """(C_out, n H_out W') GEMM output -> y (n, C_out, H_out, W_out), junk columns dropped."""
+    module = _loops(product, y)
+    if module is not None:
+        module.wide_to_nchw(product, y)
+        return
     out_h, out_w = setup.out_hw
-    product = _workspace.take("conv-product", (weight_matrix.shape[0], cols.shape[1]), y.dtype)
-    _gemm.matmul(weight_matrix, cols if weight_matrix.shape[1] == cols.shape[0] else cols[:-1], out=product)
-    wide_rows = product.reshape(setup.out_channels, setup.batch, out_h, -1)
+    wide_rows = product.reshape(setup.out_channels, y.shape[0], out_h, -1)
     np.copyto(y, wide_rows[..., :out_w].transpose(1, 0, 2, 3))
-    _workspace.give(product, "conv-product")
 
 
-def backward(dy: np.ndarray, cols: np.ndarray, weight: np.ndarray, setup, input_grad: bool):
-    """Returns (dweight_ext (C_out, K + 1), dx_padded or None)."""
-    image, wide, run, starts = _geometry(setup)
+def _to_wide(dy: np.ndarray, dy_matrix: np.ndarray, setup) -> None:
+    """dY (n, C_out, H_out, W_out) -> its real columns of dy_matrix; the junk ones keep their zeros."""
+    dy = np.ascontiguousarray(dy)
+    module = _loops(dy, dy_matrix)
+    if module is not None:
+        module.nchw_to_wide(dy, dy_matrix)
+        return
     out_h, out_w = setup.out_hw
-    dy_matrix = _workspace.take("conv-dy-wide", (setup.out_channels, cols.shape[1]), dy.dtype,
-                                init=lambda buffer: buffer.fill(0))
-    # Only the real columns are written; the junk ones keep their zeros.
-    np.copyto(dy_matrix.reshape(setup.out_channels, setup.batch, out_h, -1)[..., :out_w],
+    np.copyto(dy_matrix.reshape(setup.out_channels, dy.shape[0], out_h, -1)[..., :out_w],
               dy.transpose(1, 0, 2, 3))
-    dweight_ext = _gemm.matmul(dy_matrix, cols.T)
-    dx_padded = None
-    if input_grad:
-        dcols = _workspace.take("conv-dcols", (cols.shape[0] - 1, cols.shape[1]), dy.dtype)
-        _gemm.matmul(weight.reshape(weight.shape[0], -1).T, dy_matrix, out=dcols)
-        dx_padded = _col2im(dcols, setup, image, wide, run, starts)
-        _workspace.give(dcols, "conv-dcols")
-    _workspace.give(dy_matrix, "conv-dy-wide")
-    return dweight_ext, dx_padded
 
 
-def _col2im(dcols, setup, image, wide, run, starts) -> np.ndarray:
-    """dX_padded (N, C, H', W'); a pooled buffer when the conv pads, else a fresh array."""
-    shape = (setup.batch, setup.in_channels) + setup.padded_hw
-    if any(setup.pads):
-        dx_padded = _workspace.take("conv-dx-padded", shape, dcols.dtype)
-        dx_padded.fill(0)
-    else:
-        dx_padded = np.zeros(shape, dtype=dcols.dtype)
-    flat = dx_padded.reshape(setup.batch, setup.in_channels, image)
-    taps = dcols.reshape(setup.in_channels, len(starts), setup.batch, wide)
+def _col2im(dcols: np.ndarray, setup, geometry, dx: np.ndarray) -> None:
+    """dx (n, C_in, H, W) = the runs of dcols added back onto the padded planes, cropped."""
+    image, wide, run, starts = geometry
+    module = _loops(dcols, dx)
+    if module is not None and len(starts) <= 64:
+        module.wide_col2im(dcols, dx, *_loop_geometry(setup))
+        return
+    dx_padded = _workspace.take("conv-dx-padded", dx.shape[:2] + setup.padded_hw, dcols.dtype)
+    dx_padded.fill(0)
+    flat = dx_padded.reshape(dx.shape[0], setup.in_channels, image)
+    taps = dcols.reshape(setup.in_channels, len(starts), dx.shape[0], wide)
     for tap, start in enumerate(starts):
         target = flat[:, :, start:start + run]
         np.add(target, taps[:, tap, :, :run].transpose(1, 0, 2), out=target)
-    return dx_padded
+    top, _, left, _ = setup.pads
+    np.copyto(dx, dx_padded[:, :, top:top + setup.input_hw[0], left:left + setup.input_hw[1]])
+    _workspace.give(dx_padded, "conv-dx-padded")

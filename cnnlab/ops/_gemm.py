@@ -78,8 +78,12 @@ def _as_row_major(matrix: np.ndarray):
     return None
 
 
-def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``a @ b`` for 2-D arrays, into ``out`` when given (as ``np.matmul(a, b, out=out)``)."""
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
+           accumulate: bool = False) -> np.ndarray:
+    """``a @ b`` for 2-D arrays, into ``out`` when given (as ``np.matmul(a, b, out=out)``);
+    ``accumulate=True`` adds the product to ``out`` instead (``out += a @ b``)."""
+    if accumulate and out is None:
+        raise ValueError("matmul(accumulate=True) needs out, the array to add the product to")
     module = native() if _one_thread_depth else None
     if (module is not None and a.dtype == b.dtype == np.float32 and a.ndim == b.ndim == 2
             and a.size and b.size
@@ -90,6 +94,9 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
                 out = np.empty((a.shape[0], b.shape[1]), dtype=np.float32)
             (a_rows, trans_a, lda), (b_rows, trans_b, ldb) = left, right
             module.gemm(trans_a, trans_b, a.shape[0], b.shape[1], a.shape[1],
-                        a_rows, lda, b_rows, ldb, out, out.shape[1], False)
+                        a_rows, lda, b_rows, ldb, out, out.shape[1], accumulate)
             return out
+    if accumulate:
+        out += np.matmul(a, b)
+        return out
     return np.matmul(a, b, out=out)

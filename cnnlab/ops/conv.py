@@ -336,8 +336,6 @@ def _padded_input(x: np.ndarray, setup: _ConvSetup) -> tuple[np.ndarray, bool]:
 
 def _im2col(x: np.ndarray, setup: _ConvSetup, layout: str) -> np.ndarray:
     """Copy every kernel tap's view of the input into cols: one strided copy per tap."""
-    if layout == "wide":
-        return _conv_wide.im2col(x, setup, _padded_input)
     cols = _workspace.take("conv-cols", _cols_shape(setup, layout), x.dtype, init=_fill_bias_row)
     padded, pooled = _padded_input(x, setup)
     patches = _patches_view(cols, setup, layout)
@@ -395,12 +393,14 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     """
     setup = _ConvSetup(x, weight, bias, stride, padding, dilation, groups)
     layout = _choose_layout(setup)
-    cols = _im2col(x, setup, layout)
     y = np.empty((setup.batch, setup.out_channels) + setup.out_hw, dtype=x.dtype)
+    if layout == "wide":
+        # chunk by chunk; the backward redoes im2col from x, so no cols are kept
+        _conv_wide.forward(x, _weight_matrix(weight, bias), setup, _padded_input, y)
+        return y, _ConvCache(setup, x, weight, bias is not None, layout, None)
+    cols = _im2col(x, setup, layout)
     if setup.groups > 1:
         _grouped_forward(cols, weight, bias, setup, y)
-    elif layout == "wide":
-        _conv_wide.forward(_weight_matrix(weight, bias), cols, setup, y)
     elif layout == "batch":
         columns = cols if bias is not None else cols[:, :-1]
         np.matmul(_weight_matrix(weight, bias), columns, out=y.reshape(y.shape[0], y.shape[1], -1))
@@ -455,12 +455,12 @@ def conv2d_backward(dy, cache, input_grad=True):
         raise ShapeError(f"conv2d gradient has shape {getattr(dy, 'shape', dy)}, expected {expected} "
                          "(the shape of the forward's output)")
     dy3 = np.ascontiguousarray(dy, dtype=setup.dtype).reshape(setup.batch, setup.out_channels, -1)
+    if cache.layout == "wide":
+        return _wide_backward(dy3, cache, input_grad)
     cols = cache.cols if cache.cols is not None else _im2col(cache.x, setup, cache.layout)
     # The cache gives its buffer back now, so a second backward rebuilds cols instead of
     # reading a buffer another forward may have refilled.
     cache.cols = None
-    if cache.layout == "wide":
-        return _wide_backward(dy3, cols, cache, input_grad)
     if setup.groups > 1:
         dweight, dbias, dcols = _grouped_backward(dy3, cols, cache, input_grad)
     elif cache.layout == "batch":
@@ -475,23 +475,13 @@ def conv2d_backward(dy, cache, input_grad=True):
     return dx, dweight, dbias
 
 
-def _wide_backward(dy3, cols, cache, input_grad):
+def _wide_backward(dy3, cache, input_grad):
     setup = cache.setup
     dy4 = dy3.reshape((setup.batch, setup.out_channels) + setup.out_hw)
-    dweight_ext, dx_padded = _conv_wide.backward(dy4, cols, cache.weight, setup, input_grad)
-    _conv_wide.release(cols)
+    dweight_ext, dx = _conv_wide.backward(dy4, cache.x, cache.weight, setup, _padded_input,
+                                          input_grad)
     dweight, dbias = _split_weight_grad(dweight_ext, cache)
-    return _crop_padding(dx_padded, setup) if input_grad else None, dweight, dbias
-
-
-def _crop_padding(dx_padded: np.ndarray, setup: _ConvSetup) -> np.ndarray:
-    """dX from dX_padded; a padded dX_padded is a pooled buffer, given back here."""
-    if not any(setup.pads):
-        return dx_padded
-    top, _, left, _ = setup.pads
-    dx = dx_padded[:, :, top:top + setup.input_hw[0], left:left + setup.input_hw[1]].copy()
-    _workspace.give(dx_padded, "conv-dx-padded")
-    return dx
+    return dx, dweight, dbias
 
 
 def _split_weight_grad(dweight_ext: np.ndarray, cache) -> tuple[np.ndarray, np.ndarray | None]:
@@ -566,4 +556,9 @@ def _col2im(dcols: np.ndarray, setup: _ConvSetup, layout: str) -> np.ndarray:
         for n_tap in range(k_w):
             target = window(dx_padded, *setup.offset(m, n_tap), setup.stride, setup.out_hw)
             np.add(target, patches[:, :, m, n_tap], out=target)
-    return _crop_padding(dx_padded, setup)
+    if not padded:
+        return dx_padded
+    top, _, left, _ = setup.pads
+    dx = dx_padded[:, :, top:top + setup.input_hw[0], left:left + setup.input_hw[1]].copy()
+    _workspace.give(dx_padded, "conv-dx-padded")
+    return dx
