@@ -135,6 +135,9 @@ class DataParallel:
             per shard and step; shard 0 is the model, whose layers draw as usual).
             Default: the generator of the model's first Dropout layer.
 
+    Creating one also tunes glibc's malloc for the process to keep freed memory
+    (:func:`cnnlab.ops._workspace.keep_freed_memory`): steps then run without page faults.
+
     Example::
 
         parallel = DataParallel(model, threads=2)
@@ -155,6 +158,8 @@ class DataParallel:
         self._blas = _SingleThreadedBlas() if threads > 1 else None
         # Each shard borrows its own scratch buffers of each shape; keep them all pooled.
         _workspace.keep_per_key(2 * threads)
+        # Steps free and reallocate the same big arrays: keep their pages (no page faults).
+        _workspace.keep_freed_memory()
 
     def hold_blas(self):
         """Context manager: keep BLAS at one thread over many steps (a training epoch)
