@@ -45,7 +45,8 @@ def _pool(x, dy):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(4, 3, 28, 28), (2, 5, 7, 9), (1, 1, 2, 2), (3, 2, 14, 15)])
+@pytest.mark.parametrize("shape", [(4, 3, 28, 28), (2, 5, 7, 9), (1, 1, 2, 2), (3, 2, 14, 15),
+                                   (2, 3, 5, 70), (1, 2, 4, 33)])
 def test_max_pool_2x2_kernel_equals_numpy_bit_for_bit(shape, dtype, rng, monkeypatch):
     assert _kernels.enabled(), BUILT
     x = _awkward_values(rng.integers(-2, 3, size=shape).astype(dtype), rng)

