@@ -107,13 +107,14 @@ def replicate(model):
     buffers and caches (what a forward/backward on another thread needs)."""
     memo = {id(parameter.data): parameter.data for parameter in model.parameters()}
     for module in model.modules():
-        for name in ("_cache", "_relu_mask"):
+        for name in ("_cache", "_relu_mask", "_fused_cache"):
             if name in module.__dict__:
                 memo[id(module.__dict__[name])] = None  # not worth copying: the next forward replaces it
     replica = copy.deepcopy(model, memo)
     for module in replica.modules():
         module.__dict__.pop("_cache", None)
         module.__dict__.pop("_relu_mask", None)
+        module.__dict__.pop("_fused_cache", None)
     for parameter in replica.parameters():
         parameter.grad = np.zeros_like(parameter.data)
     return replica

@@ -217,71 +217,94 @@ POOL_AVX512 static inline __m512 maximum_avx512(__m512 a, __m512 b)
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), larger, a);
 }
 
-POOL_AVX512 static void pool_forward_avx512(const float *x, float *y, unsigned char *index,
-                                            Py_ssize_t planes, Py_ssize_t in_w, Py_ssize_t in_h,
-                                            Py_ssize_t out_h, Py_ssize_t out_w)
+/* One plane: y, index (out_h, out_w) from the rows of `plane` (row_stride floats apart).
+ * relu: y = max(pooled, 0) too, and index = 255 where pooled > 0 does not hold (the
+ * fused conv's ReLU mask; max(relu(v)) = relu(max(v)), so pooling first is exact). */
+POOL_AVX512 static void pool_plane_avx512(const float *plane, Py_ssize_t row_stride,
+                                          Py_ssize_t out_h, Py_ssize_t out_w, float *y,
+                                          unsigned char *index, int relu)
 {
     const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     const __m512i one = _mm512_set1_epi32(1), two = _mm512_set1_epi32(2), three = _mm512_set1_epi32(3);
-    for (Py_ssize_t p = 0; p < planes; p++)
-        for (Py_ssize_t i = 0; i < out_h; i++) {
-            const float *top = x + (p * in_h + 2 * i) * in_w, *bottom = top + in_w;
-            Py_ssize_t row = (p * out_h + i) * out_w;
-            for (Py_ssize_t j = 0; j < out_w; j += 16) {
-                __mmask16 valid, low, high;
-                row_masks(out_w - j < 16 ? out_w - j : 16, &valid, &low, &high);
-                __m512 top_low = _mm512_maskz_loadu_ps(low, top + 2 * j);
-                __m512 top_high = _mm512_maskz_loadu_ps(high, top + 2 * j + 16);
-                __m512 bottom_low = _mm512_maskz_loadu_ps(low, bottom + 2 * j);
-                __m512 bottom_high = _mm512_maskz_loadu_ps(high, bottom + 2 * j + 16);
-                __m512 x0 = _mm512_permutex2var_ps(top_low, evens, top_high);
-                __m512 x1 = _mm512_permutex2var_ps(top_low, odds, top_high);
-                __m512 x2 = _mm512_permutex2var_ps(bottom_low, evens, bottom_high);
-                __m512 x3 = _mm512_permutex2var_ps(bottom_low, odds, bottom_high);
-                __m512 best01 = maximum_avx512(x0, x1), best012 = maximum_avx512(best01, x2);
-                __mmask16 over1 = _mm512_cmp_ps_mask(x1, x0, _CMP_GT_OQ);
-                __mmask16 over2 = _mm512_cmp_ps_mask(x2, best01, _CMP_GT_OQ);
-                __mmask16 over3 = _mm512_cmp_ps_mask(x3, best012, _CMP_GT_OQ);
-                __m512i tap = _mm512_maskz_mov_epi32(over1, one);  /* over3 ? 3 : over2 ? 2 : over1 */
-                tap = _mm512_mask_mov_epi32(tap, over2, two);
-                tap = _mm512_mask_mov_epi32(tap, over3, three);
-                _mm512_mask_storeu_ps(y + row + j, valid, maximum_avx512(best012, x3));
-                _mm_mask_storeu_epi8(index + row + j, valid, _mm512_cvtepi32_epi8(tap));
+    const __m512i inactive = _mm512_set1_epi32(255);
+    const __m512 zero = _mm512_setzero_ps();
+    for (Py_ssize_t i = 0; i < out_h; i++) {
+        const float *top = plane + 2 * i * row_stride, *bottom = top + row_stride;
+        for (Py_ssize_t j = 0; j < out_w; j += 16) {
+            __mmask16 valid, low, high;
+            row_masks(out_w - j < 16 ? out_w - j : 16, &valid, &low, &high);
+            __m512 top_low = _mm512_maskz_loadu_ps(low, top + 2 * j);
+            __m512 top_high = _mm512_maskz_loadu_ps(high, top + 2 * j + 16);
+            __m512 bottom_low = _mm512_maskz_loadu_ps(low, bottom + 2 * j);
+            __m512 bottom_high = _mm512_maskz_loadu_ps(high, bottom + 2 * j + 16);
+            __m512 x0 = _mm512_permutex2var_ps(top_low, evens, top_high);
+            __m512 x1 = _mm512_permutex2var_ps(top_low, odds, top_high);
+            __m512 x2 = _mm512_permutex2var_ps(bottom_low, evens, bottom_high);
+            __m512 x3 = _mm512_permutex2var_ps(bottom_low, odds, bottom_high);
+            __m512 best01 = maximum_avx512(x0, x1), best012 = maximum_avx512(best01, x2);
+            __mmask16 over1 = _mm512_cmp_ps_mask(x1, x0, _CMP_GT_OQ);
+            __mmask16 over2 = _mm512_cmp_ps_mask(x2, best01, _CMP_GT_OQ);
+            __mmask16 over3 = _mm512_cmp_ps_mask(x3, best012, _CMP_GT_OQ);
+            __m512i tap = _mm512_maskz_mov_epi32(over1, one);  /* over3 ? 3 : over2 ? 2 : over1 */
+            tap = _mm512_mask_mov_epi32(tap, over2, two);
+            tap = _mm512_mask_mov_epi32(tap, over3, three);
+            __m512 value = maximum_avx512(best012, x3);
+            if (relu) {
+                tap = _mm512_mask_mov_epi32(inactive, _mm512_cmp_ps_mask(value, zero, _CMP_GT_OQ), tap);
+                value = maximum_avx512(value, zero);
             }
+            _mm512_mask_storeu_ps(y + i * out_w + j, valid, value);
+            _mm_mask_storeu_epi8(index + i * out_w + j, valid, _mm512_cvtepi32_epi8(tap));
         }
+    }
+}
+
+/* The adjoint for one plane: each window's four pixels get dy * (index == tap); an index
+ * of 255 (the fused ReLU's inactive windows) gives all four dy * 0. */
+POOL_AVX512 static void unpool_plane_avx512(const float *dy, const unsigned char *index,
+                                            float *plane, Py_ssize_t row_stride,
+                                            Py_ssize_t out_h, Py_ssize_t out_w)
+{
+    const __m512i first_half = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i second_half = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const __m512 ones = _mm512_set1_ps(1.0f);
+    for (Py_ssize_t i = 0; i < out_h; i++) {
+        float *top = plane + 2 * i * row_stride, *bottom = top + row_stride;
+        for (Py_ssize_t j = 0; j < out_w; j += 16) {
+            __mmask16 valid, low, high;
+            row_masks(out_w - j < 16 ? out_w - j : 16, &valid, &low, &high);
+            __m512 gradient = _mm512_maskz_loadu_ps(valid, dy + i * out_w + j);
+            __m512i tap = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(valid, index + i * out_w + j));
+            __m512 d[4];
+            for (int t = 0; t < 4; t++)  /* dy * (index == t), as pool_backward_f32 */
+                d[t] = _mm512_mul_ps(gradient, _mm512_maskz_mov_ps(
+                                                   _mm512_cmpeq_epi32_mask(tap, _mm512_set1_epi32(t)), ones));
+            _mm512_mask_storeu_ps(top + 2 * j, low, _mm512_permutex2var_ps(d[0], first_half, d[1]));
+            _mm512_mask_storeu_ps(top + 2 * j + 16, high, _mm512_permutex2var_ps(d[0], second_half, d[1]));
+            _mm512_mask_storeu_ps(bottom + 2 * j, low, _mm512_permutex2var_ps(d[2], first_half, d[3]));
+            _mm512_mask_storeu_ps(bottom + 2 * j + 16, high,
+                                  _mm512_permutex2var_ps(d[2], second_half, d[3]));
+        }
+    }
+}
+
+POOL_AVX512 static void pool_forward_avx512(const float *x, float *y, unsigned char *index,
+                                            Py_ssize_t planes, Py_ssize_t in_w, Py_ssize_t in_h,
+                                            Py_ssize_t out_h, Py_ssize_t out_w)
+{
+    for (Py_ssize_t p = 0; p < planes; p++)
+        pool_plane_avx512(x + p * in_h * in_w, in_w, out_h, out_w, y + p * out_h * out_w,
+                          index + p * out_h * out_w, 0);
 }
 
 POOL_AVX512 static void pool_backward_avx512(const float *dy, const unsigned char *index, float *dx,
                                              Py_ssize_t planes, Py_ssize_t in_w, Py_ssize_t in_h,
                                              Py_ssize_t out_h, Py_ssize_t out_w)
 {
-    const __m512i first_half = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const __m512i second_half = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    const __m512i taps[4] = {_mm512_set1_epi32(0), _mm512_set1_epi32(1), _mm512_set1_epi32(2),
-                             _mm512_set1_epi32(3)};
-    const __m512 ones = _mm512_set1_ps(1.0f);
     for (Py_ssize_t p = 0; p < planes; p++)
-        for (Py_ssize_t i = 0; i < out_h; i++) {
-            float *top = dx + (p * in_h + 2 * i) * in_w, *bottom = top + in_w;
-            Py_ssize_t row = (p * out_h + i) * out_w;
-            for (Py_ssize_t j = 0; j < out_w; j += 16) {
-                __mmask16 valid, low, high;
-                row_masks(out_w - j < 16 ? out_w - j : 16, &valid, &low, &high);
-                __m512 gradient = _mm512_maskz_loadu_ps(valid, dy + row + j);
-                __m512i tap = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(valid, index + row + j));
-                __m512 d[4];
-                for (int t = 0; t < 4; t++)  /* dy * (index == t), as pool_backward_f32 */
-                    d[t] = _mm512_mul_ps(gradient, _mm512_maskz_mov_ps(
-                                                       _mm512_cmpeq_epi32_mask(tap, taps[t]), ones));
-                _mm512_mask_storeu_ps(top + 2 * j, low, _mm512_permutex2var_ps(d[0], first_half, d[1]));
-                _mm512_mask_storeu_ps(top + 2 * j + 16, high,
-                                      _mm512_permutex2var_ps(d[0], second_half, d[1]));
-                _mm512_mask_storeu_ps(bottom + 2 * j, low, _mm512_permutex2var_ps(d[2], first_half, d[3]));
-                _mm512_mask_storeu_ps(bottom + 2 * j + 16, high,
-                                      _mm512_permutex2var_ps(d[2], second_half, d[3]));
-            }
-        }
+        unpool_plane_avx512(dy + p * out_h * out_w, index + p * out_h * out_w,
+                            dx + p * in_h * in_w, in_w, out_h, out_w);
 }
 #else
 #define HAVE_POOL_AVX512 0
@@ -372,6 +395,150 @@ static void wide_rows_copy(const char *src, char *dst, Py_ssize_t batch, Py_ssiz
                     memcpy(dst + nchw, src + wide, bytes);
             }
 }
+
+/* ------------------------------------------------------------------------ */
+/* A first conv layer fused with its ReLU and 2x2 max pool (float32, AVX-512) */
+/* ------------------------------------------------------------------------ */
+
+/* For a conv whose input needs no gradient and has few channels (the lecture CNN's
+ * Conv(1->32, k3, p1) on the images), the whole block conv -> ReLU -> MaxPool 2 runs one
+ * (image, channel) plane at a time: the conv output plane (wide layout, as above) lives in
+ * L1 and is pooled there, so the 6 MB activation of a 64-image shard is never written.
+ * The backward needs only dW and db (no dX): the gradient plane is rebuilt from dy and the
+ * pool's recorded taps, then correlated with the padded input, tap by tap. */
+
+/* The image's C_in planes, zero-padded, into `padded` (its border is zero already). */
+static void pad_image_f32(const float *x, float *padded, const wide_geometry *g)
+{
+    Py_ssize_t image = g->padded_h * g->padded_w;
+    for (Py_ssize_t c = 0; c < g->channels; c++)
+        for (Py_ssize_t i = 0; i < g->in_h; i++)
+            memcpy(padded + c * image + (i + g->pad_top) * g->padded_w + g->pad_left,
+                   x + (c * g->in_h + i) * g->in_w, (size_t)g->in_w * sizeof(float));
+}
+
+/* Scratch floats past the end of the padded planes and of the plane buffer: the vector
+ * loops below run k up to run rounded up to 64, reading and writing past `run` there. */
+#define FUSED_SLACK 64
+
+#if HAVE_POOL_AVX512
+/* acc[k] = bias + sum over (c_in, tap) of w[c_in, tap] padded[c_in][start_tap + k] for
+ * k < run (and junk up to the next multiple of 64), 64 outputs at a time in registers. */
+POOL_AVX512 static void conv_plane_avx512(const float *padded, const float *w, float bias,
+                                          float *acc, const wide_geometry *g)
+{
+    Py_ssize_t image = g->padded_h * g->padded_w;
+    for (Py_ssize_t k = 0; k < g->run; k += 64) {
+        __m512 sum0 = _mm512_set1_ps(bias), sum1 = sum0, sum2 = sum0, sum3 = sum0;
+        for (Py_ssize_t c = 0; c < g->channels; c++)
+            for (Py_ssize_t t = 0; t < g->taps; t++) {
+                __m512 weight = _mm512_set1_ps(w[c * g->taps + t]);
+                const float *source = padded + c * image + g->starts[t] + k;
+                sum0 = _mm512_fmadd_ps(weight, _mm512_loadu_ps(source), sum0);
+                sum1 = _mm512_fmadd_ps(weight, _mm512_loadu_ps(source + 16), sum1);
+                sum2 = _mm512_fmadd_ps(weight, _mm512_loadu_ps(source + 32), sum2);
+                sum3 = _mm512_fmadd_ps(weight, _mm512_loadu_ps(source + 48), sum3);
+            }
+        _mm512_storeu_ps(acc + k, sum0);
+        _mm512_storeu_ps(acc + k + 16, sum1);
+        _mm512_storeu_ps(acc + k + 32, sum2);
+        _mm512_storeu_ps(acc + k + 48, sum3);
+    }
+}
+
+/* out[q] += sum_k dY[k] source[q][k] for q < count (a constant once inlined, so the
+ * count sums stay in registers), k < end; one pass over dY for all of them. */
+static inline __attribute__((always_inline)) POOL_AVX512 void
+correlate_group(const float *gradient, const float *const *source, double *out, Py_ssize_t end,
+                const int count)
+{
+    __m512 sum[12];
+    for (int q = 0; q < count; q++)
+        sum[q] = _mm512_setzero_ps();
+    for (Py_ssize_t k = 0; k < end; k += 16) {
+        __m512 dy = _mm512_loadu_ps(gradient + k);
+        for (int q = 0; q < count; q++)
+            sum[q] = _mm512_fmadd_ps(dy, _mm512_loadu_ps(source[q] + k), sum[q]);
+    }
+    for (int q = 0; q < count; q++)
+        out[q] += _mm512_reduce_add_ps(sum[q]);
+}
+
+/* dweight[(c_in, tap)] += sum_k dY[k] padded[c_in][start_tap + k] and dbias += sum_k dY[k],
+ * k < run (dY is zero past run), up to twelve (c_in, tap) pairs per pass over dY. */
+POOL_AVX512 static void correlate_plane_avx512(const float *gradient, const float *padded,
+                                               double *dweight, double *dbias,
+                                               const wide_geometry *g)
+{
+    Py_ssize_t image = g->padded_h * g->padded_w, pairs = g->channels * g->taps;
+    Py_ssize_t end = (g->run + 15) / 16 * 16;
+    __m512 bias_sum = _mm512_setzero_ps();
+    for (Py_ssize_t k = 0; k < end; k += 16)
+        bias_sum = _mm512_add_ps(bias_sum, _mm512_loadu_ps(gradient + k));
+    *dbias += _mm512_reduce_add_ps(bias_sum);
+    Py_ssize_t groups = (pairs + 11) / 12, size = (pairs + groups - 1) / groups;
+    for (Py_ssize_t first = 0; first < pairs; first += size) {
+        int count = (int)(pairs - first < size ? pairs - first : size);
+        const float *source[12];
+        for (int q = 0; q < count; q++) {
+            Py_ssize_t pair = first + q;
+            source[q] = padded + (pair / g->taps) * image + g->starts[pair % g->taps];
+        }
+        double *out = dweight + first;
+        switch (count) {
+        case 1: correlate_group(gradient, source, out, end, 1); break;
+        case 2: correlate_group(gradient, source, out, end, 2); break;
+        case 3: correlate_group(gradient, source, out, end, 3); break;
+        case 4: correlate_group(gradient, source, out, end, 4); break;
+        case 5: correlate_group(gradient, source, out, end, 5); break;
+        case 6: correlate_group(gradient, source, out, end, 6); break;
+        case 7: correlate_group(gradient, source, out, end, 7); break;
+        case 8: correlate_group(gradient, source, out, end, 8); break;
+        case 9: correlate_group(gradient, source, out, end, 9); break;
+        case 10: correlate_group(gradient, source, out, end, 10); break;
+        case 11: correlate_group(gradient, source, out, end, 11); break;
+        default: correlate_group(gradient, source, out, end, 12); break;
+        }
+    }
+}
+
+POOL_AVX512 static void conv_relu_pool_forward_f32(const float *x, const float *weight,
+                                                   const float *bias, float *y, unsigned char *code,
+                                                   Py_ssize_t out_channels, Py_ssize_t pool_h,
+                                                   Py_ssize_t pool_w, const wide_geometry *g,
+                                                   float *padded, float *acc)
+{
+    Py_ssize_t weights = g->channels * g->taps, pooled = pool_h * pool_w;
+    for (Py_ssize_t b = 0; b < g->batch; b++) {
+        pad_image_f32(x + b * g->channels * g->in_h * g->in_w, padded, g);
+        for (Py_ssize_t c = 0; c < out_channels; c++) {
+            Py_ssize_t plane = (b * out_channels + c) * pooled;
+            conv_plane_avx512(padded, weight + c * weights, bias[c], acc, g);
+            pool_plane_avx512(acc, g->padded_w, pool_h, pool_w, y + plane, code + plane, 1);
+        }
+    }
+}
+
+POOL_AVX512 static void conv_relu_pool_backward_f32(const float *x, const float *dy,
+                                                    const unsigned char *code, double *dweight,
+                                                    double *dbias, Py_ssize_t out_channels,
+                                                    Py_ssize_t pool_h, Py_ssize_t pool_w,
+                                                    const wide_geometry *g, float *padded,
+                                                    float *gradient)
+{
+    Py_ssize_t weights = g->channels * g->taps, pooled = pool_h * pool_w;
+    for (Py_ssize_t b = 0; b < g->batch; b++) {
+        pad_image_f32(x + b * g->channels * g->in_h * g->in_w, padded, g);
+        for (Py_ssize_t c = 0; c < out_channels; c++) {
+            Py_ssize_t plane = (b * out_channels + c) * pooled;
+            /* dY of the conv output: the pool's and ReLU's backward (pixels outside every
+             * window keep the zeros they started with) */
+            unpool_plane_avx512(dy + plane, code + plane, gradient, g->padded_w, pool_h, pool_w);
+            correlate_plane_avx512(gradient, padded, dweight + c * weights, dbias + c, g);
+        }
+    }
+}
+#endif
 
 /* ------------------------------------------------------------------------ */
 /* Python binding                                                           */
@@ -792,7 +959,134 @@ static PyObject *py_nchw_to_wide(PyObject *self, PyObject *args)
     return wide_copy(args, "OO:nchw_to_wide", 1);
 }
 
+PyDoc_STRVAR(conv_relu_pool_usable_doc,
+"conv_relu_pool_usable() -> bool\n\n"
+"Whether conv_relu_pool_forward/backward run here (they need AVX-512).");
+
+static PyObject *py_conv_relu_pool_usable(PyObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(HAVE_POOL_AVX512 && pool_avx512_usable());
+}
+
+/* Checks shared by the fused conv's forward and backward; fills g. */
+static int fused_setup(wide_geometry *g, const Py_buffer *x, const Py_buffer *weight,
+                       const Py_buffer *pooled, const Py_buffer *code, const Py_ssize_t *pads)
+{
+    Py_ssize_t ints[8] = {pads[0], pads[1], pads[2], pads[3], weight->shape[2], weight->shape[3], 1, 1};
+    if (x->itemsize != 4 || pooled->itemsize != 4) {
+        PyErr_SetString(PyExc_ValueError, "the fused conv takes float32 images and outputs");
+        return -1;
+    }
+    if (wide_setup(g, x, ints) < 0)
+        return -1;
+    Py_ssize_t out_h = g->padded_h - weight->shape[2] + 1, out_w = g->padded_w - weight->shape[3] + 1;
+    if (weight->shape[1] != g->channels || pooled->shape[0] != g->batch ||
+        pooled->shape[1] != weight->shape[0] || pooled->shape[2] != out_h / 2 ||
+        pooled->shape[3] != out_w / 2 || !same_shape(pooled, code)) {
+        PyErr_SetString(PyExc_ValueError, "fused conv: weight must be (C_out, C_in, kH, kW) for x of "
+                                          "(N, C_in, H, W), y and code (N, C_out, H_out//2, W_out//2)");
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(conv_relu_pool_forward_doc,
+"conv_relu_pool_forward(x, weight, bias, y, code, pad_top, pad_left, padded_h, padded_w)\n\n"
+"y = max_pool_2x2(relu(conv2d(x, weight, bias))) for a stride-1, undilated conv with the\n"
+"given zero padding; code[b,c,i,j] = the window's first-maximum tap (0..3), or 255 where\n"
+"the ReLU output is 0. float32, C-contiguous: x (N, C_in, H, W), weight (C_out, C_in, kH,\n"
+"kW), bias (C_out,), y and code (N, C_out, H_out // 2, W_out // 2). Needs AVX-512.");
+
+static PyObject *py_conv_relu_pool_forward(PyObject *self, PyObject *args)
+{
+    static const arg_spec specs[5] = {{"x", 'F', 0, 4}, {"weight", 'F', 0, 4}, {"bias", 'F', 0, 1},
+                                      {"y", 'F', 1, 4}, {"code", 'B', 1, 4}};
+    PyObject *objects[5];
+    Py_ssize_t pads[4];
+    Py_buffer v[5];
+    wide_geometry g;
+    if (!PyArg_ParseTuple(args, "OOOOOnnnn:conv_relu_pool_forward", &objects[0], &objects[1],
+                          &objects[2], &objects[3], &objects[4], &pads[0], &pads[1], &pads[2],
+                          &pads[3]) ||
+        get_all(objects, specs, v, 5) < 0)
+        return NULL;
+    if (!(HAVE_POOL_AVX512 && pool_avx512_usable()))
+        return reject(v, 5, "conv_relu_pool_forward needs AVX-512 (see conv_relu_pool_usable)");
+    if (fused_setup(&g, &v[0], &v[1], &v[3], &v[4], pads) < 0) {
+        release(v, 5);
+        return NULL;
+    }
+    if (v[1].itemsize != 4 || v[2].itemsize != 4 || v[2].shape[0] != v[1].shape[0])
+        return reject(v, 5, "weight and bias must be float32, bias of shape (C_out,)");
+    size_t image = (size_t)(g.padded_h * g.padded_w);
+    size_t planes = image * (size_t)g.channels + FUSED_SLACK;
+    float *padded = PyMem_RawCalloc(planes + (size_t)g.wide + FUSED_SLACK, sizeof(float));
+    if (!padded) {
+        release(v, 5);
+        return PyErr_NoMemory();
+    }
+#if HAVE_POOL_AVX512
+    Py_BEGIN_ALLOW_THREADS
+    conv_relu_pool_forward_f32(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[1].shape[0],
+                               v[3].shape[2], v[3].shape[3], &g, padded,
+                               padded + planes);
+    Py_END_ALLOW_THREADS
+#endif
+    PyMem_RawFree(padded);
+    release(v, 5);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(conv_relu_pool_backward_doc,
+"conv_relu_pool_backward(x, dy, code, dweight, dbias, pad_top, pad_left, padded_h, padded_w)\n\n"
+"The weight and bias gradients of conv_relu_pool_forward (the input's is not computed):\n"
+"dweight (C_out, C_in, kH, kW) and dbias (C_out,), float64 accumulators, are added to.\n"
+"x as given to the forward, dy (y's shape, float32), code from the forward.");
+
+static PyObject *py_conv_relu_pool_backward(PyObject *self, PyObject *args)
+{
+    static const arg_spec specs[5] = {{"x", 'F', 0, 4}, {"dy", 'F', 0, 4}, {"code", 'B', 0, 4},
+                                      {"dweight", 'F', 1, 4}, {"dbias", 'F', 1, 1}};
+    PyObject *objects[5];
+    Py_ssize_t pads[4];
+    Py_buffer v[5];
+    wide_geometry g;
+    if (!PyArg_ParseTuple(args, "OOOOOnnnn:conv_relu_pool_backward", &objects[0], &objects[1],
+                          &objects[2], &objects[3], &objects[4], &pads[0], &pads[1], &pads[2],
+                          &pads[3]) ||
+        get_all(objects, specs, v, 5) < 0)
+        return NULL;
+    if (!(HAVE_POOL_AVX512 && pool_avx512_usable()))
+        return reject(v, 5, "conv_relu_pool_backward needs AVX-512 (see conv_relu_pool_usable)");
+    if (v[3].itemsize != 8 || v[4].itemsize != 8 || v[4].shape[0] != v[3].shape[0])
+        return reject(v, 5, "dweight and dbias must be float64, (C_out, C_in, kH, kW) and (C_out,)");
+    if (fused_setup(&g, &v[0], &v[3], &v[1], &v[2], pads) < 0) {
+        release(v, 5);
+        return NULL;
+    }
+    size_t image = (size_t)(g.padded_h * g.padded_w);
+    size_t planes = image * (size_t)g.channels + FUSED_SLACK;
+    float *padded = PyMem_RawCalloc(planes + (size_t)g.wide + FUSED_SLACK, sizeof(float));
+    if (!padded) {
+        release(v, 5);
+        return PyErr_NoMemory();
+    }
+#if HAVE_POOL_AVX512
+    Py_BEGIN_ALLOW_THREADS
+    conv_relu_pool_backward_f32(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[3].shape[0],
+                                v[1].shape[2], v[1].shape[3], &g, padded,
+                                padded + planes);
+    Py_END_ALLOW_THREADS
+#endif
+    PyMem_RawFree(padded);
+    release(v, 5);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"conv_relu_pool_usable", py_conv_relu_pool_usable, METH_NOARGS, conv_relu_pool_usable_doc},
+    {"conv_relu_pool_forward", py_conv_relu_pool_forward, METH_VARARGS, conv_relu_pool_forward_doc},
+    {"conv_relu_pool_backward", py_conv_relu_pool_backward, METH_VARARGS, conv_relu_pool_backward_doc},
     {"wide_im2col", py_wide_im2col, METH_VARARGS, wide_im2col_doc},
     {"wide_col2im", py_wide_col2im, METH_VARARGS, wide_col2im_doc},
     {"wide_to_nchw", py_wide_to_nchw, METH_VARARGS, wide_to_nchw_doc},

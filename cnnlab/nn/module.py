@@ -283,32 +283,41 @@ class Sequential(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         layers = list(self._modules.values())
-        # Positions of ReLU layers run fused with the MaxPool2d after them (see _fusable).
-        self._fused_relus: set[int] = set()
+        # Where runs of layers went through a fused op, as {first index: number of layers}
+        # (see _fusion_at); backward replays the same plan.
+        self._fused: dict[int, int] = {}
         index = 0
         while index < len(layers):
-            if _fusable(layers, index):
-                x = _relu_pool_forward(layers[index], layers[index + 1], x)
-                self._fused_relus.add(index)
-                index += 2
-                continue
-            x = layers[index](x)
-            index += 1
+            span = _fusion_at(layers, index)
+            if span == 3:
+                x = _conv_relu_pool_forward(*layers[index:index + 3], x)
+            elif span == 2:
+                x = _relu_pool_forward(*layers[index:index + 2], x)
+            else:
+                x = layers[index](x)
+            if span > 1:
+                self._fused[index] = span
+            index += span
         return x
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
         layers = list(self._modules.values())
-        fused = self.__dict__.get("_fused_relus", set())
-        for index in reversed(range(len(layers))):
-            if index in fused:
-                continue  # the fused pool's backward already applied this ReLU's gradient
-            if index - 1 in fused:
-                dy = _relu_pool_backward(layers[index - 1], layers[index], dy)
-            else:
+        fused = self.__dict__.get("_fused", {})
+        ends = {first + span - 1: first for first, span in fused.items()}  # last index -> first
+        index = len(layers) - 1
+        while index >= 0:
+            first = ends.get(index)
+            if first is None:
                 dy = layers[index].backward(dy)
+                first = index
+            elif fused[first] == 3:
+                dy = _conv_relu_pool_backward(*layers[first:first + 3], dy)
+            else:
+                dy = _relu_pool_backward(*layers[first:first + 2], dy)
             if dy is None:
                 # only layers that need no input gradient and hold no parameters remain
                 break
+            index = first - 1
         return dy
 
 
@@ -318,14 +327,57 @@ class Sequential(Module):
 # the window's max is > 0, and elsewhere the unfused gradient is 0, which is what the
 # pooled ReLU mask gives. Outputs and gradients are bit-for-bit those of the two layers.
 # Only the lecture case is fused (stride = kernel, no padding: windows never overlap).
+#
+# A first Conv2d followed by that ReLU and a 2x2 MaxPool2d also runs as one op
+# (cnnlab/ops/fused.py) when the conv needs no input gradient, has stride 1, no dilation
+# or groups, and few input terms (C_in kH kW <= MAX_DIRECT_TERMS); it equals the three
+# layers up to float rounding.
 
-def _fusable(layers: list[Module], index: int) -> bool:
-    from cnnlab.nn.layers import MaxPool2d, ReLU
-    if index + 1 >= len(layers):
-        return False
-    relu, pool = layers[index], layers[index + 1]
-    return (type(relu) is ReLU and type(pool) is MaxPool2d and pool.padding == 0
-            and pool.stride == pool.kernel_size and relu.requires_input_grad == pool.requires_input_grad)
+def _fusion_at(layers: list[Module], index: int) -> int:
+    """How many layers from ``index`` on run as one fused op: 3, 2, or 1 (not fused)."""
+    from cnnlab.nn.layers import Conv2d, MaxPool2d, ReLU
+    from cnnlab.ops.fused import MAX_DIRECT_TERMS
+
+    def relu_pool_at(position: int) -> bool:
+        if position + 1 >= len(layers):
+            return False
+        relu, pool = layers[position], layers[position + 1]
+        return (type(relu) is ReLU and type(pool) is MaxPool2d and pool.padding == 0
+                and pool.stride == pool.kernel_size
+                and relu.requires_input_grad == pool.requires_input_grad)
+
+    conv = layers[index]
+    if (type(conv) is Conv2d and relu_pool_at(index + 1) and layers[index + 2].kernel_size in (2, (2, 2))
+            and not conv.requires_input_grad and conv.stride == (1, 1) and conv.dilation == (1, 1)
+            and conv.groups == 1
+            and conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] <= MAX_DIRECT_TERMS):
+        return 3
+    return 2 if relu_pool_at(index) else 1
+
+
+def _conv_relu_pool_forward(conv: Module, relu: Module, pool: Module, x: np.ndarray) -> np.ndarray:
+    from cnnlab.ops.fused import conv2d_relu_maxpool2d_forward
+
+    bias = None if conv.bias is None else conv.bias.data
+    y, cache = conv2d_relu_maxpool2d_forward(x, conv.weight.data, bias, padding=conv._op_padding)
+    conv._fused_cache = cache
+    for layer in (conv, relu, pool):
+        layer.__dict__.pop("_cache", None)  # a stale cache must not meet a later backward
+    return y
+
+
+def _conv_relu_pool_backward(conv: Module, relu: Module, pool: Module, dy: np.ndarray) -> None:
+    from cnnlab.ops.fused import conv2d_relu_maxpool2d_backward
+
+    if conv.requires_input_grad:
+        raise RuntimeError("requires_input_grad was switched on after the forward, which did not "
+                           "keep what the input's gradient needs; run the forward again after "
+                           "setting it")
+    dweight, dbias = conv2d_relu_maxpool2d_backward(dy, conv.__dict__["_fused_cache"])
+    conv.weight.grad += dweight
+    if conv.bias is not None:
+        conv.bias.grad += dbias
+    return None
 
 
 def _relu_pool_forward(relu: Module, pool: Module, x: np.ndarray) -> np.ndarray:

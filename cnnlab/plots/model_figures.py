@@ -179,12 +179,13 @@ def input_gradient(model, images) -> tuple[np.ndarray, np.ndarray]:
     """
     batch = _as_batch(images)
     with _inspecting(model):
-        logits = model(batch)
-        one_hot = np.zeros_like(logits)
-        one_hot[np.arange(len(batch)), logits.argmax(axis=1)] = 1
+        # set before the forward, which keeps what the input's gradient needs only when asked
         saved_flag = model.requires_input_grad
         model.requires_input_grad = True
         try:
+            logits = model(batch)
+            one_hot = np.zeros_like(logits)
+            one_hot[np.arange(len(batch)), logits.argmax(axis=1)] = 1
             gradient = model.backward(one_hot)
         finally:
             model.requires_input_grad = saved_flag
