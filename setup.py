@@ -8,8 +8,9 @@ skips them and the NumPy code does the work (same results).
   batch over threads (cnnlab/ops/_gemm.py). Plain -O3: the AVX-512 functions carry
   their own target attributes and are chosen at run time, so the module loads on
   any x86-64 CPU.
-- cnnlab._loops (cnnlab/_native/loops.c): one-pass loops for the memory-bound steps
-  (2x2 max pool, ReLU, the Adam update; cnnlab/ops/_kernels.py). -ffp-contract=off
+- cnnlab._loops (cnnlab/_native/loops.c, winograd.c): one-pass loops for the
+  memory-bound steps (2x2 max pool, ReLU, the Adam update, im2col; cnnlab/ops/_kernels.py),
+  the fused first conv block and the Winograd transforms. -ffp-contract=off
   keeps every multiply and add rounded on its own, as in NumPy, so the results
   match the NumPy code bit for bit; -fno-math-errno lets sqrt vectorise.
 """
@@ -19,7 +20,8 @@ from setuptools import Extension, setup
 setup(ext_modules=[
     Extension("cnnlab._sgemm", sources=["cnnlab/_native/sgemm.c"],
               extra_compile_args=["-O3"], optional=True),
-    Extension("cnnlab._loops", sources=["cnnlab/_native/loops.c"],
+    Extension("cnnlab._loops", sources=["cnnlab/_native/loops.c", "cnnlab/_native/winograd.c"],
+              depends=["cnnlab/_native/buffers.h"],
               extra_compile_args=["-O3", "-ffp-contract=off", "-fno-math-errno",
                                   "-fno-trapping-math"], optional=True),
 ])

@@ -194,11 +194,12 @@ def test_matmul_falls_back_to_numpy_for_what_the_kernel_does_not_take(monkeypatc
     assert "CNNLAB_KERNELS=numpy" in _gemm.describe()
 
 
-@pytest.mark.parametrize("stride, layout", [(1, "wide"), (2, "channel")])
+@pytest.mark.parametrize("stride, layout", [(1, "wide"), (2, "channel"), (1, "winograd")])
 def test_convolution_in_a_one_thread_region_matches_numpy(stride, layout, monkeypatch):
-    from cnnlab.ops import conv
+    from cnnlab.ops import _winograd, conv
     from cnnlab.ops.conv import conv2d_backward, conv2d_forward
 
+    monkeypatch.setattr(_winograd, "ENABLED", layout == "winograd")
     calls = []
     monkeypatch.setattr(_gemm, "_native", _CountingNative(calls))
     monkeypatch.setattr(_gemm, "_tried", True)
@@ -213,7 +214,8 @@ def test_convolution_in_a_one_thread_region_matches_numpy(stride, layout, monkey
     with _gemm.one_thread_blas():
         y, cache = conv2d_forward(x, weight, bias, stride=stride, padding=1)
         native = (y,) + conv2d_backward(dy, cache)
-    assert len(calls) == 3  # Y = W cols, dW = dY cols^T, dcols = W^T dY
+    # Y = W cols, dW = dY cols^T, dcols = W^T dY; for Winograd, each a batch of 16 products
+    assert len(calls) == 3
     assert conv._choose_layout(cache.setup) == layout
     for ours, reference in zip(native, expected):
         np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-4)

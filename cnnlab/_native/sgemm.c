@@ -665,8 +665,11 @@ static int overlaps(const Py_buffer *x, const Py_buffer *y)
 }
 
 PyDoc_STRVAR(gemm_doc,
-"gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, accumulate) -> None\n\n"
+"gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, accumulate,\n"
+"     count=1, stride_a=0, stride_b=0, stride_c=0) -> None\n\n"
 "C[m x n] = op(A) @ op(B) (+ C if accumulate), float32, row-major.\n"
+"With count > 1, that many products, matrix i of each operand starting i strides\n"
+"(in floats) into its buffer (a batched GEMM; the c matrices must not overlap).\n"
 "op(A) is A (m x k, stride lda) or, if trans_a, A^T with A stored k x m.\n"
 "op(B) is B (k x n, stride ldb) or, if trans_b, B^T with B stored n x k.\n"
 "a, b, c: C-contiguous float32 buffers (c writable, not overlapping a or b).\n"
@@ -680,11 +683,14 @@ static PyObject *py_gemm(PyObject *self, PyObject *args)
     Py_buffer av, bv, cv;
     (void)self;
 
-    if (!PyArg_ParseTuple(args, "ppnnnOnOnOnp:gemm", &ta, &tb, &m, &n, &k, &ao, &lda,
-                          &bo, &ldb, &co, &ldc, &accumulate))
+    Py_ssize_t count = 1, stride_a = 0, stride_b = 0, stride_c = 0;
+    if (!PyArg_ParseTuple(args, "ppnnnOnOnOnp|nnnn:gemm", &ta, &tb, &m, &n, &k, &ao, &lda,
+                          &bo, &ldb, &co, &ldc, &accumulate, &count, &stride_a, &stride_b,
+                          &stride_c))
         return NULL;
-    if (m < 0 || n < 0 || k < 0) {
-        PyErr_SetString(PyExc_ValueError, "gemm: m, n, k must be non-negative");
+    if (m < 0 || n < 0 || k < 0 || count < 1 || stride_a < 0 || stride_b < 0 || stride_c < 0) {
+        PyErr_SetString(PyExc_ValueError, "gemm: m, n, k and the strides must be non-negative, "
+                                          "count positive");
         return NULL;
     }
     if (!have_avx512()) {
@@ -704,10 +710,17 @@ static PyObject *py_gemm(PyObject *self, PyObject *args)
     }
 
     PyObject *ret = NULL;
-    if (check_matrix("a", ta ? k : m, ta ? m : k, lda, av.len / 4) < 0 ||
-        check_matrix("b", tb ? n : k, tb ? k : n, ldb, bv.len / 4) < 0 ||
-        check_matrix("c", m, n, ldc, cv.len / 4) < 0)
+    /* the last of the count matrices must fit: it starts (count - 1) strides in */
+    if ((count > 1 && (stride_a > av.len / 4 || stride_b > bv.len / 4 || stride_c > cv.len / 4 ||
+                       stride_c < ((m - 1) * ldc + n))) ||
+        check_matrix("a", ta ? k : m, ta ? m : k, lda, av.len / 4 - (count - 1) * stride_a) < 0 ||
+        check_matrix("b", tb ? n : k, tb ? k : n, ldb, bv.len / 4 - (count - 1) * stride_b) < 0 ||
+        check_matrix("c", m, n, ldc, cv.len / 4 - (count - 1) * stride_c) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "gemm: the strides do not fit the buffers "
+                                              "(or the c matrices overlap each other)");
         goto done;
+    }
     if (m > 0 && n > 0 && (overlaps(&cv, &av) || overlaps(&cv, &bv))) {
         PyErr_SetString(PyExc_ValueError, "gemm: c must not overlap a or b");
         goto done;
@@ -718,9 +731,11 @@ static PyObject *py_gemm(PyObject *self, PyObject *args)
         int rc;
         Py_ssize_t KC = g_kc, MC = g_mc, NC = g_nc;
         Py_BEGIN_ALLOW_THREADS
-        rc = sgemm_avx512(ta, tb, m, n, k, (const float *)av.buf, lda,
-                          (const float *)bv.buf, ldb, (float *)cv.buf, ldc,
-                          accumulate, KC, MC, NC);
+        rc = 0;
+        for (Py_ssize_t i = 0; i < count && rc >= 0; i++)
+            rc = sgemm_avx512(ta, tb, m, n, k, (const float *)av.buf + i * stride_a, lda,
+                              (const float *)bv.buf + i * stride_b, ldb,
+                              (float *)cv.buf + i * stride_c, ldc, accumulate, KC, MC, NC);
         Py_END_ALLOW_THREADS
         if (rc < 0) {
             PyErr_NoMemory();

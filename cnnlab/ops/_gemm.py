@@ -78,6 +78,38 @@ def _as_row_major(matrix: np.ndarray):
     return None
 
 
+def _as_row_major_batch(stack: np.ndarray):
+    """(C-contiguous array, transposed?, leading dimension, stride) for a stack of matrices, or None."""
+    if stack.flags.c_contiguous:
+        return stack, False, stack.shape[2], stack.shape[1] * stack.shape[2]
+    swapped = stack.transpose(0, 2, 1)
+    if swapped.flags.c_contiguous:
+        return swapped, True, stack.shape[1], stack.shape[1] * stack.shape[2]
+    return None
+
+
+def matmul_batched(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bool = False) -> np.ndarray:
+    """``out[i] = a[i] @ b[i]`` (or ``+=`` with ``accumulate``) for stacks of matrices (3-D arrays).
+
+    Each stack is C-contiguous, or the swapaxes view of a C-contiguous one (a stack of
+    transposes); ``out`` is C-contiguous.
+    """
+    module = native() if _one_thread_depth else None
+    if (module is not None and a.dtype == b.dtype == out.dtype == np.float32
+            and a.ndim == b.ndim == out.ndim == 3 and out.flags.c_contiguous and a.size and b.size):
+        left, right = _as_row_major_batch(a), _as_row_major_batch(b)
+        if left is not None and right is not None:
+            (a_rows, trans_a, lda, stride_a), (b_rows, trans_b, ldb, stride_b) = left, right
+            module.gemm(trans_a, trans_b, a.shape[1], b.shape[2], a.shape[2], a_rows, lda,
+                        b_rows, ldb, out, out.shape[2], accumulate, a.shape[0], stride_a,
+                        stride_b, out.shape[1] * out.shape[2])
+            return out
+    if accumulate:
+        out += np.matmul(a, b)
+        return out
+    return np.matmul(a, b, out=out)
+
+
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
            accumulate: bool = False) -> np.ndarray:
     """``a @ b`` for 2-D arrays, into ``out`` when given (as ``np.matmul(a, b, out=out)``);

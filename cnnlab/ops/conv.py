@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.errors import ShapeError
-from cnnlab.ops import _conv_wide, _gemm, _workspace
+from cnnlab.ops import _conv_wide, _gemm, _winograd, _workspace
 from cnnlab.ops._workspace import as_pair, check_image_batch, window
 
 Pads = tuple[int, int, int, int]  # (top, bottom, left, right)
@@ -279,6 +279,8 @@ def _naive_input_grad(dy, x, weight, setup):
 #              when K is large (deep layers), where the per-item dW partials would be big.
 #   "wide":    the "channel" layout computed on the padded width, for stride 1 (see
 #              cnnlab/ops/_conv_wide.py): long contiguous copies in im2col and col2im.
+# And, not im2col at all, "winograd" (cnnlab/ops/_winograd.py): 3x3 stride-1 float32
+# convolutions in 2.25x fewer multiplies, when the C loops run on an AVX-512 CPU.
 
 class _ConvCache:
     """What the backward needs; ``cols`` is a pooled buffer released by the backward."""
@@ -291,6 +293,8 @@ class _ConvCache:
 
 
 def _choose_layout(setup: _ConvSetup) -> str:
+    if _winograd.usable(setup):
+        return "winograd"
     rows = setup.in_channels * setup.kernel[0] * setup.kernel[1]
     pixels = setup.out_hw[0] * setup.out_hw[1]
     if setup.groups > 1 or rows + 1 < pixels:
@@ -394,6 +398,9 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     setup = _ConvSetup(x, weight, bias, stride, padding, dilation, groups)
     layout = _choose_layout(setup)
     y = np.empty((setup.batch, setup.out_channels) + setup.out_hw, dtype=x.dtype)
+    if layout == "winograd":
+        _winograd.forward(x, weight, bias, setup, y)
+        return y, _ConvCache(setup, x, weight, bias is not None, layout, None)
     if layout == "wide":
         # chunk by chunk; the backward redoes im2col from x, so no cols are kept
         _conv_wide.forward(x, _weight_matrix(weight, bias), setup, _padded_input, y)
@@ -455,6 +462,10 @@ def conv2d_backward(dy, cache, input_grad=True):
         raise ShapeError(f"conv2d gradient has shape {getattr(dy, 'shape', dy)}, expected {expected} "
                          "(the shape of the forward's output)")
     dy3 = np.ascontiguousarray(dy, dtype=setup.dtype).reshape(setup.batch, setup.out_channels, -1)
+    if cache.layout == "winograd":
+        dweight, dbias, dx = _winograd.backward(dy3.reshape(expected), cache.x, cache.weight, setup,
+                                                input_grad)
+        return dx, dweight, dbias.astype(setup.dtype) if cache.has_bias else None
     if cache.layout == "wide":
         return _wide_backward(dy3, cache, input_grad)
     cols = cache.cols if cache.cols is not None else _im2col(cache.x, setup, cache.layout)

@@ -1,0 +1,137 @@
+r"""Winograd's minimal filtering F(2x2, 3x3) for 3x3, stride-1 convolutions in float32.
+
+Each 2x2 block of outputs comes from a 4x4 tile d of the padded input (Lavin & Gray, 2016):
+
+.. math::
+    Y_{tile} = A^T \Big[ \sum_{c_{in}} (G\, g_{c_{out}, c_{in}}\, G^T) \odot (B^T d_{c_{in}} B) \Big] A
+
+The sum over input channels, for each of the 16 positions xi of the 4x4 tile, is one
+matrix product ``M[xi] = U[xi] V[xi]`` with ``U = G g G^T`` (C_out x C_in) and
+``V = B^T d B`` (C_in x tiles): 16 multiplies per tile and channel pair where the direct
+sum (im2col) takes 36, so 2.25x fewer FLOPs. The backward uses the adjoints of the same
+linear maps, again as 16 products each:
+
+- dW: ``dW = sum over tiles of G^T [(A dY A^T) (.) V] G``, i.e. ``dU[xi] = Yhat[xi] V[xi]^T``;
+- dX: ``dV[xi] = U[xi]^T Yhat[xi]``, and each tile adds ``B dV B^T`` back onto the padded input.
+
+The transforms (cnnlab/_native/winograd.c) work a few images at a time, like the wide
+im2col (cnnlab/ops/_conv_wide.py), so the transformed arrays stay in cache; the products
+are cnnlab's GEMM in data-parallel steps, NumPy's elsewhere. The result equals the
+direct convolution up to float32 rounding (the transforms add a few roundings of their
+own; the tests compare against PyTorch at the same tolerance as im2col).
+
+Used for float32 when cnnlab._loops is built and the CPU has AVX-512; ``ENABLED = False``
+(or ``CNNLAB_KERNELS=numpy``) sends these convolutions to im2col instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnnlab.ops import _gemm, _kernels, _workspace
+
+#: Set to False to run 3x3 convolutions through im2col (tests compare the two).
+ENABLED = True
+#: Bytes of transformed input and output per chunk of images (about the L2 cache).
+CHUNK_BYTES = 2 << 20
+
+B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
+G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
+A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+
+
+def usable(setup) -> bool:
+    """True for a float32 3x3, stride-1, undilated, ungrouped convolution that the C loops can run."""
+    if not (ENABLED and setup.dtype == np.float32 and setup.kernel == (3, 3)
+            and setup.stride == (1, 1) and setup.dilation == (1, 1) and setup.groups == 1):
+        return False
+    module = _kernels.get()
+    return module is not None and module.winograd_usable()
+
+
+def weight_transform(weight: np.ndarray) -> np.ndarray:
+    """U[xi] = (G g G^T)[xi] for every filter g: (16, C_out, C_in), float32."""
+    u = np.empty((16,) + weight.shape[:2], dtype=np.float32)
+    _kernels.get().winograd_weights(np.ascontiguousarray(weight), u)
+    return u
+
+
+def weight_gradient(du: np.ndarray) -> np.ndarray:
+    """dW = G^T dU G for each filter, the adjoint of :func:`weight_transform`: (C_out, C_in, 3, 3)."""
+    dweight = np.empty(du.shape[1:] + (3, 3), dtype=np.float32)
+    _kernels.get().winograd_weight_grad(du, dweight)
+    return dweight
+
+
+def _tiles(setup) -> int:
+    out_h, out_w = setup.out_hw
+    return ((out_h + 1) // 2) * ((out_w + 1) // 2)
+
+
+def _chunks(setup) -> list[tuple[int, int]]:
+    per_image = 16 * _tiles(setup) * (setup.in_channels + setup.out_channels) * 4
+    step = max(1, min(setup.batch, CHUNK_BYTES // per_image))
+    return [(start, min(start + step, setup.batch)) for start in range(0, setup.batch, step)]
+
+
+def _geometry(setup) -> tuple[int, int, int, int]:
+    """pad_top, pad_left, H_out, W_out: what the input transforms take."""
+    return (setup.pads[0], setup.pads[2]) + setup.out_hw
+
+
+class _Buffers:
+    """Per-call scratch arrays, one set per chunk size, borrowed from the workspace."""
+
+    def __init__(self, setup, tags: dict[str, int]):
+        self.setup, self.tags, self.taken = setup, tags, {}
+
+    def get(self, images: int) -> list[np.ndarray]:
+        if images not in self.taken:
+            tiles = images * _tiles(self.setup)
+            self.taken[images] = [_workspace.take(tag, (16, channels, tiles), np.float32)
+                                  for tag, channels in self.tags.items()]
+        return self.taken[images]
+
+    def give_back(self) -> None:
+        for buffers in self.taken.values():
+            for tag, buffer in zip(self.tags, buffers):
+                _workspace.give(buffer, tag)
+        self.taken = {}
+
+
+def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, setup, y: np.ndarray) -> None:
+    """y = conv2d(x, weight, bias), chunk by chunk: V = B^T d B, M[xi] = U[xi] V[xi], y = A^T M A + b."""
+    module = _kernels.get()
+    u = weight_transform(weight)
+    bias = np.zeros(setup.out_channels, np.float32) if bias is None else np.ascontiguousarray(bias)
+    buffers = _Buffers(setup, {"winograd-v": setup.in_channels, "winograd-m": setup.out_channels})
+    for start, stop in _chunks(setup):
+        v, m = buffers.get(stop - start)
+        module.winograd_input(np.ascontiguousarray(x[start:stop]), v, *_geometry(setup))
+        _gemm.matmul_batched(u, v, out=m)
+        module.winograd_output(m, bias, y[start:stop])
+    buffers.give_back()
+
+
+def backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, setup, input_grad: bool):
+    """(dweight, dbias float64, dx or None) of :func:`forward`; dy is C-contiguous."""
+    module = _kernels.get()
+    u = weight_transform(weight)
+    du = np.empty((16, setup.out_channels, setup.in_channels), dtype=np.float32)
+    dbias = np.zeros(setup.out_channels, dtype=np.float64)
+    dx = np.empty(x.shape, dtype=np.float32) if input_grad else None
+    tags = {"winograd-v": setup.in_channels, "winograd-m": setup.out_channels}
+    if input_grad:
+        tags["winograd-dv"] = setup.in_channels
+    buffers = _Buffers(setup, tags)
+    for start, stop in _chunks(setup):
+        v, y_hat, *dv = buffers.get(stop - start)
+        module.winograd_input(np.ascontiguousarray(x[start:stop]), v, *_geometry(setup))
+        module.winograd_grad_output(dy[start:stop], y_hat, dbias)
+        # dU[xi] = sum over chunks of Yhat[xi] V[xi]^T
+        _gemm.matmul_batched(y_hat, v.transpose(0, 2, 1), out=du, accumulate=start > 0)
+        if input_grad:
+            _gemm.matmul_batched(u.transpose(0, 2, 1), y_hat, out=dv[0])  # dV[xi] = U[xi]^T Yhat[xi]
+            module.winograd_grad_input(dv[0], dx[start:stop], *_geometry(setup))
+    buffers.give_back()
+    return weight_gradient(du), dbias, dx
