@@ -34,9 +34,9 @@ def _torch_conv(x, weight, bias, padding, dy):
 
 @pytest.mark.parametrize("shape, out_channels, padding", [
     ((4, 32, 14, 14), 64, 1),   # the lecture CNN's conv2
-    ((3, 5, 9, 11), 7, 1),      # odd output: the last tile row and column are half used
-    ((2, 3, 7, 40), 4, 0),      # no padding; 19 tiles per row (two vector steps)
-    ((2, 2, 5, 5), 3, 2),       # output larger than the input
+    ((3, 9, 9, 11), 7, 1),      # odd output: the last tile row and column are half used
+    ((2, 8, 7, 40), 4, 0),      # no padding; 19 tiles per row (two vector steps)
+    ((2, 8, 5, 5), 3, 2),       # output larger than the input
     ((1, 17, 3, 3), 18, 1),     # channel counts that are not multiples of 16
 ])
 @pytest.mark.parametrize("bias", [True, False])
@@ -104,15 +104,16 @@ def test_weight_gradient_is_the_adjoint_of_the_weight_transform(rng):
     assert abs(left - right) <= 1e-5 * max(abs(left), 1.0)
 
 
-@pytest.mark.parametrize("case", ["float64", "disabled", "stride 2", "5x5"])
+@pytest.mark.parametrize("case", ["float64", "disabled", "stride 2", "5x5", "few channels"])
 def test_other_convolutions_use_im2col(case, rng, monkeypatch):
     dtype = np.float64 if case == "float64" else np.float32
     kernel = 5 if case == "5x5" else 3
     stride = 2 if case == "stride 2" else 1
     if case == "disabled":
         monkeypatch.setattr(_winograd, "ENABLED", False)
-    x = rng.standard_normal((2, 4, 9, 9)).astype(dtype)
-    weight = rng.standard_normal((3, 4, kernel, kernel)).astype(dtype)
+    channels = 3 if case == "few channels" else 8
+    x = rng.standard_normal((2, channels, 9, 9)).astype(dtype)
+    weight = rng.standard_normal((3, channels, kernel, kernel)).astype(dtype)
     _, cache = conv2d_forward(x, weight, None, stride=stride, padding=1)
     assert cache.layout != "winograd"
 

@@ -32,6 +32,9 @@ from cnnlab.ops import _gemm, _kernels, _workspace
 
 #: Set to False to run 3x3 convolutions through im2col (tests compare the two).
 ENABLED = True
+#: Fewest input channels for Winograd: the products' inner dimension is C_in, and below
+#: this im2col's one product (inner dimension 9 C_in) is faster (the lecture's conv1 has 1).
+MIN_IN_CHANNELS = 8
 #: Bytes of transformed input and output per chunk of images (about the L2 cache).
 CHUNK_BYTES = 2 << 20
 
@@ -43,6 +46,7 @@ A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
 def usable(setup) -> bool:
     """True for a float32 3x3, stride-1, undilated, ungrouped convolution that the C loops can run."""
     if not (ENABLED and setup.dtype == np.float32 and setup.kernel == (3, 3)
+            and setup.in_channels >= MIN_IN_CHANNELS
             and setup.stride == (1, 1) and setup.dilation == (1, 1) and setup.groups == 1):
         return False
     module = _kernels.get()
