@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from cnnlab.fileio import write_json
-from cnnlab.ops import _gemm, _kernels
+from cnnlab.ops import _gemm, _kernels, _winograd
 
 
 # ---------------------------------------------------------------------------
@@ -122,6 +122,7 @@ def environment(torch_module=None) -> dict:
         "blas": blas_info(),
         "kernels": _kernels.describe(),
         "conv_gemm": _gemm.describe(),
+        "winograd": _winograd.describe(),
     }
     if torch_module is not None:
         env["torch"] = {
@@ -660,6 +661,7 @@ def format_results(results: dict) -> str:
         f"kernel {blas.get('kernel')}  BLAS threads {blas.get('threads')}  env {blas.get('env') or '{}'}",
     ]
     lines.append(f"compiled kernels: {env.get('kernels', '-')}; convolution GEMM: {env.get('conv_gemm', '-')}")
+    lines.append(f"Winograd: {env.get('winograd', '-')}")
     note = blas_kernel_note(blas)
     if note:
         lines.append(note)
@@ -680,6 +682,7 @@ def format_results(results: dict) -> str:
         lines.append(f"{name:38s} {cells[0]:>22s} {cells[1]:>22s} {cells[2]:>22s} {ratio:>8s}")
     lines.append("")
     lines.append("throughput, images/s (median); GEMM bound = FLOPs / best measured GEMM rate")
+    lines.append("(FLOPs of the direct convolution; Winograd needs 2.25x fewer multiplies, so it can pass 100%)")
     lines.append("cnnlab splits each batch over 'thr' threads, as `cnnlab train` and `cnnlab evaluate` do")
     lines.append(f"{'model':32s} {'thr':>3s} {'cnnlab':>9s} {'torch NCHW':>11s} {'torch ch_l':>11s} "
                  f"{'speedup':>8s} {'of bound':>9s}")

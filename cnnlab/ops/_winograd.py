@@ -53,6 +53,16 @@ def usable(setup) -> bool:
     return module is not None and module.winograd_usable()
 
 
+def describe() -> str:
+    """For benchmarks and bug reports: whether 3x3 convolutions run as Winograd here."""
+    module = _kernels.get()
+    if not ENABLED:
+        return "off (cnnlab.ops._winograd.ENABLED = False)"
+    if module is None or not module.winograd_usable():
+        return "off (needs cnnlab._loops on an AVX-512 CPU)"
+    return f"F(2x2, 3x3) for float32 3x3 stride-1 convolutions with >= {MIN_IN_CHANNELS} input channels"
+
+
 def weight_transform(weight: np.ndarray) -> np.ndarray:
     """U[xi] = (G g G^T)[xi] for every filter g: (16, C_out, C_in), float32."""
     u = np.empty((16,) + weight.shape[:2], dtype=np.float32)
