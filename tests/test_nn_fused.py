@@ -11,9 +11,10 @@ from cnnlab.ops.fused import conv2d_relu_maxpool2d_backward, conv2d_relu_maxpool
 
 
 def _lecture_cnn(rng, dtype):
-    return Sequential(Conv2d(1, 4, 3, padding=1, rng=rng, dtype=dtype), ReLU(), MaxPool2d(2),
-                      Conv2d(4, 6, 3, padding=1, rng=rng, dtype=dtype), ReLU(), MaxPool2d(2),
-                      Flatten(), Linear(6 * 7 * 7, 10, rng=rng, dtype=dtype))
+    # conv2 has 8 input channels: enough for the Winograd path of the fused op
+    return Sequential(Conv2d(1, 8, 3, padding=1, rng=rng, dtype=dtype), ReLU(), MaxPool2d(2),
+                      Conv2d(8, 12, 3, padding=1, rng=rng, dtype=dtype), ReLU(), MaxPool2d(2),
+                      Flatten(), Linear(12 * 7 * 7, 10, rng=rng, dtype=dtype))
 
 
 def _layer_by_layer(model, x, dy):
@@ -28,7 +29,7 @@ def _layer_by_layer(model, x, dy):
     return out, grad
 
 
-def _fused_and_plain(dtype, input_grad, monkeypatch=None):
+def _fused_and_plain(dtype, input_grad):
     rng = np.random.default_rng(0)
     model = _lecture_cnn(rng, dtype)
     model.requires_input_grad = input_grad
@@ -38,19 +39,20 @@ def _fused_and_plain(dtype, input_grad, monkeypatch=None):
     fused_y = model(x)
     fused_dx = model.backward(dy)
     plan = dict(model._fused)
+    paths = [model[0]._fused_cache.path, model[3]._fused_cache.path]
     fused_grads = [parameter.grad.copy() for parameter in model.parameters()]
     model.zero_grad()
     plain_y, plain_dx = _layer_by_layer(model, x, dy)
     plain_grads = [parameter.grad for parameter in model.parameters()]
-    return plan, (fused_y, fused_dx, fused_grads), (plain_y, plain_dx, plain_grads)
+    return plan, paths, (fused_y, fused_dx, fused_grads), (plain_y, plain_dx, plain_grads)
 
 
-@pytest.mark.parametrize("dtype, input_grad", [(np.float32, True), (np.float64, True), (np.float64, False)])
-def test_fused_relu_pool_matches_unfused_layers_exactly(dtype, input_grad):
-    """Where the first conv is not fused (it needs dX, or float64 has no C path), bit for bit."""
-    plan, (fused_y, fused_dx, fused_grads), (plain_y, plain_dx, plain_grads) = _fused_and_plain(
-        dtype, input_grad)
-    assert plan == ({1: 2, 4: 2} if input_grad else {0: 3, 4: 2})
+@pytest.mark.parametrize("input_grad", [False, True])
+def test_float64_blocks_run_the_layers_bit_for_bit(input_grad):
+    """Without a compiled path (float64) the fused op is the three layers, to the bit."""
+    plan, paths, (fused_y, fused_dx, fused_grads), (plain_y, plain_dx, plain_grads) = _fused_and_plain(
+        np.float64, input_grad)
+    assert plan == {0: 3, 3: 3} and paths == ["layers", "layers"]
     assert np.array_equal(fused_y, plain_y)
     for fused, plain in zip(fused_grads, plain_grads):
         assert np.array_equal(fused, plain)
@@ -60,57 +62,73 @@ def test_fused_relu_pool_matches_unfused_layers_exactly(dtype, input_grad):
         assert fused_dx is None and plain_dx is None
 
 
-def test_first_conv_relu_pool_fused_matches_unfused_layers():
-    """float32 first block through the C loops: equal up to float rounding, gradients too."""
+@pytest.mark.parametrize("input_grad", [False, True])
+def test_float32_fused_blocks_match_unfused_layers(input_grad):
+    """The direct path (first block, no dX) and the Winograd path (second block) equal the
+    layers up to float rounding, gradients and dX too."""
     assert _kernels.enabled(), "cnnlab._loops is not built: pip install -e '.[test]' builds it"
-    plan, (fused_y, fused_dx, fused_grads), (plain_y, plain_dx, plain_grads) = _fused_and_plain(
-        np.float32, False)
-    assert plan == {0: 3, 4: 2}
-    assert fused_dx is None and plain_dx is None
-    np.testing.assert_allclose(fused_y, plain_y, rtol=1e-5, atol=1e-6)
+    plan, paths, (fused_y, fused_dx, fused_grads), (plain_y, plain_dx, plain_grads) = _fused_and_plain(
+        np.float32, input_grad)
+    assert plan == {0: 3, 3: 3}
+    assert paths == ["layers" if input_grad else "direct", "winograd"]
+    np.testing.assert_allclose(fused_y, plain_y, rtol=1e-4, atol=1e-5)
     for fused, plain in zip(fused_grads, plain_grads):
         assert fused.dtype == np.float32
-        np.testing.assert_allclose(fused, plain, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(fused, plain, rtol=1e-3, atol=1e-4)
+    if input_grad:
+        np.testing.assert_allclose(fused_dx, plain_dx, rtol=1e-3, atol=1e-5)
+    else:
+        assert fused_dx is None and plain_dx is None
 
 
 def _relative_error(got, expected):
     return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-30))
 
 
-@pytest.mark.parametrize("in_channels, kernel, padding, size", [
-    (1, 3, 1, (28, 28)),   # the lecture CNN's first block
-    (3, 3, 1, (12, 10)),   # RGB-like input
-    (1, 5, 2, (9, 11)),    # odd conv output: the last row and column belong to no window
-    (1, 3, 0, (7, 40)),    # no padding; rows of more than 16 windows
-    (2, (2, 3), (0, 1), (8, 8)),
+@pytest.mark.parametrize("path, in_channels, kernel, padding, size, input_grad", [
+    ("direct", 1, 3, 1, (28, 28), False),     # the lecture CNN's first block
+    ("direct", 3, 3, 1, (12, 10), False),     # RGB-like input
+    ("direct", 1, 5, 2, (9, 11), False),      # odd conv output: the last row and column are in no window
+    ("direct", 1, 3, 0, (7, 40), False),      # no padding; rows of more than 16 windows
+    ("direct", 2, (2, 3), (0, 1), (8, 8), False),
+    ("winograd", 32, 3, 1, (14, 14), True),   # the lecture CNN's second block
+    ("winograd", 8, 3, 1, (9, 11), True),     # odd conv output
+    ("winograd", 9, 3, 0, (8, 38), False),    # no padding, 18 windows per row, no dX
+    ("layers", 1, 3, 1, (8, 8), True),        # a first-layer conv asked for dX
 ])
 @pytest.mark.parametrize("bias", [True, False])
-def test_fused_conv_relu_pool_op_matches_torch(in_channels, kernel, padding, size, bias, rng):
-    """y, dW and db of the fused op against PyTorch's conv2d -> relu -> max_pool2d."""
+def test_fused_conv_relu_pool_op_matches_torch(path, in_channels, kernel, padding, size, input_grad,
+                                               bias, rng):
+    """y, dX, dW and db of the fused op against PyTorch's conv2d -> relu -> max_pool2d."""
     import torch
 
     kernel_hw = (kernel, kernel) if isinstance(kernel, int) else kernel
     x = rng.standard_normal((3, in_channels) + size).astype(np.float32)
     weight = (rng.standard_normal((5, in_channels) + kernel_hw) * 0.5).astype(np.float32)
     bias_values = rng.standard_normal(5).astype(np.float32) * 0.1 if bias else None
-    y, cache = conv2d_relu_maxpool2d_forward(x, weight, bias_values, padding=padding)
+    y, cache = conv2d_relu_maxpool2d_forward(x, weight, bias_values, padding=padding,
+                                             input_grad=input_grad)
+    assert cache.path == path
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    dweight, dbias = conv2d_relu_maxpool2d_backward(dy, cache)
+    dx, dweight, dbias = conv2d_relu_maxpool2d_backward(dy, cache)
 
+    x_t = torch.tensor(x, requires_grad=True)
     weight_t = torch.tensor(weight, requires_grad=True)
     bias_t = torch.tensor(bias_values, requires_grad=True) if bias else None
     y_t = torch.nn.functional.max_pool2d(torch.relu(torch.nn.functional.conv2d(
-        torch.tensor(x), weight_t, bias_t, padding=padding)), 2)
+        x_t, weight_t, bias_t, padding=padding)), 2)
     y_t.backward(torch.tensor(dy))
     assert y.shape == tuple(y_t.shape) and y.dtype == np.float32
     assert _relative_error(y, y_t.detach().numpy()) <= 1e-5
     assert _relative_error(dweight, weight_t.grad.numpy()) <= 1e-4
+    if input_grad:
+        assert dx.shape == x.shape and _relative_error(dx, x_t.grad.numpy()) <= 1e-4
+    else:
+        assert dx is None
     if bias:
         assert _relative_error(dbias, bias_t.grad.numpy()) <= 1e-4
     else:
         assert dbias is None
-    if _kernels.enabled():
-        assert cache.code is not None, "the C loops should have run this block"
 
 
 def test_fused_conv_relu_pool_op_falls_back_to_the_three_ops(rng, monkeypatch):
@@ -118,14 +136,14 @@ def test_fused_conv_relu_pool_op_falls_back_to_the_three_ops(rng, monkeypatch):
     x = rng.standard_normal((2, 1, 6, 6))
     weight = rng.standard_normal((3, 1, 3, 3))
     y64, cache64 = conv2d_relu_maxpool2d_forward(x, weight, None, padding=1)
-    assert cache64.unfused is not None and y64.dtype == np.float64
+    assert cache64.path == "layers" and y64.dtype == np.float64
     monkeypatch.setenv("CNNLAB_KERNELS", "numpy")
     y32, cache32 = conv2d_relu_maxpool2d_forward(x.astype(np.float32), weight.astype(np.float32),
                                                  None, padding=1)
-    assert cache32.unfused is not None
+    assert cache32.path == "layers"
     np.testing.assert_allclose(y32, y64, rtol=1e-5, atol=1e-6)
-    dweight, dbias = conv2d_relu_maxpool2d_backward(np.ones_like(y32), cache32)
-    assert dweight.shape == weight.shape and dbias is None
+    dx, dweight, dbias = conv2d_relu_maxpool2d_backward(np.ones_like(y32), cache32)
+    assert dx is None and dweight.shape == weight.shape and dbias is None
 
 
 def test_relu_pool_with_overlapping_windows_is_not_fused():

@@ -32,14 +32,15 @@
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #include <immintrin.h>
 #define HAVE_WINOGRAD 1
-#define WINOGRAD_TARGET __attribute__((target("avx512f")))
+#define WINOGRAD_TARGET __attribute__((target("avx512f,avx512bw,avx512vl")))
 
 static int winograd_avx512(void)
 {
     static int usable = -1;  /* a benign race: every thread computes the same answer */
     if (usable < 0) {
         __builtin_cpu_init();
-        usable = __builtin_cpu_supports("avx512f");
+        usable = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl");
     }
     return usable;
 }
@@ -262,6 +263,109 @@ WINOGRAD_TARGET static void grad_input_transform(const float *dv, float *dx, con
             for (Py_ssize_t i = 0; i < t->height; i++)
                 memcpy(target + i * t->width, plane + (i + t->pad_top) * t->stride + t->pad_left,
                        (size_t)t->width * sizeof(float));
+        }
+}
+/* The output transform fused with ReLU and a 2x2 max pool: each tile's 2x2 outputs are
+ * exactly one pool window, so y[b, o, ti, tj] = max(relu(A^T M A + bias)) of the tile and
+ * code = the window's first-maximum tap (0..3, row-major) or 255 where that max is <= 0
+ * (as the fused ReLU -> MaxPool2d of cnnlab/nn/module.py). pool_h x pool_w windows. */
+WINOGRAD_TARGET static void output_relu_pool_transform(const float *m, const float *bias, float *y,
+                                                       unsigned char *code, const tiling *t,
+                                                       Py_ssize_t pool_h, Py_ssize_t pool_w)
+{
+    Py_ssize_t all_tiles = t->batch * t->tiles, plane_step = t->channels * all_tiles;
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512i inactive = _mm512_set1_epi32(255);
+    for (Py_ssize_t b = 0; b < t->batch; b++)
+        for (Py_ssize_t o = 0; o < t->channels; o++) {
+            __m512 shift = _mm512_set1_ps(bias[o]);
+            Py_ssize_t plane = (b * t->channels + o) * pool_h * pool_w;
+            for (Py_ssize_t ti = 0; ti < pool_h; ti++)
+                for (Py_ssize_t j = 0; j < pool_w; j += 16) {
+                    Py_ssize_t count = pool_w - j < 16 ? pool_w - j : 16;
+                    const float *in = m + o * all_tiles + b * t->tiles + ti * t->tile_cols + j;
+                    __mmask16 lanes = first_lanes(count);
+                    __m512 q[4][4], s0[4], s1[4];
+                    for (int a = 0; a < 4; a++)
+                        for (int s = 0; s < 4; s++)
+                            q[a][s] = _mm512_maskz_loadu_ps(lanes, in + (4 * a + s) * plane_step);
+                    for (int s = 0; s < 4; s++) {  /* A^T M */
+                        s0[s] = _mm512_add_ps(_mm512_add_ps(q[0][s], q[1][s]), q[2][s]);
+                        s1[s] = _mm512_sub_ps(_mm512_sub_ps(q[1][s], q[2][s]), q[3][s]);
+                    }
+                    /* the window, taps in row-major order */
+                    __m512 x0 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s0[0], s0[1]), s0[2]), shift);
+                    __m512 x1 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s0[1], s0[2]), s0[3]), shift);
+                    __m512 x2 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s1[0], s1[1]), s1[2]), shift);
+                    __m512 x3 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s1[1], s1[2]), s1[3]), shift);
+                    /* first maximum (strictly larger replaces), NaN wins, as the 2x2 pool */
+                    __m512 best = x0;
+                    __m512i tap = _mm512_setzero_si512();
+                    __m512 candidates[3] = {x1, x2, x3};
+                    for (int k = 0; k < 3; k++) {
+                        __mmask16 over = _mm512_cmp_ps_mask(candidates[k], best, _CMP_GT_OQ);
+                        __mmask16 nan = _mm512_cmp_ps_mask(best, best, _CMP_UNORD_Q);
+                        tap = _mm512_mask_mov_epi32(tap, over, _mm512_set1_epi32(k + 1));
+                        best = _mm512_mask_blend_ps(nan, _mm512_max_ps(best, candidates[k]), best);
+                    }
+                    __mmask16 active = _mm512_cmp_ps_mask(best, zero, _CMP_GT_OQ);
+                    tap = _mm512_mask_mov_epi32(inactive, active, tap);
+                    __m512 value = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(best, best, _CMP_UNORD_Q),
+                                                        _mm512_max_ps(best, zero), best);
+                    _mm512_mask_storeu_ps(y + plane + ti * pool_w + j, lanes, value);
+                    _mm_mask_storeu_epi8(code + plane + ti * pool_w + j, lanes, _mm512_cvtepi32_epi8(tap));
+                }
+        }
+}
+
+/* grad_output_transform for the fused block: the 2x2 block g of the conv output's gradient
+ * is the pooled gradient at the recorded tap (0 elsewhere, and 0 for code 255 and for tiles
+ * past the last whole window). */
+WINOGRAD_TARGET static void grad_output_pooled_transform(const float *dp, const unsigned char *code,
+                                                         float *yhat, double *dbias, const tiling *t,
+                                                         Py_ssize_t pool_h, Py_ssize_t pool_w)
+{
+    Py_ssize_t all_tiles = t->batch * t->tiles, plane_step = t->channels * all_tiles;
+    const __m512 zero = _mm512_setzero_ps();
+    for (Py_ssize_t b = 0; b < t->batch; b++)
+        for (Py_ssize_t o = 0; o < t->channels; o++) {
+            Py_ssize_t plane = (b * t->channels + o) * pool_h * pool_w;
+            __m512 total = zero;
+            for (Py_ssize_t ti = 0; ti < t->tile_rows; ti++)
+                for (Py_ssize_t j = 0; j < t->tile_cols; j += 16) {
+                    Py_ssize_t count = t->tile_cols - j < 16 ? t->tile_cols - j : 16;
+                    __m512 gradient = zero;
+                    __m512i tap = _mm512_set1_epi32(255);
+                    if (ti < pool_h && j < pool_w) {
+                        __mmask16 windows = first_lanes(pool_w - j < count ? pool_w - j : count);
+                        gradient = _mm512_maskz_loadu_ps(windows, dp + plane + ti * pool_w + j);
+                        tap = _mm512_mask_cvtepu8_epi32(tap, windows,
+                                                        _mm_maskz_loadu_epi8(windows, code + plane + ti * pool_w + j));
+                    }
+                    __m512 g[2][2];
+                    for (int r = 0; r < 2; r++)
+                        for (int s = 0; s < 2; s++)
+                            g[r][s] = _mm512_maskz_mov_ps(
+                                _mm512_cmpeq_epi32_mask(tap, _mm512_set1_epi32(2 * r + s)), gradient);
+                    total = _mm512_add_ps(total, _mm512_add_ps(_mm512_add_ps(g[0][0], g[0][1]),
+                                                               _mm512_add_ps(g[1][0], g[1][1])));
+                    __m512 h[4][2];
+                    for (int s = 0; s < 2; s++) {  /* A g */
+                        h[0][s] = g[0][s];
+                        h[1][s] = _mm512_add_ps(g[0][s], g[1][s]);
+                        h[2][s] = _mm512_sub_ps(g[0][s], g[1][s]);
+                        h[3][s] = _mm512_sub_ps(zero, g[1][s]);
+                    }
+                    float *out = yhat + o * all_tiles + b * t->tiles + ti * t->tile_cols + j;
+                    __mmask16 lanes = first_lanes(count);
+                    for (int a = 0; a < 4; a++) {  /* (A g) A^T */
+                        __m512 row[4] = {h[a][0], _mm512_add_ps(h[a][0], h[a][1]),
+                                         _mm512_sub_ps(h[a][0], h[a][1]), _mm512_sub_ps(zero, h[a][1])};
+                        for (int s = 0; s < 4; s++)
+                            _mm512_mask_storeu_ps(out + (4 * a + s) * plane_step, lanes, row[s]);
+                    }
+                }
+            dbias[o] += _mm512_reduce_add_ps(total);
         }
 }
 #else
@@ -542,7 +646,96 @@ static PyObject *py_weight_grad(PyObject *self, PyObject *args)
     return weights_map(args, "OO:winograd_weight_grad", 0);
 }
 
+/* The pooled arrays (N, C_out, H_out // 2, W_out // 2) of the fused block. */
+static int pooled_fit(const Py_buffer *pooled, const Py_buffer *code, const tiling *t,
+                      Py_ssize_t out_h, Py_ssize_t out_w)
+{
+    if (pooled->itemsize != 4 || pooled->shape[0] != t->batch || pooled->shape[1] != t->channels ||
+        pooled->shape[2] != out_h / 2 || pooled->shape[3] != out_w / 2 || !same_shape(pooled, code)) {
+        PyErr_SetString(PyExc_ValueError, "Winograd pooling: y and code must be (N, C_out, H_out // 2, "
+                                          "W_out // 2), y float32, code uint8");
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(output_pool_doc,
+"winograd_output_relu_pool(m, bias, y, code, out_h, out_w) -> None\n\n"
+"y = max_pool_2x2(relu(A^T m A + bias)) without storing the conv output; code = each\n"
+"window's first-maximum tap (0..3), 255 where the ReLU output is 0. m: (16, C_out, N th tw);\n"
+"y, code: (N, C_out, out_h // 2, out_w // 2), float32 and uint8.");
+
+static PyObject *py_output_pool(PyObject *self, PyObject *args)
+{
+    static const arg_spec specs[4] = {{"m", 'F', 0, 3}, {"bias", 'F', 0, 1}, {"y", 'F', 1, 4},
+                                      {"code", 'B', 1, 4}};
+    PyObject *objects[4];
+    Py_ssize_t out_h, out_w;
+    Py_buffer v[4];
+    tiling t;
+    if (!PyArg_ParseTuple(args, "OOOOnn:winograd_output_relu_pool", &objects[0], &objects[1],
+                          &objects[2], &objects[3], &out_h, &out_w) ||
+        get_all(objects, specs, v, 4) < 0)
+        return NULL;
+    Py_buffer output_shape = v[2];  /* the conv output's tiling: channels from y, size given */
+    Py_ssize_t shape[4] = {v[2].shape[0], v[2].shape[1], out_h, out_w};
+    output_shape.shape = shape;
+    if (make_tiling(&t, &output_shape, &v[0], 0, 0, out_h, out_w) < 0 ||
+        pooled_fit(&v[2], &v[3], &t, out_h, out_w) < 0) {
+        release(v, 4);
+        return NULL;
+    }
+    if (v[1].itemsize != 4 || v[1].shape[0] != t.channels)
+        return reject(v, 4, "bias must be float32 of shape (C_out,)");
+#if HAVE_WINOGRAD
+    Py_BEGIN_ALLOW_THREADS
+    output_relu_pool_transform(v[0].buf, v[1].buf, v[2].buf, v[3].buf, &t, out_h / 2, out_w / 2);
+    Py_END_ALLOW_THREADS
+#endif
+    release(v, 4);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(grad_output_pool_doc,
+"winograd_grad_output_pooled(dy, code, yhat, dbias, out_h, out_w) -> None\n\n"
+"winograd_grad_output for the conv output's gradient that the fused pool and ReLU give:\n"
+"dy (the pooled gradient) at each window's recorded tap, 0 elsewhere. dy, code as y and\n"
+"code of winograd_output_relu_pool; yhat: (16, C_out, N th tw); dbias: (C_out,) float64.");
+
+static PyObject *py_grad_output_pool(PyObject *self, PyObject *args)
+{
+    static const arg_spec specs[4] = {{"dy", 'F', 0, 4}, {"code", 'B', 0, 4}, {"yhat", 'F', 1, 3},
+                                      {"dbias", 'F', 1, 1}};
+    PyObject *objects[4];
+    Py_ssize_t out_h, out_w;
+    Py_buffer v[4];
+    tiling t;
+    if (!PyArg_ParseTuple(args, "OOOOnn:winograd_grad_output_pooled", &objects[0], &objects[1],
+                          &objects[2], &objects[3], &out_h, &out_w) ||
+        get_all(objects, specs, v, 4) < 0)
+        return NULL;
+    Py_buffer output_shape = v[0];
+    Py_ssize_t shape[4] = {v[0].shape[0], v[0].shape[1], out_h, out_w};
+    output_shape.shape = shape;
+    if (make_tiling(&t, &output_shape, &v[2], 0, 0, out_h, out_w) < 0 ||
+        pooled_fit(&v[0], &v[1], &t, out_h, out_w) < 0) {
+        release(v, 4);
+        return NULL;
+    }
+    if (v[3].itemsize != 8 || v[3].shape[0] != t.channels)
+        return reject(v, 4, "dbias must be float64 of shape (C_out,)");
+#if HAVE_WINOGRAD
+    Py_BEGIN_ALLOW_THREADS
+    grad_output_pooled_transform(v[0].buf, v[1].buf, v[2].buf, v[3].buf, &t, out_h / 2, out_w / 2);
+    Py_END_ALLOW_THREADS
+#endif
+    release(v, 4);
+    Py_RETURN_NONE;
+}
+
 PyMethodDef winograd_methods[] = {
+    {"winograd_output_relu_pool", py_output_pool, METH_VARARGS, output_pool_doc},
+    {"winograd_grad_output_pooled", py_grad_output_pool, METH_VARARGS, grad_output_pool_doc},
     {"winograd_weights", py_weights, METH_VARARGS, weights_doc},
     {"winograd_weight_grad", py_weight_grad, METH_VARARGS, weight_grad_doc},
     {"winograd_usable", py_usable, METH_NOARGS, usable_doc},

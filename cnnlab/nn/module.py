@@ -328,15 +328,13 @@ class Sequential(Module):
 # pooled ReLU mask gives. Outputs and gradients are bit-for-bit those of the two layers.
 # Only the lecture case is fused (stride = kernel, no padding: windows never overlap).
 #
-# A first Conv2d followed by that ReLU and a 2x2 MaxPool2d also runs as one op
-# (cnnlab/ops/fused.py) when the conv needs no input gradient, has stride 1, no dilation
-# or groups, and few input terms (C_in kH kW <= MAX_DIRECT_TERMS); it equals the three
-# layers up to float rounding.
+# A Conv2d (stride 1, no dilation or groups) followed by that ReLU and a 2x2 MaxPool2d also
+# runs as one op (cnnlab/ops/fused.py), which never stores the conv's full-size output; it
+# equals the three layers up to float rounding (bit for bit where it falls back to them).
 
 def _fusion_at(layers: list[Module], index: int) -> int:
     """How many layers from ``index`` on run as one fused op: 3, 2, or 1 (not fused)."""
     from cnnlab.nn.layers import Conv2d, MaxPool2d, ReLU
-    from cnnlab.ops.fused import MAX_DIRECT_TERMS
 
     def relu_pool_at(position: int) -> bool:
         if position + 1 >= len(layers):
@@ -348,9 +346,7 @@ def _fusion_at(layers: list[Module], index: int) -> int:
 
     conv = layers[index]
     if (type(conv) is Conv2d and relu_pool_at(index + 1) and layers[index + 2].kernel_size in (2, (2, 2))
-            and not conv.requires_input_grad and conv.stride == (1, 1) and conv.dilation == (1, 1)
-            and conv.groups == 1
-            and conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] <= MAX_DIRECT_TERMS):
+            and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1):
         return 3
     return 2 if relu_pool_at(index) else 1
 
@@ -359,25 +355,27 @@ def _conv_relu_pool_forward(conv: Module, relu: Module, pool: Module, x: np.ndar
     from cnnlab.ops.fused import conv2d_relu_maxpool2d_forward
 
     bias = None if conv.bias is None else conv.bias.data
-    y, cache = conv2d_relu_maxpool2d_forward(x, conv.weight.data, bias, padding=conv._op_padding)
+    y, cache = conv2d_relu_maxpool2d_forward(x, conv.weight.data, bias, padding=conv._op_padding,
+                                             input_grad=conv.requires_input_grad)
     conv._fused_cache = cache
     for layer in (conv, relu, pool):
         layer.__dict__.pop("_cache", None)  # a stale cache must not meet a later backward
     return y
 
 
-def _conv_relu_pool_backward(conv: Module, relu: Module, pool: Module, dy: np.ndarray) -> None:
+def _conv_relu_pool_backward(conv: Module, relu: Module, pool: Module, dy: np.ndarray):
     from cnnlab.ops.fused import conv2d_relu_maxpool2d_backward
 
-    if conv.requires_input_grad:
+    cache = conv.__dict__["_fused_cache"]
+    if conv.requires_input_grad and not cache.input_grad:
         raise RuntimeError("requires_input_grad was switched on after the forward, which did not "
                            "keep what the input's gradient needs; run the forward again after "
                            "setting it")
-    dweight, dbias = conv2d_relu_maxpool2d_backward(dy, conv.__dict__["_fused_cache"])
+    dx, dweight, dbias = conv2d_relu_maxpool2d_backward(dy, cache)
     conv.weight.grad += dweight
     if conv.bias is not None:
         conv.bias.grad += dbias
-    return None
+    return dx if conv.requires_input_grad else None
 
 
 def _relu_pool_forward(relu: Module, pool: Module, x: np.ndarray) -> np.ndarray:

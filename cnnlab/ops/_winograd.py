@@ -113,8 +113,14 @@ class _Buffers:
         self.taken = {}
 
 
-def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, setup, y: np.ndarray) -> None:
-    """y = conv2d(x, weight, bias), chunk by chunk: V = B^T d B, M[xi] = U[xi] V[xi], y = A^T M A + b."""
+def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, setup, y: np.ndarray,
+            code: np.ndarray | None = None) -> None:
+    """y = conv2d(x, weight, bias), chunk by chunk: V = B^T d B, M[xi] = U[xi] V[xi], y = A^T M A + b.
+
+    With ``code`` (uint8, y's shape), y is instead max_pool2d(relu(conv2d(...)), 2), each
+    tile's 2x2 outputs being one pool window, and code records each window's maximum
+    (its tap 0..3, or 255 where the ReLU gave 0): the conv output is never stored.
+    """
     module = _kernels.get()
     u = weight_transform(weight)
     bias = np.zeros(setup.out_channels, np.float32) if bias is None else np.ascontiguousarray(bias)
@@ -123,12 +129,19 @@ def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, setup, y
         v, m = buffers.get(stop - start)
         module.winograd_input(np.ascontiguousarray(x[start:stop]), v, *_geometry(setup))
         _gemm.matmul_batched(u, v, out=m)
-        module.winograd_output(m, bias, y[start:stop])
+        if code is None:
+            module.winograd_output(m, bias, y[start:stop])
+        else:
+            module.winograd_output_relu_pool(m, bias, y[start:stop], code[start:stop], *setup.out_hw)
     buffers.give_back()
 
 
-def backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, setup, input_grad: bool):
-    """(dweight, dbias float64, dx or None) of :func:`forward`; dy is C-contiguous."""
+def backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, setup, input_grad: bool,
+             code: np.ndarray | None = None):
+    """(dweight, dbias float64, dx or None) of :func:`forward`; dy is C-contiguous float32.
+
+    With ``code`` (from a pooled forward), dy is the gradient of the pooled output.
+    """
     module = _kernels.get()
     u = weight_transform(weight)
     du = np.empty((16, setup.out_channels, setup.in_channels), dtype=np.float32)
@@ -141,7 +154,11 @@ def backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, setup, input_gra
     for start, stop in _chunks(setup):
         v, y_hat, *dv = buffers.get(stop - start)
         module.winograd_input(np.ascontiguousarray(x[start:stop]), v, *_geometry(setup))
-        module.winograd_grad_output(dy[start:stop], y_hat, dbias)
+        if code is None:
+            module.winograd_grad_output(dy[start:stop], y_hat, dbias)
+        else:
+            module.winograd_grad_output_pooled(dy[start:stop], code[start:stop], y_hat, dbias,
+                                               *setup.out_hw)
         # dU[xi] = sum over chunks of Yhat[xi] V[xi]^T
         _gemm.matmul_batched(y_hat, v.transpose(0, 2, 1), out=du, accumulate=start > 0)
         if input_grad:
