@@ -160,21 +160,80 @@ def test_two_threads():
         check(C, A.astype(np.float64) @ B.astype(np.float64), k)
 
 
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, True), (False, True)])
+@pytest.mark.parametrize("m,n,k", [(128, 500, 784), (500, 37, 61), (7, 1000, 3), (300, 40, 1000)])
+def test_threads_give_the_same_bits_as_one(ta, tb, m, n, k):
+    """Split by rows or by columns of C, each entry sums the same terms in the same order."""
+    rng = np.random.default_rng([m, n, k])
+    A, B, C, ref = make(ta, tb, m, n, k, 0, rng)
+    one, two, three = C.copy(), C.copy(), C.copy()
+    for out, threads in ((one, 1), (two, 2), (three, 3)):
+        _sgemm.gemm(ta, tb, m, n, k, A, A.shape[1], B, B.shape[1], out, n, True, 1, 0, 0, 0, threads)
+    assert one.tobytes() == two.tobytes() == three.tobytes()
+    check(one, ref + C, k)
+
+
+def test_a_stack_of_products_on_threads():
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((16, 24, 32), dtype=np.float32)
+    b = rng.standard_normal((16, 32, 50), dtype=np.float32)
+    outs = [np.empty((16, 24, 50), np.float32) for _ in range(2)]
+    for out, threads in zip(outs, (1, 2)):
+        _sgemm.gemm(False, False, 24, 50, 32, a, 32, b, 50, out, 50, False, 16, 24 * 32, 32 * 50,
+                    24 * 50, threads)
+    assert outs[0].tobytes() == outs[1].tobytes()
+    check(outs[0], a.astype(np.float64) @ b.astype(np.float64), 32)
+    with pytest.raises(ValueError, match="needs"):  # a 17th product past the buffers' end
+        _sgemm.gemm(False, False, 24, 50, 32, a, 32, b, 50, outs[0], 50, False, 17, 24 * 32,
+                    32 * 50, 24 * 50, 2)
+
+
+def test_split_products_from_several_python_threads_at_once():
+    """One split product uses the worker pool at a time; the others run on their own thread."""
+    rng = np.random.default_rng(8)
+    m, n, k = 96, 400, 300
+    A = rng.standard_normal((m, k), dtype=np.float32)
+    B = rng.standard_normal((k, n), dtype=np.float32)
+    expected = np.empty((m, n), np.float32)
+    _sgemm.gemm(False, False, m, n, k, A, k, B, n, expected, n, False)
+    outs = [np.empty((m, n), np.float32) for _ in range(4)]
+
+    def work(out):
+        for _ in range(20):
+            _sgemm.gemm(False, False, m, n, k, A, k, B, n, out, n, False, 1, 0, 0, 0, 2)
+
+    threads = [threading.Thread(target=work, args=(out,)) for out in outs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for out in outs:
+        assert out.tobytes() == expected.tobytes()
+
+
 @pytest.mark.parametrize("layout_a, layout_b", list(itertools.product(["C", "F"], repeat=2)))
-def test_matmul_uses_the_native_gemm_only_in_one_thread_regions(layout_a, layout_b, monkeypatch):
+def test_matmul_runs_float32_products_on_the_native_gemm(layout_a, layout_b, monkeypatch):
+    """One thread inside data-parallel shards; outside, big products split over the cores."""
     rng = np.random.default_rng(3)
-    a = np.asarray(rng.standard_normal((40, 70), dtype=np.float32), order=layout_a)
-    b = np.asarray(rng.standard_normal((70, 50), dtype=np.float32), order=layout_b)
+    a = np.asarray(rng.standard_normal((40, 700), dtype=np.float32), order=layout_a)
+    b = np.asarray(rng.standard_normal((700, 500), dtype=np.float32), order=layout_b)
     calls = []
     monkeypatch.setattr(_gemm, "_native", _CountingNative(calls))
     monkeypatch.setattr(_gemm, "_tried", True)
-    np.testing.assert_array_equal(_gemm.matmul(a, b), a @ b)  # outside: NumPy's BLAS
-    assert calls == []
+    monkeypatch.setattr(_gemm, "_cores", 2)
+    outside = _gemm.matmul(a, b)  # 28 MFLOP: split
     with _gemm.one_thread_blas():
-        out = np.empty((40, 50), dtype=np.float32)
+        out = np.empty((40, 500), dtype=np.float32)
         assert _gemm.matmul(a, b, out=out) is out
-    assert calls == [(layout_a == "F", layout_b == "F")]
-    check(out, a.astype(np.float64) @ b.astype(np.float64), 70)
+    small_a = np.asarray(a[:4, :10], order=layout_a)
+    small_b = np.asarray(b[:10, :6], order=layout_b)
+    small = _gemm.matmul(small_a, small_b)
+    flags = (layout_a == "F", layout_b == "F")
+    assert [call[:2] for call in calls] == [flags, flags, flags]
+    assert [call[2] for call in calls] == [2, 1, 1]  # threads
+    assert outside.tobytes() == out.tobytes()
+    check(out, a.astype(np.float64) @ b.astype(np.float64), 700)
+    check(small, small_a.astype(np.float64) @ small_b.astype(np.float64), 10)
 
 
 def test_matmul_falls_back_to_numpy_for_what_the_kernel_does_not_take(monkeypatch):
@@ -196,6 +255,7 @@ def test_matmul_falls_back_to_numpy_for_what_the_kernel_does_not_take(monkeypatc
 
 @pytest.mark.parametrize("stride, layout", [(1, "wide"), (2, "channel"), (1, "winograd")])
 def test_convolution_in_a_one_thread_region_matches_numpy(stride, layout, monkeypatch):
+    """The shards' products run one thread each and agree with NumPy's BLAS."""
     from cnnlab.ops import _winograd, conv
     from cnnlab.ops.conv import conv2d_backward, conv2d_forward
 
@@ -207,26 +267,29 @@ def test_convolution_in_a_one_thread_region_matches_numpy(stride, layout, monkey
     x = rng.standard_normal((6, 32, 7, 7), dtype=np.float32)   # K = 288 > 49 pixels
     weight = rng.standard_normal((16, 32, 3, 3), dtype=np.float32)
     bias = rng.standard_normal(16, dtype=np.float32)
+    monkeypatch.setenv("CNNLAB_KERNELS", "numpy")  # NumPy's BLAS (and NumPy loops) for reference
     y, cache = conv2d_forward(x, weight, bias, stride=stride, padding=1)
-    assert cache.layout == layout
     dy = rng.standard_normal(y.shape, dtype=np.float32)
     expected = (y,) + conv2d_backward(dy, cache)
+    monkeypatch.delenv("CNNLAB_KERNELS")
     with _gemm.one_thread_blas():
         y, cache = conv2d_forward(x, weight, bias, stride=stride, padding=1)
+        assert cache.layout == layout
         native = (y,) + conv2d_backward(dy, cache)
     # Y = W cols, dW = dY cols^T, dcols = W^T dY; for Winograd, each a batch of 16 products
-    assert len(calls) == 3
+    assert len(calls) == 3 and all(threads == 1 for _, _, threads in calls)
     assert conv._choose_layout(cache.setup) == layout
     for ours, reference in zip(native, expected):
         np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-4)
 
 
 class _CountingNative:
-    """The real kernel, recording the transposition flags of each call."""
+    """The real kernel, recording the transposition flags and thread count of each call."""
 
     def __init__(self, calls):
         self.calls = calls
 
     def gemm(self, trans_a, trans_b, *args):
-        self.calls.append((trans_a, trans_b))
+        threads = args[14] if len(args) > 14 else 1
+        self.calls.append((trans_a, trans_b, threads))
         return _sgemm.gemm(trans_a, trans_b, *args)

@@ -1,8 +1,10 @@
 /*
- * _sgemm: single-threaded float32 GEMM with an AVX-512 micro-kernel.
+ * _sgemm: float32 GEMM with an AVX-512 micro-kernel.
  *
- *   gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, accumulate)
- *       C[m x n] (+)= op(A)[m x k] @ op(B)[k x n], all row-major float32.
+ *   gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, accumulate,
+ *        count=1, stride_a=0, stride_b=0, stride_c=0, threads=1)
+ *       C[m x n] (+)= op(A)[m x k] @ op(B)[k x n], all row-major float32;
+ *       count > 1: a stack of such products; threads > 1: split over threads.
  *   avx512() -> bool
  *
  * Structure (GotoBLAS / BLIS):
@@ -591,6 +593,217 @@ static AVX512_TARGET int sgemm_avx512(int ta, int tb, Py_ssize_t m, Py_ssize_t n
     return 0;
 }
 
+/* ------------------------------------------------------------------------ */
+/* A small pool of worker threads for split GEMMs                           */
+/* ------------------------------------------------------------------------ */
+
+/* Creating a thread per call costs ~45 us, as much as a whole mid-sized product; these
+ * workers start once, spin briefly after each round, then sleep on a condition variable. One split GEMM uses
+ * the pool at a time: a caller that finds it busy (another Python thread's product) runs
+ * its product on its own thread instead. After fork() the child starts a new pool. */
+typedef void *(*task_fn)(void *);
+
+static pthread_mutex_t pool_busy = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_wake = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t pool_done = PTHREAD_COND_INITIALIZER;
+static int pool_started = 0;             /* workers running: ids 1 .. pool_started */
+static unsigned long pool_generation = 0; /* one more per round (atomic) */
+static task_fn pool_task = NULL;
+static char *pool_args = NULL;
+static size_t pool_arg_size = 0;
+static int pool_tasks = 0;               /* this round: tasks 1 .. pool_tasks - 1 are the workers' */
+static int pool_remaining = 0;           /* workers' tasks not yet finished (atomic) */
+static pthread_once_t pool_fork_once = PTHREAD_ONCE_INIT;
+
+static void pool_after_fork_in_child(void)
+{
+    pthread_mutex_init(&pool_busy, NULL);
+    pthread_mutex_init(&pool_lock, NULL);
+    pthread_cond_init(&pool_wake, NULL);
+    pthread_cond_init(&pool_done, NULL);
+    pool_started = 0;
+}
+
+static void pool_register_fork(void) { pthread_atfork(NULL, NULL, pool_after_fork_in_child); }
+
+/* Pause-loop iterations a worker (or the caller) spins before sleeping (~50 us): a forward
+ * or backward pass asks for products a few tens of microseconds apart, and a sleeping
+ * thread takes ~40 us to wake. */
+#define POOL_SPIN 2000
+
+static void *pool_worker(void *arg)
+{
+    int id = (int)(intptr_t)arg;
+    /* Started inside a round (under pool_lock, before its generation is published), so the
+     * first generation it sees is that round's, whenever this thread gets to run. */
+    unsigned long seen = 0;
+    for (;;) {
+        for (int spin = 0; spin < POOL_SPIN &&
+                           __atomic_load_n(&pool_generation, __ATOMIC_ACQUIRE) == seen; spin++)
+            _mm_pause();
+        pthread_mutex_lock(&pool_lock);
+        while (__atomic_load_n(&pool_generation, __ATOMIC_ACQUIRE) == seen)
+            pthread_cond_wait(&pool_wake, &pool_lock);
+        seen = pool_generation;
+        int mine = id < pool_tasks;
+        task_fn task = pool_task;
+        void *task_arg = pool_args + (size_t)id * pool_arg_size;
+        pthread_mutex_unlock(&pool_lock);
+        if (!mine)
+            continue;
+        task(task_arg);
+        if (__atomic_sub_fetch(&pool_remaining, 1, __ATOMIC_ACQ_REL) == 0) {
+            pthread_mutex_lock(&pool_lock);
+            pthread_cond_signal(&pool_done);
+            pthread_mutex_unlock(&pool_lock);
+        }
+    }
+    return NULL;
+}
+
+/* Runs task(args[t]) for t < tasks: task 0 here, the others on the pool's workers (or
+ * here too, one after another, when the pool is busy or a worker cannot be started). */
+static void run_tasks(task_fn task, void *args, size_t arg_size, int tasks)
+{
+    char *base = (char *)args;
+    if (tasks > 1 && pthread_mutex_trylock(&pool_busy) == 0) {
+        pthread_once(&pool_fork_once, pool_register_fork);
+        pthread_mutex_lock(&pool_lock);
+        while (pool_started < tasks - 1) {
+            pthread_t id;
+            if (pthread_create(&id, NULL, pool_worker, (void *)(intptr_t)(pool_started + 1)) != 0)
+                break;
+            pthread_detach(id);
+            pool_started++;
+        }
+        int pooled = pool_started + 1 < tasks ? pool_started + 1 : tasks;
+        pool_task = task;
+        pool_args = base;
+        pool_arg_size = arg_size;
+        pool_tasks = pooled;
+        __atomic_store_n(&pool_remaining, pooled - 1, __ATOMIC_RELEASE);
+        __atomic_store_n(&pool_generation, pool_generation + 1, __ATOMIC_RELEASE);
+        pthread_cond_broadcast(&pool_wake);
+        pthread_mutex_unlock(&pool_lock);
+        task(base);
+        for (int t = pooled; t < tasks; t++)  /* workers that could not be started */
+            task(base + (size_t)t * arg_size);
+        for (int spin = 0; spin < POOL_SPIN && __atomic_load_n(&pool_remaining, __ATOMIC_ACQUIRE) > 0;
+             spin++)
+            _mm_pause();
+        pthread_mutex_lock(&pool_lock);
+        while (__atomic_load_n(&pool_remaining, __ATOMIC_ACQUIRE) > 0)
+            pthread_cond_wait(&pool_done, &pool_lock);
+        pthread_mutex_unlock(&pool_lock);
+        pthread_mutex_unlock(&pool_busy);
+        return;
+    }
+    for (int t = 0; t < tasks; t++)
+        task(base + (size_t)t * arg_size);
+}
+
+/* One part of a GEMM split over threads (sgemm_split). */
+typedef struct {
+    int ta, tb, accumulate, rc;
+    Py_ssize_t m, n, k, lda, ldb, ldc, KC, MC, NC;
+    const float *A, *B;
+    float *C;
+} gemm_part;
+
+static void *gemm_part_run(void *arg)
+{
+    gemm_part *p = (gemm_part *)arg;
+    p->rc = sgemm_avx512(p->ta, p->tb, p->m, p->n, p->k, p->A, p->lda, p->B, p->ldb, p->C,
+                         p->ldc, p->accumulate, p->KC, p->MC, p->NC);
+    return NULL;
+}
+
+#define MAX_GEMM_THREADS 64
+
+/* The GEMM split over `threads` threads (this one and threads - 1 new ones): by rows of C
+ * when it has at least as many rows as columns, else by columns, in whole micro-tiles.
+ * Each part is an independent GEMM on its own scratch (thread-local), so the result is
+ * the same bits as one thread's: every C entry sums the same k terms in the same order. */
+static int sgemm_split(int threads, int ta, int tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                       const float *A, Py_ssize_t lda, const float *B, Py_ssize_t ldb, float *C,
+                       Py_ssize_t ldc, int accumulate, Py_ssize_t KC, Py_ssize_t MC, Py_ssize_t NC)
+{
+    int by_rows = m >= n;
+    Py_ssize_t extent = by_rows ? m : n, unit = by_rows ? MR : NR;
+    Py_ssize_t units = (extent + unit - 1) / unit;
+    if (threads > units)
+        threads = (int)units;
+    if (threads > MAX_GEMM_THREADS)
+        threads = MAX_GEMM_THREADS;
+    if (threads <= 1)
+        return sgemm_avx512(ta, tb, m, n, k, A, lda, B, ldb, C, ldc, accumulate, KC, MC, NC);
+    gemm_part parts[MAX_GEMM_THREADS];
+    for (int t = 0; t < threads; t++) {
+        Py_ssize_t first = units * t / threads * unit, last = units * (t + 1) / threads * unit;
+        if (last > extent)
+            last = extent;
+        gemm_part *p = &parts[t];
+        *p = (gemm_part){ta, tb, accumulate, 0, m, n, k, lda, ldb, ldc, KC, MC, NC, A, B, C};
+        if (by_rows) {
+            p->m = last - first;
+            p->A = ta ? A + first : A + first * lda;
+            p->C = C + first * ldc;
+        } else {
+            p->n = last - first;
+            p->B = tb ? B + first * ldb : B + first;
+            p->C = C + first;
+        }
+    }
+    run_tasks(gemm_part_run, parts, sizeof(gemm_part), threads);
+    for (int t = 0; t < threads; t++)
+        if (parts[t].rc < 0)
+            return -1;
+    return 0;
+}
+
+/* A stack of `count` GEMMs, matrix i of each operand i strides in: one product split over
+ * the threads (sgemm_split), or whole products shared out among them. */
+typedef struct {
+    gemm_part shape;  /* the first product; the others are strides away */
+    Py_ssize_t first, last, stride_a, stride_b, stride_c;
+    int rc;
+} gemm_batch;
+
+static void *gemm_batch_run(void *arg)
+{
+    gemm_batch *job = (gemm_batch *)arg;
+    const gemm_part *p = &job->shape;
+    job->rc = 0;
+    for (Py_ssize_t i = job->first; i < job->last && job->rc >= 0; i++)
+        job->rc = sgemm_avx512(p->ta, p->tb, p->m, p->n, p->k, p->A + i * job->stride_a, p->lda,
+                               p->B + i * job->stride_b, p->ldb, p->C + i * job->stride_c, p->ldc,
+                               p->accumulate, p->KC, p->MC, p->NC);
+    return NULL;
+}
+
+static int sgemm_stack(int threads, const gemm_part *shape, Py_ssize_t count, Py_ssize_t stride_a,
+                       Py_ssize_t stride_b, Py_ssize_t stride_c)
+{
+    if (count == 1)
+        return sgemm_split(threads, shape->ta, shape->tb, shape->m, shape->n, shape->k, shape->A,
+                           shape->lda, shape->B, shape->ldb, shape->C, shape->ldc,
+                           shape->accumulate, shape->KC, shape->MC, shape->NC);
+    if (threads > count)
+        threads = (int)count;
+    if (threads > MAX_GEMM_THREADS)
+        threads = MAX_GEMM_THREADS;
+    gemm_batch jobs[MAX_GEMM_THREADS];
+    for (int t = 0; t < threads; t++)
+        jobs[t] = (gemm_batch){*shape, count * t / threads, count * (t + 1) / threads,
+                               stride_a, stride_b, stride_c, 0};
+    run_tasks(gemm_batch_run, jobs, sizeof(gemm_batch), threads);
+    for (int t = 0; t < threads; t++)
+        if (jobs[t].rc < 0)
+            return -1;
+    return 0;
+}
+
 static int have_avx512(void)
 {
     static int cached = -1;
@@ -666,14 +879,16 @@ static int overlaps(const Py_buffer *x, const Py_buffer *y)
 
 PyDoc_STRVAR(gemm_doc,
 "gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, accumulate,\n"
-"     count=1, stride_a=0, stride_b=0, stride_c=0) -> None\n\n"
+"     count=1, stride_a=0, stride_b=0, stride_c=0, threads=1) -> None\n\n"
 "C[m x n] = op(A) @ op(B) (+ C if accumulate), float32, row-major.\n"
 "With count > 1, that many products, matrix i of each operand starting i strides\n"
 "(in floats) into its buffer (a batched GEMM; the c matrices must not overlap).\n"
+"threads > 1 runs it on that many threads (the same bits as one): one product split\n"
+"by rows or columns of C, or a stack shared out whole.\n"
 "op(A) is A (m x k, stride lda) or, if trans_a, A^T with A stored k x m.\n"
 "op(B) is B (k x n, stride ldb) or, if trans_b, B^T with B stored n x k.\n"
 "a, b, c: C-contiguous float32 buffers (c writable, not overlapping a or b).\n"
-"Single-threaded; releases the GIL while computing.");
+"Releases the GIL while computing.");
 
 static PyObject *py_gemm(PyObject *self, PyObject *args)
 {
@@ -684,9 +899,10 @@ static PyObject *py_gemm(PyObject *self, PyObject *args)
     (void)self;
 
     Py_ssize_t count = 1, stride_a = 0, stride_b = 0, stride_c = 0;
-    if (!PyArg_ParseTuple(args, "ppnnnOnOnOnp|nnnn:gemm", &ta, &tb, &m, &n, &k, &ao, &lda,
+    int threads = 1;
+    if (!PyArg_ParseTuple(args, "ppnnnOnOnOnp|nnnni:gemm", &ta, &tb, &m, &n, &k, &ao, &lda,
                           &bo, &ldb, &co, &ldc, &accumulate, &count, &stride_a, &stride_b,
-                          &stride_c))
+                          &stride_c, &threads))
         return NULL;
     if (m < 0 || n < 0 || k < 0 || count < 1 || stride_a < 0 || stride_b < 0 || stride_c < 0) {
         PyErr_SetString(PyExc_ValueError, "gemm: m, n, k and the strides must be non-negative, "
@@ -731,11 +947,9 @@ static PyObject *py_gemm(PyObject *self, PyObject *args)
         int rc;
         Py_ssize_t KC = g_kc, MC = g_mc, NC = g_nc;
         Py_BEGIN_ALLOW_THREADS
-        rc = 0;
-        for (Py_ssize_t i = 0; i < count && rc >= 0; i++)
-            rc = sgemm_avx512(ta, tb, m, n, k, (const float *)av.buf + i * stride_a, lda,
-                              (const float *)bv.buf + i * stride_b, ldb,
-                              (float *)cv.buf + i * stride_c, ldc, accumulate, KC, MC, NC);
+        gemm_part shape = {ta, tb, accumulate, 0, m, n, k, lda, ldb, ldc, KC, MC, NC,
+                           (const float *)av.buf, (const float *)bv.buf, (float *)cv.buf};
+        rc = sgemm_stack(threads, &shape, count, stride_a, stride_b, stride_c);
         Py_END_ALLOW_THREADS
         if (rc < 0) {
             PyErr_NoMemory();
@@ -793,7 +1007,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef moduledef = {
-    PyModuleDef_HEAD_INIT, "cnnlab._sgemm", "Single-threaded AVX-512 float32 GEMM.", -1, methods,
+    PyModuleDef_HEAD_INIT, "cnnlab._sgemm", "AVX-512 float32 GEMM (one thread, or split over a few).", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 
