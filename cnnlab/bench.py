@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import math
 import os
 import platform
 import statistics
@@ -163,6 +164,8 @@ class Timing:
 # OpenMP threads do likewise; on a 2-core machine whoever runs next pays for it.
 # Measured here: PyTorch's MLP inference right after a NumPy GEMM took 2-10x its time.
 SETTLE_SECONDS = 0.25
+# Throughput samples last at least this long (several calls of a fast inference each).
+MIN_SAMPLE_SECONDS = 0.005
 
 
 def _settle(seconds: float) -> None:
@@ -175,20 +178,28 @@ def _settle(seconds: float) -> None:
 
 def time_interleaved(functions: dict[str, Callable[[], object]], repeats: int,
                      warmup: int = 2, inner: int = 1, block: int = 3,
-                     settle: float | None = None) -> dict[str, Timing]:
+                     settle: float | None = None, min_sample_seconds: float = 0.0) -> dict[str, Timing]:
     """Time each function ``repeats`` times, in rounds that take turns, so drift hits all alike.
 
     Each round runs every function as a block: a pause of ``settle`` seconds (default
     SETTLE_SECONDS when there is more than one function), one untimed call, then
     ``block`` timed samples, each the mean over ``inner`` consecutive calls. Alternating
     single calls instead measured PyTorch's cnn training step at half its real speed:
-    each library ran against the other's spinning threads.
+    each library ran against the other's spinning threads. With ``min_sample_seconds``,
+    a function whose calls are shorter gets a larger ``inner`` of its own (from its last
+    warm-up call), so one sample is not a single sub-millisecond call after the pause.
     """
     if settle is None:
         settle = SETTLE_SECONDS if len(functions) > 1 else 0.0
-    for function in functions.values():
+    inners = {}
+    for name, function in functions.items():
         for _ in range(warmup):
+            start = time.perf_counter()
             function()
+            elapsed = time.perf_counter() - start
+        inners[name] = inner
+        if min_sample_seconds > 0 and warmup > 0:
+            inners[name] = max(inner, min(100, math.ceil(min_sample_seconds / max(elapsed, 1e-9))))
     timings = {name: Timing() for name in functions}
     rounds = -(-repeats // block)
     for round_index in range(rounds):
@@ -198,9 +209,9 @@ def time_interleaved(functions: dict[str, Callable[[], object]], repeats: int,
             function()
             for _ in range(samples_this_round):
                 start = time.perf_counter()
-                for _ in range(inner):
+                for _ in range(inners[name]):
                     function()
-                timings[name].samples.append((time.perf_counter() - start) / inner)
+                timings[name].samples.append((time.perf_counter() - start) / inners[name])
     return timings
 
 
@@ -495,7 +506,7 @@ def bench_models(torch_module, repeats: int, batch_sizes: tuple[int, ...], threa
                             return m(tx)
                     infer[f"torch_{layout}"] = t_infer_step
             for kind, functions in (("train step", train), ("inference", infer)):
-                timings = time_interleaved(functions, repeats)
+                timings = time_interleaved(functions, repeats, min_sample_seconds=MIN_SAMPLE_SECONDS)
                 entry = {key: {**timing.as_dict(), "images_per_second": batch_size / timing.median}
                          for key, timing in timings.items()}
                 entry["batch_size"] = batch_size

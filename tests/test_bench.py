@@ -1,6 +1,7 @@
 """`cnnlab bench --quick` runs end to end and reports every figure the issue asks for."""
 
 import json
+import time
 
 import pytest
 
@@ -78,3 +79,24 @@ def test_note_when_openblas_is_held_to_a_weaker_kernel_on_an_avx512_cpu(monkeypa
     assert bench.blas_kernel_note({"kernel": "Haswell", "env": {}}) is None
     monkeypatch.setattr(bench, "_cpu_has_avx512", lambda: False)
     assert bench.blas_kernel_note(held_back) is None
+
+
+def test_short_calls_are_timed_in_runs_long_enough_to_measure():
+    from cnnlab.bench import time_interleaved
+
+    counts = {"fast": 0, "slow": 0}
+
+    def fast():
+        counts["fast"] += 1
+
+    def slow():
+        counts["slow"] += 1
+        deadline = time.perf_counter() + 0.004
+        while time.perf_counter() < deadline:
+            pass
+
+    timings = time_interleaved({"fast": fast, "slow": slow}, repeats=2, warmup=1, block=2,
+                               settle=0.0, min_sample_seconds=0.003)
+    assert counts["slow"] == 1 + 1 + 2      # warm-up, untimed, two samples of one call
+    assert counts["fast"] > 1 + 1 + 2 * 50  # two samples of many calls each
+    assert timings["slow"].median >= 0.004
