@@ -1,5 +1,7 @@
 """Data-parallel steps (cnnlab/parallel.py): the same gradient as one thread, reproducibly."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -203,3 +205,21 @@ def test_evaluate_and_predict_over_threads_equal_one_thread():
     np.testing.assert_allclose(predict_logits(model, x, 100, threads=2), predict_logits(model, x, 100),
                                rtol=1e-5, atol=1e-6)
     assert model.training  # put back into the mode it was in
+
+
+def test_malloc_is_told_to_keep_freed_memory_unless_the_user_tuned_it():
+    """DataParallel asks glibc to keep freed pages (no page faults per step), once, and leaves
+    malloc alone when a MALLOC_* variable says the user tuned it."""
+    import subprocess
+    import sys
+
+    code = ("import os, platform; from cnnlab.ops import _workspace; "
+            "print(_workspace.keep_freed_memory(), platform.libc_ver()[0])")
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("MALLOC_") and key != "GLIBC_TUNABLES"}
+    applied, libc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                   text=True, check=True).stdout.split()
+    assert applied == ("True" if libc == "glibc" else "False")
+    tuned = subprocess.run([sys.executable, "-c", code], env={**env, "MALLOC_ARENA_MAX": "2"},
+                           capture_output=True, text=True, check=True).stdout.split()[0]
+    assert tuned == "False"

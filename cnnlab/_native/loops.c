@@ -188,24 +188,10 @@ DEFINE_KERNELS(double, f64, sqrt)
  * which is 3-4x faster on the lecture CNN's 28x28 and 14x14 maps. Same float operations
  * as pool_forward_f32 / pool_backward_f32, lane by lane, so the same bits: vmaxps(a, b) is
  * a > b ? a : b, exactly the `larger` of maximum_f32, and the NaN test is a blend. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#include <immintrin.h>
-#define HAVE_POOL_AVX512 1
-#define POOL_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
-
-static int pool_avx512_usable(void)
-{
-    static int usable = -1;  /* a benign race: every thread computes the same answer */
-    if (usable < 0) {
-        __builtin_cpu_init();
-        usable = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                 __builtin_cpu_supports("avx512vl");
-    }
-    return usable;
-}
+#if HAVE_AVX512_LOOPS
 
 /* Masks for n <= 16 windows: the windows themselves, and their 2n input floats in two halves. */
-POOL_AVX512 static inline void row_masks(Py_ssize_t n, __mmask16 *windows, __mmask16 *low,
+AVX512_LOOPS static inline void row_masks(Py_ssize_t n, __mmask16 *windows, __mmask16 *low,
                                          __mmask16 *high)
 {
     *windows = (__mmask16)((1u << n) - 1);
@@ -213,7 +199,7 @@ POOL_AVX512 static inline void row_masks(Py_ssize_t n, __mmask16 *windows, __mma
     *high = n > 8 ? (__mmask16)((1u << (2 * n - 16)) - 1) : (__mmask16)0;
 }
 
-POOL_AVX512 static inline __m512 maximum_avx512(__m512 a, __m512 b)
+AVX512_LOOPS static inline __m512 maximum_avx512(__m512 a, __m512 b)
 {
     __m512 larger = _mm512_max_ps(a, b);  /* a > b ? a : b */
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), larger, a);
@@ -222,7 +208,7 @@ POOL_AVX512 static inline __m512 maximum_avx512(__m512 a, __m512 b)
 /* One plane: y, index (out_h, out_w) from the rows of `plane` (row_stride floats apart).
  * relu: y = max(pooled, 0) too, and index = 255 where pooled > 0 does not hold (the
  * fused conv's ReLU mask; max(relu(v)) = relu(max(v)), so pooling first is exact). */
-POOL_AVX512 static void pool_plane_avx512(const float *plane, Py_ssize_t row_stride,
+AVX512_LOOPS static void pool_plane_avx512(const float *plane, Py_ssize_t row_stride,
                                           Py_ssize_t out_h, Py_ssize_t out_w, float *y,
                                           unsigned char *index, int relu)
 {
@@ -264,7 +250,7 @@ POOL_AVX512 static void pool_plane_avx512(const float *plane, Py_ssize_t row_str
 
 /* The adjoint for one plane: each window's four pixels get dy * (index == tap); an index
  * of 255 (the fused ReLU's inactive windows) gives all four dy * 0. */
-POOL_AVX512 static void unpool_plane_avx512(const float *dy, const unsigned char *index,
+AVX512_LOOPS static void unpool_plane_avx512(const float *dy, const unsigned char *index,
                                             float *plane, Py_ssize_t row_stride,
                                             Py_ssize_t out_h, Py_ssize_t out_w)
 {
@@ -291,7 +277,7 @@ POOL_AVX512 static void unpool_plane_avx512(const float *dy, const unsigned char
     }
 }
 
-POOL_AVX512 static void pool_forward_avx512(const float *x, float *y, unsigned char *index,
+AVX512_LOOPS static void pool_forward_avx512(const float *x, float *y, unsigned char *index,
                                             Py_ssize_t planes, Py_ssize_t in_w, Py_ssize_t in_h,
                                             Py_ssize_t out_h, Py_ssize_t out_w)
 {
@@ -300,7 +286,7 @@ POOL_AVX512 static void pool_forward_avx512(const float *x, float *y, unsigned c
                           index + p * out_h * out_w, 0);
 }
 
-POOL_AVX512 static void pool_backward_avx512(const float *dy, const unsigned char *index, float *dx,
+AVX512_LOOPS static void pool_backward_avx512(const float *dy, const unsigned char *index, float *dx,
                                              Py_ssize_t planes, Py_ssize_t in_w, Py_ssize_t in_h,
                                              Py_ssize_t out_h, Py_ssize_t out_w)
 {
@@ -308,9 +294,6 @@ POOL_AVX512 static void pool_backward_avx512(const float *dy, const unsigned cha
         unpool_plane_avx512(dy + p * out_h * out_w, index + p * out_h * out_w,
                             dx + p * in_h * in_w, in_w, out_h, out_w);
 }
-#else
-#define HAVE_POOL_AVX512 0
-static int pool_avx512_usable(void) { return 0; }
 #endif
 
 /* ------------------------------------------------------------------------ */
@@ -423,10 +406,10 @@ static void pad_image_f32(const float *x, float *padded, const wide_geometry *g)
  * loops below run k up to run rounded up to 64, reading and writing past `run` there. */
 #define FUSED_SLACK 64
 
-#if HAVE_POOL_AVX512
+#if HAVE_AVX512_LOOPS
 /* acc[k] = bias + sum over (c_in, tap) of w[c_in, tap] padded[c_in][start_tap + k] for
  * k < run (and junk up to the next multiple of 64), 64 outputs at a time in registers. */
-POOL_AVX512 static void conv_plane_avx512(const float *padded, const float *w, float bias,
+AVX512_LOOPS static void conv_plane_avx512(const float *padded, const float *w, float bias,
                                           float *acc, const wide_geometry *g)
 {
     Py_ssize_t image = g->padded_h * g->padded_w;
@@ -450,7 +433,7 @@ POOL_AVX512 static void conv_plane_avx512(const float *padded, const float *w, f
 
 /* out[q] += sum_k dY[k] source[q][k] for q < count (a constant once inlined, so the
  * count sums stay in registers), k < end; one pass over dY for all of them. */
-static inline __attribute__((always_inline)) POOL_AVX512 void
+static inline __attribute__((always_inline)) AVX512_LOOPS void
 correlate_group(const float *gradient, const float *const *source, double *out, Py_ssize_t end,
                 const int count)
 {
@@ -468,7 +451,7 @@ correlate_group(const float *gradient, const float *const *source, double *out, 
 
 /* dweight[(c_in, tap)] += sum_k dY[k] padded[c_in][start_tap + k] and dbias += sum_k dY[k],
  * k < run (dY is zero past run), up to twelve (c_in, tap) pairs per pass over dY. */
-POOL_AVX512 static void correlate_plane_avx512(const float *gradient, const float *padded,
+AVX512_LOOPS static void correlate_plane_avx512(const float *gradient, const float *padded,
                                                double *dweight, double *dbias,
                                                const wide_geometry *g)
 {
@@ -504,7 +487,7 @@ POOL_AVX512 static void correlate_plane_avx512(const float *gradient, const floa
     }
 }
 
-POOL_AVX512 static void conv_relu_pool_forward_f32(const float *x, const float *weight,
+AVX512_LOOPS static void conv_relu_pool_forward_f32(const float *x, const float *weight,
                                                    const float *bias, float *y, unsigned char *code,
                                                    Py_ssize_t out_channels, Py_ssize_t pool_h,
                                                    Py_ssize_t pool_w, const wide_geometry *g,
@@ -521,7 +504,7 @@ POOL_AVX512 static void conv_relu_pool_forward_f32(const float *x, const float *
     }
 }
 
-POOL_AVX512 static void conv_relu_pool_backward_f32(const float *x, const float *dy,
+AVX512_LOOPS static void conv_relu_pool_backward_f32(const float *x, const float *dy,
                                                     const unsigned char *code, double *dweight,
                                                     double *dbias, Py_ssize_t out_channels,
                                                     Py_ssize_t pool_h, Py_ssize_t pool_w,
@@ -574,8 +557,8 @@ static PyObject *py_pool_forward(PyObject *self, PyObject *args)
     Py_ssize_t windows = v[1].shape[0] * v[1].shape[1] * out_h * out_w;
     Py_ssize_t planes = v[1].shape[0] * v[1].shape[1];
     Py_BEGIN_ALLOW_THREADS
-#if HAVE_POOL_AVX512
-    if (v[0].itemsize == 4 && pool_avx512_usable())
+#if HAVE_AVX512_LOOPS
+    if (v[0].itemsize == 4 && avx512_usable())
         pool_forward_avx512(v[0].buf, v[1].buf, v[2].buf, planes, in_w, in_h, out_h, out_w);
     else
 #endif
@@ -610,8 +593,8 @@ static PyObject *py_pool_backward(PyObject *self, PyObject *args)
     Py_ssize_t windows = v[0].shape[0] * v[0].shape[1] * out_h * out_w;
     Py_ssize_t planes = v[0].shape[0] * v[0].shape[1];
     Py_BEGIN_ALLOW_THREADS
-#if HAVE_POOL_AVX512
-    if (v[0].itemsize == 4 && pool_avx512_usable())
+#if HAVE_AVX512_LOOPS
+    if (v[0].itemsize == 4 && avx512_usable())
         pool_backward_avx512(v[0].buf, v[1].buf, v[2].buf, planes, in_w, in_h, out_h, out_w);
     else
 #endif
@@ -884,7 +867,7 @@ PyDoc_STRVAR(conv_relu_pool_usable_doc,
 
 static PyObject *py_conv_relu_pool_usable(PyObject *self, PyObject *unused)
 {
-    return PyBool_FromLong(HAVE_POOL_AVX512 && pool_avx512_usable());
+    return PyBool_FromLong(HAVE_AVX512_LOOPS && avx512_usable());
 }
 
 /* Checks shared by the fused conv's forward and backward; fills g. */
@@ -929,7 +912,7 @@ static PyObject *py_conv_relu_pool_forward(PyObject *self, PyObject *args)
                           &pads[3]) ||
         get_all(objects, specs, v, 5) < 0)
         return NULL;
-    if (!(HAVE_POOL_AVX512 && pool_avx512_usable()))
+    if (!(HAVE_AVX512_LOOPS && avx512_usable()))
         return reject(v, 5, "conv_relu_pool_forward needs AVX-512 (see conv_relu_pool_usable)");
     if (fused_setup(&g, &v[0], &v[1], &v[3], &v[4], pads) < 0) {
         release(v, 5);
@@ -944,7 +927,7 @@ static PyObject *py_conv_relu_pool_forward(PyObject *self, PyObject *args)
         release(v, 5);
         return PyErr_NoMemory();
     }
-#if HAVE_POOL_AVX512
+#if HAVE_AVX512_LOOPS
     Py_BEGIN_ALLOW_THREADS
     conv_relu_pool_forward_f32(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[1].shape[0],
                                v[3].shape[2], v[3].shape[3], &g, padded,
@@ -975,7 +958,7 @@ static PyObject *py_conv_relu_pool_backward(PyObject *self, PyObject *args)
                           &pads[3]) ||
         get_all(objects, specs, v, 5) < 0)
         return NULL;
-    if (!(HAVE_POOL_AVX512 && pool_avx512_usable()))
+    if (!(HAVE_AVX512_LOOPS && avx512_usable()))
         return reject(v, 5, "conv_relu_pool_backward needs AVX-512 (see conv_relu_pool_usable)");
     if (v[3].itemsize != 8 || v[4].itemsize != 8 || v[4].shape[0] != v[3].shape[0])
         return reject(v, 5, "dweight and dbias must be float64, (C_out, C_in, kH, kW) and (C_out,)");
@@ -990,7 +973,7 @@ static PyObject *py_conv_relu_pool_backward(PyObject *self, PyObject *args)
         release(v, 5);
         return PyErr_NoMemory();
     }
-#if HAVE_POOL_AVX512
+#if HAVE_AVX512_LOOPS
     Py_BEGIN_ALLOW_THREADS
     conv_relu_pool_backward_f32(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[3].shape[0],
                                 v[1].shape[2], v[1].shape[3], &g, padded,

@@ -29,21 +29,7 @@
 
 #include "buffers.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#include <immintrin.h>
-#define HAVE_WINOGRAD 1
-#define WINOGRAD_TARGET __attribute__((target("avx512f,avx512bw,avx512vl")))
-
-static int winograd_avx512(void)
-{
-    static int usable = -1;  /* a benign race: every thread computes the same answer */
-    if (usable < 0) {
-        __builtin_cpu_init();
-        usable = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                 __builtin_cpu_supports("avx512vl");
-    }
-    return usable;
-}
+#if HAVE_AVX512_LOOPS
 
 typedef struct {
     Py_ssize_t batch, channels, height, width;  /* the images (or their gradient) */
@@ -59,7 +45,7 @@ static inline __mmask16 first_lanes(Py_ssize_t count)
 }
 
 /* Columns 2l, 2l + 1, 2l + 2, 2l + 3 of `row` for tiles l < count (<= 16): four vectors. */
-WINOGRAD_TARGET static inline void tile_columns(const float *row, Py_ssize_t count, __m512 *c)
+AVX512_LOOPS static inline void tile_columns(const float *row, Py_ssize_t count, __m512 *c)
 {
     const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
@@ -79,7 +65,7 @@ WINOGRAD_TARGET static inline void tile_columns(const float *row, Py_ssize_t cou
 }
 
 /* Interleave a and b (a0 b0 a1 b1 ...): the first 16 floats, then the next 16. */
-WINOGRAD_TARGET static inline void interleave(__m512 a, __m512 b, __m512 *first, __m512 *second)
+AVX512_LOOPS static inline void interleave(__m512 a, __m512 b, __m512 *first, __m512 *second)
 {
     const __m512i low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
@@ -96,7 +82,7 @@ static void pad_plane(const float *x, float *plane, const tiling *t)
 }
 
 /* V[xi][c][tile] = (B^T d B)[xi] for every tile d of every plane x[b, c]. */
-WINOGRAD_TARGET static void input_transform(const float *x, float *v, const tiling *t, float *plane)
+AVX512_LOOPS static void input_transform(const float *x, float *v, const tiling *t, float *plane)
 {
     Py_ssize_t all_tiles = t->batch * t->tiles;
     for (Py_ssize_t b = 0; b < t->batch; b++)
@@ -128,7 +114,7 @@ WINOGRAD_TARGET static void input_transform(const float *x, float *v, const tili
 }
 
 /* y[b, o] (out_h x out_w) = A^T M A + bias[o], tile by tile. */
-WINOGRAD_TARGET static void output_transform(const float *m, const float *bias, float *y,
+AVX512_LOOPS static void output_transform(const float *m, const float *bias, float *y,
                                              const tiling *t, Py_ssize_t out_h, Py_ssize_t out_w)
 {
     Py_ssize_t all_tiles = t->batch * t->tiles, plane_step = t->channels * all_tiles;
@@ -167,7 +153,7 @@ WINOGRAD_TARGET static void output_transform(const float *m, const float *bias, 
 
 /* Yhat[xi][o][tile] = (A g A^T)[xi] for the 2x2 blocks g of dy[b, o] (zero past its edge);
  * dbias[o] += the sum of dy[b, o]. */
-WINOGRAD_TARGET static void grad_output_transform(const float *dy, float *yhat, double *dbias,
+AVX512_LOOPS static void grad_output_transform(const float *dy, float *yhat, double *dbias,
                                                   const tiling *t, Py_ssize_t out_h, Py_ssize_t out_w)
 {
     const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -215,7 +201,7 @@ WINOGRAD_TARGET static void grad_output_transform(const float *dy, float *yhat, 
 }
 
 /* row[0 : count] += first, second (16 floats each) */
-WINOGRAD_TARGET static inline void add_to_row(float *row, __m512 first, __m512 second, Py_ssize_t count)
+AVX512_LOOPS static inline void add_to_row(float *row, __m512 first, __m512 second, Py_ssize_t count)
 {
     __mmask16 low = first_lanes(count), high = first_lanes(count - 16);
     _mm512_mask_storeu_ps(row, low, _mm512_add_ps(_mm512_maskz_loadu_ps(low, row), first));
@@ -223,7 +209,7 @@ WINOGRAD_TARGET static inline void add_to_row(float *row, __m512 first, __m512 s
 }
 
 /* dx[b, c] = the interior of the padded plane to which every tile adds B dV B^T. */
-WINOGRAD_TARGET static void grad_input_transform(const float *dv, float *dx, const tiling *t,
+AVX512_LOOPS static void grad_input_transform(const float *dv, float *dx, const tiling *t,
                                                  float *plane)
 {
     Py_ssize_t all_tiles = t->batch * t->tiles, plane_step = t->channels * all_tiles;
@@ -269,7 +255,7 @@ WINOGRAD_TARGET static void grad_input_transform(const float *dv, float *dx, con
  * exactly one pool window, so y[b, o, ti, tj] = max(relu(A^T M A + bias)) of the tile and
  * code = the window's first-maximum tap (0..3, row-major) or 255 where that max is <= 0
  * (as the fused ReLU -> MaxPool2d of cnnlab/nn/module.py). pool_h x pool_w windows. */
-WINOGRAD_TARGET static void output_relu_pool_transform(const float *m, const float *bias, float *y,
+AVX512_LOOPS static void output_relu_pool_transform(const float *m, const float *bias, float *y,
                                                        unsigned char *code, const tiling *t,
                                                        Py_ssize_t pool_h, Py_ssize_t pool_w)
 {
@@ -321,7 +307,7 @@ WINOGRAD_TARGET static void output_relu_pool_transform(const float *m, const flo
 /* grad_output_transform for the fused block: the 2x2 block g of the conv output's gradient
  * is the pooled gradient at the recorded tap (0 elsewhere, and 0 for code 255 and for tiles
  * past the last whole window). */
-WINOGRAD_TARGET static void grad_output_pooled_transform(const float *dp, const unsigned char *code,
+AVX512_LOOPS static void grad_output_pooled_transform(const float *dp, const unsigned char *code,
                                                          float *yhat, double *dbias, const tiling *t,
                                                          Py_ssize_t pool_h, Py_ssize_t pool_w)
 {
@@ -368,9 +354,6 @@ WINOGRAD_TARGET static void grad_output_pooled_transform(const float *dp, const 
             dbias[o] += _mm512_reduce_add_ps(total);
         }
 }
-#else
-#define HAVE_WINOGRAD 0
-static int winograd_avx512(void) { return 0; }
 #endif
 
 /* ------------------------------------------------------------------------ */
@@ -382,7 +365,7 @@ static int winograd_avx512(void) { return 0; }
 static int make_tiling(tiling *t, const Py_buffer *images, const Py_buffer *transformed,
                        Py_ssize_t pad_top, Py_ssize_t pad_left, Py_ssize_t out_h, Py_ssize_t out_w)
 {
-    if (!HAVE_WINOGRAD || !winograd_avx512()) {
+    if (!HAVE_AVX512_LOOPS || !avx512_usable()) {
         PyErr_SetString(PyExc_RuntimeError, "the Winograd transforms need AVX-512 "
                                             "(see winograd_usable)");
         return -1;
@@ -424,42 +407,7 @@ PyDoc_STRVAR(usable_doc, "winograd_usable() -> bool: whether the transforms run 
 
 static PyObject *py_usable(PyObject *self, PyObject *unused)
 {
-    return PyBool_FromLong(HAVE_WINOGRAD && winograd_avx512());
-}
-
-PyDoc_STRVAR(input_doc,
-"winograd_input(x, v, pad_top, pad_left, out_h, out_w) -> None\n\n"
-"v[xi, c, tile] = (B^T d B)[xi] for each 4x4 tile d of the zero-padded x[b, c].\n"
-"x: (N, C, H, W); v: (16, C, N th tw), th = ceil(out_h / 2), tw likewise; float32.");
-
-static PyObject *py_input(PyObject *self, PyObject *args)
-{
-    static const arg_spec specs[2] = {{"x", 'F', 0, 4}, {"v", 'F', 1, 3}};
-    PyObject *objects[2];
-    Py_ssize_t pad_top, pad_left, out_h, out_w;
-    Py_buffer v[2];
-    tiling t;
-    if (!PyArg_ParseTuple(args, "OOnnnn:winograd_input", &objects[0], &objects[1], &pad_top,
-                          &pad_left, &out_h, &out_w) ||
-        get_all(objects, specs, v, 2) < 0)
-        return NULL;
-    if (make_tiling(&t, &v[0], &v[1], pad_top, pad_left, out_h, out_w) < 0) {
-        release(v, 2);
-        return NULL;
-    }
-    float *plane = plane_scratch(&t);
-    if (plane) {
-#if HAVE_WINOGRAD
-        Py_BEGIN_ALLOW_THREADS
-        input_transform(v[0].buf, v[1].buf, &t, plane);
-        Py_END_ALLOW_THREADS
-#endif
-        PyMem_RawFree(plane);
-    }
-    release(v, 2);
-    if (!plane)
-        return NULL;
-    Py_RETURN_NONE;
+    return PyBool_FromLong(HAVE_AVX512_LOOPS && avx512_usable());
 }
 
 PyDoc_STRVAR(output_doc,
@@ -483,7 +431,7 @@ static PyObject *py_output(PyObject *self, PyObject *args)
     }
     if (v[1].itemsize != 4 || v[1].shape[0] != t.channels)
         return reject(v, 3, "bias must be float32 of shape (C_out,)");
-#if HAVE_WINOGRAD
+#if HAVE_AVX512_LOOPS
     Py_BEGIN_ALLOW_THREADS
     output_transform(v[0].buf, v[1].buf, v[2].buf, &t, v[2].shape[2], v[2].shape[3]);
     Py_END_ALLOW_THREADS
@@ -513,7 +461,7 @@ static PyObject *py_grad_output(PyObject *self, PyObject *args)
     }
     if (v[2].itemsize != 8 || v[2].shape[0] != t.channels)
         return reject(v, 3, "dbias must be float64 of shape (C_out,)");
-#if HAVE_WINOGRAD
+#if HAVE_AVX512_LOOPS
     Py_BEGIN_ALLOW_THREADS
     grad_output_transform(v[0].buf, v[1].buf, v[2].buf, &t, v[0].shape[2], v[0].shape[3]);
     Py_END_ALLOW_THREADS
@@ -522,31 +470,43 @@ static PyObject *py_grad_output(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(input_doc,
+"winograd_input(x, v, pad_top, pad_left, out_h, out_w) -> None\n\n"
+"v[xi, c, tile] = (B^T d B)[xi] for each 4x4 tile d of the zero-padded x[b, c].\n"
+"x: (N, C, H, W); v: (16, C, N th tw), th = ceil(out_h / 2), tw likewise; float32.");
+
 PyDoc_STRVAR(grad_input_doc,
 "winograd_grad_input(dv, dx, pad_top, pad_left, out_h, out_w) -> None\n\n"
 "dx[b, c] = the interior of the padded plane to which each tile adds B dv B^T.\n"
 "dv: (16, C, N th tw); dx: (N, C, H, W), written whole; float32.");
 
-static PyObject *py_grad_input(PyObject *self, PyObject *args)
+/* Both transforms between the images (N, C, H, W) and their tiles (16, C, N th tw), which
+ * go through a zero-padded plane: input_transform (to the tiles) or its adjoint. */
+static PyObject *plane_transform(PyObject *args, const char *format, int to_tiles)
 {
-    static const arg_spec specs[2] = {{"dv", 'F', 0, 3}, {"dx", 'F', 1, 4}};
+    static const arg_spec input_specs[2] = {{"x", 'F', 0, 4}, {"v", 'F', 1, 3}};
+    static const arg_spec adjoint_specs[2] = {{"dv", 'F', 0, 3}, {"dx", 'F', 1, 4}};
     PyObject *objects[2];
     Py_ssize_t pad_top, pad_left, out_h, out_w;
     Py_buffer v[2];
     tiling t;
-    if (!PyArg_ParseTuple(args, "OOnnnn:winograd_grad_input", &objects[0], &objects[1], &pad_top,
-                          &pad_left, &out_h, &out_w) ||
-        get_all(objects, specs, v, 2) < 0)
+    if (!PyArg_ParseTuple(args, format, &objects[0], &objects[1], &pad_top, &pad_left, &out_h,
+                          &out_w) ||
+        get_all(objects, to_tiles ? input_specs : adjoint_specs, v, 2) < 0)
         return NULL;
-    if (make_tiling(&t, &v[1], &v[0], pad_top, pad_left, out_h, out_w) < 0) {
+    const Py_buffer *images = &v[to_tiles ? 0 : 1], *tiles = &v[to_tiles ? 1 : 0];
+    if (make_tiling(&t, images, tiles, pad_top, pad_left, out_h, out_w) < 0) {
         release(v, 2);
         return NULL;
     }
     float *plane = plane_scratch(&t);
     if (plane) {
-#if HAVE_WINOGRAD
+#if HAVE_AVX512_LOOPS
         Py_BEGIN_ALLOW_THREADS
-        grad_input_transform(v[0].buf, v[1].buf, &t, plane);
+        if (to_tiles)
+            input_transform(v[0].buf, v[1].buf, &t, plane);
+        else
+            grad_input_transform(v[0].buf, v[1].buf, &t, plane);
         Py_END_ALLOW_THREADS
 #endif
         PyMem_RawFree(plane);
@@ -555,6 +515,16 @@ static PyObject *py_grad_input(PyObject *self, PyObject *args)
     if (!plane)
         return NULL;
     Py_RETURN_NONE;
+}
+
+static PyObject *py_input(PyObject *self, PyObject *args)
+{
+    return plane_transform(args, "OOnnnn:winograd_input", 1);
+}
+
+static PyObject *py_grad_input(PyObject *self, PyObject *args)
+{
+    return plane_transform(args, "OOnnnn:winograd_grad_input", 0);
 }
 
 /* u[xi][f] = (G g_f G^T)[xi] for the filters g_f (3x3) of weight, f = (o, c). */
@@ -687,7 +657,7 @@ static PyObject *py_output_pool(PyObject *self, PyObject *args)
     }
     if (v[1].itemsize != 4 || v[1].shape[0] != t.channels)
         return reject(v, 4, "bias must be float32 of shape (C_out,)");
-#if HAVE_WINOGRAD
+#if HAVE_AVX512_LOOPS
     Py_BEGIN_ALLOW_THREADS
     output_relu_pool_transform(v[0].buf, v[1].buf, v[2].buf, v[3].buf, &t, out_h / 2, out_w / 2);
     Py_END_ALLOW_THREADS
@@ -724,7 +694,7 @@ static PyObject *py_grad_output_pool(PyObject *self, PyObject *args)
     }
     if (v[3].itemsize != 8 || v[3].shape[0] != t.channels)
         return reject(v, 4, "dbias must be float64 of shape (C_out,)");
-#if HAVE_WINOGRAD
+#if HAVE_AVX512_LOOPS
     Py_BEGIN_ALLOW_THREADS
     grad_output_pooled_transform(v[0].buf, v[1].buf, v[2].buf, v[3].buf, &t, out_h / 2, out_w / 2);
     Py_END_ALLOW_THREADS

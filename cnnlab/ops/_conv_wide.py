@@ -89,43 +89,28 @@ def _im2col(module, x: np.ndarray, setup, geometry, padded_input, cols: np.ndarr
         _workspace.give(padded, "conv-padded", variant=setup.pads)
 
 
-class _ChunkBuffers:
-    """Scratch arrays borrowed once per call, one set per chunk size (the last chunk may be smaller)."""
-
-    def __init__(self, setup, tags: tuple[str, ...]):
-        self.setup, self.tags, self.taken = setup, tags, {}
-
-    def get(self, images: int) -> list[np.ndarray]:
-        if images not in self.taken:
-            setup = self.setup
-            columns = images * _geometry(setup)[1]
-            shapes = {"conv-cols-wide": (_cols_rows(setup), columns),
-                      "conv-product": (setup.out_channels, columns),
-                      "conv-dy-wide": (setup.out_channels, columns),
-                      "conv-dcols": (_cols_rows(setup) - 1, columns)}
-            inits = {"conv-cols-wide": _init_cols, "conv-dy-wide": lambda buffer: buffer.fill(0)}
-            self.taken[images] = [_workspace.take(tag, shapes[tag], setup.dtype, init=inits.get(tag))
-                                  for tag in self.tags]
-        return self.taken[images]
-
-    def give_back(self) -> None:
-        for buffers in self.taken.values():
-            for tag, buffer in zip(self.tags, buffers):
-                _workspace.give(buffer, tag)
-        self.taken = {}
+def _chunk_buffers(borrowed: _workspace.Borrowed, setup, images: int, tags: tuple[str, ...]):
+    """The scratch arrays named by ``tags`` for a chunk of ``images`` images."""
+    columns = images * _geometry(setup)[1]
+    shapes = {"conv-cols-wide": (_cols_rows(setup), columns),
+              "conv-product": (setup.out_channels, columns),
+              "conv-dy-wide": (setup.out_channels, columns),
+              "conv-dcols": (_cols_rows(setup) - 1, columns)}
+    inits = {"conv-cols-wide": _init_cols, "conv-dy-wide": lambda buffer: buffer.fill(0)}
+    return [borrowed.get(tag, shapes[tag], setup.dtype, init=inits.get(tag)) for tag in tags]
 
 
 def forward(x: np.ndarray, weight_matrix: np.ndarray, setup, padded_input, y: np.ndarray) -> None:
     """y = W cols + b, chunk by chunk; ``weight_matrix`` is (C_out, K), or (C_out, K + 1) with the bias."""
     with_bias = weight_matrix.shape[1] == _cols_rows(setup)
     geometry, module = _geometry(setup), _kernels.get()
-    buffers = _ChunkBuffers(setup, ("conv-cols-wide", "conv-product"))
-    for start, stop in chunks(setup):
-        cols, product = buffers.get(stop - start)
-        _im2col(module, x[start:stop], setup, geometry, padded_input, cols)
-        _gemm.matmul(weight_matrix, cols if with_bias else cols[:-1], out=product)  # Y = W cols
-        _to_nchw(module, product, y[start:stop], setup)
-    buffers.give_back()
+    with _workspace.Borrowed() as borrowed:
+        for start, stop in chunks(setup):
+            cols, product = _chunk_buffers(borrowed, setup, stop - start,
+                                           ("conv-cols-wide", "conv-product"))
+            _im2col(module, x[start:stop], setup, geometry, padded_input, cols)
+            _gemm.matmul(weight_matrix, cols if with_bias else cols[:-1], out=product)  # Y = W cols
+            _to_nchw(module, product, y[start:stop], setup)
 
 
 def backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, setup, padded_input,
@@ -135,17 +120,17 @@ def backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, setup, padded_in
     dx = np.empty(x.shape, dtype=setup.dtype) if input_grad else None
     weight_t = weight.reshape(weight.shape[0], -1).T
     geometry, module = _geometry(setup), _kernels.get()
-    buffers = _ChunkBuffers(setup, ("conv-cols-wide", "conv-dy-wide", "conv-dcols"))
-    for start, stop in chunks(setup):
-        cols, dy_matrix, dcols = buffers.get(stop - start)
-        _im2col(module, x[start:stop], setup, geometry, padded_input, cols)
-        _to_wide(module, dy[start:stop], dy_matrix, setup)
-        # dW = sum over chunks of dY_chunk cols_chunk^T
-        _gemm.matmul(dy_matrix, cols.T, out=dweight_ext, accumulate=start > 0)
-        if input_grad:
-            _gemm.matmul(weight_t, dy_matrix, out=dcols)  # dcols = W^T dY
-            _col2im(module, dcols, setup, geometry, dx[start:stop])
-    buffers.give_back()
+    with _workspace.Borrowed() as borrowed:
+        for start, stop in chunks(setup):
+            cols, dy_matrix, dcols = _chunk_buffers(borrowed, setup, stop - start,
+                                                    ("conv-cols-wide", "conv-dy-wide", "conv-dcols"))
+            _im2col(module, x[start:stop], setup, geometry, padded_input, cols)
+            _to_wide(module, dy[start:stop], dy_matrix, setup)
+            # dW = sum over chunks of dY_chunk cols_chunk^T
+            _gemm.matmul(dy_matrix, cols.T, out=dweight_ext, accumulate=start > 0)
+            if input_grad:
+                _gemm.matmul(weight_t, dy_matrix, out=dcols)  # dcols = W^T dY
+                _col2im(module, dcols, setup, geometry, dx[start:stop])
     return dweight_ext, dx
 
 

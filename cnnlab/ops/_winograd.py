@@ -93,24 +93,10 @@ def _geometry(setup) -> tuple[int, int, int, int]:
     return (setup.pads[0], setup.pads[2]) + setup.out_hw
 
 
-class _Buffers:
-    """Per-call scratch arrays, one set per chunk size, borrowed from the workspace."""
-
-    def __init__(self, setup, tags: dict[str, int]):
-        self.setup, self.tags, self.taken = setup, tags, {}
-
-    def get(self, images: int) -> list[np.ndarray]:
-        if images not in self.taken:
-            tiles = images * _tiles(self.setup)
-            self.taken[images] = [_workspace.take(tag, (16, channels, tiles), np.float32)
-                                  for tag, channels in self.tags.items()]
-        return self.taken[images]
-
-    def give_back(self) -> None:
-        for buffers in self.taken.values():
-            for tag, buffer in zip(self.tags, buffers):
-                _workspace.give(buffer, tag)
-        self.taken = {}
+def _chunk_buffers(borrowed: _workspace.Borrowed, setup, images: int, tags: dict[str, int]):
+    """(16, channels, tiles) float32 scratch arrays, one per tag, for a chunk of ``images`` images."""
+    tiles = images * _tiles(setup)
+    return [borrowed.get(tag, (16, channels, tiles), np.float32) for tag, channels in tags.items()]
 
 
 def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, setup, y: np.ndarray,
@@ -124,16 +110,17 @@ def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, setup, y
     module = _kernels.get()
     u = weight_transform(weight)
     bias = np.zeros(setup.out_channels, np.float32) if bias is None else np.ascontiguousarray(bias)
-    buffers = _Buffers(setup, {"winograd-v": setup.in_channels, "winograd-m": setup.out_channels})
-    for start, stop in _chunks(setup):
-        v, m = buffers.get(stop - start)
-        module.winograd_input(np.ascontiguousarray(x[start:stop]), v, *_geometry(setup))
-        _gemm.matmul_batched(u, v, out=m)
-        if code is None:
-            module.winograd_output(m, bias, y[start:stop])
-        else:
-            module.winograd_output_relu_pool(m, bias, y[start:stop], code[start:stop], *setup.out_hw)
-    buffers.give_back()
+    tags = {"winograd-v": setup.in_channels, "winograd-m": setup.out_channels}
+    with _workspace.Borrowed() as borrowed:
+        for start, stop in _chunks(setup):
+            v, m = _chunk_buffers(borrowed, setup, stop - start, tags)
+            module.winograd_input(np.ascontiguousarray(x[start:stop]), v, *_geometry(setup))
+            _gemm.matmul_batched(u, v, out=m)
+            if code is None:
+                module.winograd_output(m, bias, y[start:stop])
+            else:
+                module.winograd_output_relu_pool(m, bias, y[start:stop], code[start:stop],
+                                                 *setup.out_hw)
 
 
 def backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, setup, input_grad: bool,
@@ -150,19 +137,18 @@ def backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, setup, input_gra
     tags = {"winograd-v": setup.in_channels, "winograd-m": setup.out_channels}
     if input_grad:
         tags["winograd-dv"] = setup.in_channels
-    buffers = _Buffers(setup, tags)
-    for start, stop in _chunks(setup):
-        v, y_hat, *dv = buffers.get(stop - start)
-        module.winograd_input(np.ascontiguousarray(x[start:stop]), v, *_geometry(setup))
-        if code is None:
-            module.winograd_grad_output(dy[start:stop], y_hat, dbias)
-        else:
-            module.winograd_grad_output_pooled(dy[start:stop], code[start:stop], y_hat, dbias,
-                                               *setup.out_hw)
-        # dU[xi] = sum over chunks of Yhat[xi] V[xi]^T
-        _gemm.matmul_batched(y_hat, v.transpose(0, 2, 1), out=du, accumulate=start > 0)
-        if input_grad:
-            _gemm.matmul_batched(u.transpose(0, 2, 1), y_hat, out=dv[0])  # dV[xi] = U[xi]^T Yhat[xi]
-            module.winograd_grad_input(dv[0], dx[start:stop], *_geometry(setup))
-    buffers.give_back()
+    with _workspace.Borrowed() as borrowed:
+        for start, stop in _chunks(setup):
+            v, y_hat, *dv = _chunk_buffers(borrowed, setup, stop - start, tags)
+            module.winograd_input(np.ascontiguousarray(x[start:stop]), v, *_geometry(setup))
+            if code is None:
+                module.winograd_grad_output(dy[start:stop], y_hat, dbias)
+            else:
+                module.winograd_grad_output_pooled(dy[start:stop], code[start:stop], y_hat, dbias,
+                                                   *setup.out_hw)
+            # dU[xi] = sum over chunks of Yhat[xi] V[xi]^T
+            _gemm.matmul_batched(y_hat, v.transpose(0, 2, 1), out=du, accumulate=start > 0)
+            if input_grad:
+                _gemm.matmul_batched(u.transpose(0, 2, 1), y_hat, out=dv[0])  # dV = U^T Yhat
+                module.winograd_grad_input(dv[0], dx[start:stop], *_geometry(setup))
     return weight_gradient(du), dbias, dx

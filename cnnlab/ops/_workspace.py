@@ -63,6 +63,36 @@ def give(array: np.ndarray, tag: str, variant: tuple = ()) -> None:
             _FREE.popitem(last=False)
 
 
+class Borrowed:
+    """Scratch arrays borrowed for one call and given back together at its end::
+
+        with Borrowed() as borrowed:
+            for chunk in chunks:
+                cols = borrowed.get("conv-cols", shape, dtype)   # the same array each chunk
+
+    ``get`` takes an array the first time a (tag, shape) is asked for, and returns that
+    array again afterwards.
+    """
+
+    def __init__(self) -> None:
+        self._taken: dict[tuple, np.ndarray] = {}
+
+    def get(self, tag: str, shape: tuple[int, ...], dtype,
+            init: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+        key = (tag, tuple(shape), np.dtype(dtype).str)
+        if key not in self._taken:
+            self._taken[key] = take(tag, shape, dtype, init=init)
+        return self._taken[key]
+
+    def __enter__(self) -> Borrowed:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for (tag, _, _), array in self._taken.items():
+            give(array, tag)
+        self._taken = {}
+
+
 def keep_per_key(count: int) -> None:
     """Pool at least ``count`` free buffers of each shape (threads running the same op at
     once each borrow one)."""
