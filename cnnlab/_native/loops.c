@@ -407,27 +407,34 @@ static void pad_image_f32(const float *x, float *padded, const wide_geometry *g)
 #define FUSED_SLACK 64
 
 #if HAVE_AVX512_LOOPS
-/* acc[k] = bias + sum over (c_in, tap) of w[c_in, tap] padded[c_in][start_tap + k] for
- * k < run (and junk up to the next multiple of 64), 64 outputs at a time in registers. */
-AVX512_LOOPS static void conv_plane_avx512(const float *padded, const float *w, float bias,
-                                          float *acc, const wide_geometry *g)
+/* acc[q][k] = bias[q] + sum over (c_in, tap) of w[q][c_in, tap] padded[c_in][start_tap + k]
+ * for CONV_CHANNELS output channels q at once (each input load feeds all of them), k < run
+ * (and junk up to the next multiple of 32), 32 outputs per channel at a time in registers. */
+#define CONV_CHANNELS 4
+
+AVX512_LOOPS static void conv_planes_avx512(const float *padded, const float *const *w,
+                                            const float *bias, float *acc, Py_ssize_t acc_stride,
+                                            const wide_geometry *g)
 {
     Py_ssize_t image = g->padded_h * g->padded_w;
-    for (Py_ssize_t k = 0; k < g->run; k += 64) {
-        __m512 sum0 = _mm512_set1_ps(bias), sum1 = sum0, sum2 = sum0, sum3 = sum0;
+    for (Py_ssize_t k = 0; k < g->run; k += 32) {
+        __m512 sum[CONV_CHANNELS][2];
+        for (int q = 0; q < CONV_CHANNELS; q++)
+            sum[q][0] = sum[q][1] = _mm512_set1_ps(bias[q]);
         for (Py_ssize_t c = 0; c < g->channels; c++)
             for (Py_ssize_t t = 0; t < g->taps; t++) {
-                __m512 weight = _mm512_set1_ps(w[c * g->taps + t]);
                 const float *source = padded + c * image + g->starts[t] + k;
-                sum0 = _mm512_fmadd_ps(weight, _mm512_loadu_ps(source), sum0);
-                sum1 = _mm512_fmadd_ps(weight, _mm512_loadu_ps(source + 16), sum1);
-                sum2 = _mm512_fmadd_ps(weight, _mm512_loadu_ps(source + 32), sum2);
-                sum3 = _mm512_fmadd_ps(weight, _mm512_loadu_ps(source + 48), sum3);
+                __m512 low = _mm512_loadu_ps(source), high = _mm512_loadu_ps(source + 16);
+                for (int q = 0; q < CONV_CHANNELS; q++) {
+                    __m512 weight = _mm512_set1_ps(w[q][c * g->taps + t]);
+                    sum[q][0] = _mm512_fmadd_ps(weight, low, sum[q][0]);
+                    sum[q][1] = _mm512_fmadd_ps(weight, high, sum[q][1]);
+                }
             }
-        _mm512_storeu_ps(acc + k, sum0);
-        _mm512_storeu_ps(acc + k + 16, sum1);
-        _mm512_storeu_ps(acc + k + 32, sum2);
-        _mm512_storeu_ps(acc + k + 48, sum3);
+        for (int q = 0; q < CONV_CHANNELS; q++) {
+            _mm512_storeu_ps(acc + q * acc_stride + k, sum[q][0]);
+            _mm512_storeu_ps(acc + q * acc_stride + k + 16, sum[q][1]);
+        }
     }
 }
 
@@ -494,12 +501,24 @@ AVX512_LOOPS static void conv_relu_pool_forward_f32(const float *x, const float 
                                                    float *padded, float *acc)
 {
     Py_ssize_t weights = g->channels * g->taps, pooled = pool_h * pool_w;
+    Py_ssize_t acc_stride = g->wide + FUSED_SLACK;
     for (Py_ssize_t b = 0; b < g->batch; b++) {
         pad_image_f32(x + b * g->channels * g->in_h * g->in_w, padded, g);
-        for (Py_ssize_t c = 0; c < out_channels; c++) {
-            Py_ssize_t plane = (b * out_channels + c) * pooled;
-            conv_plane_avx512(padded, weight + c * weights, bias[c], acc, g);
-            pool_plane_avx512(acc, g->padded_w, pool_h, pool_w, y + plane, code + plane, 1);
+        for (Py_ssize_t c = 0; c < out_channels; c += CONV_CHANNELS) {
+            /* a last group of fewer channels repeats its last one (computed, not stored) */
+            const float *w[CONV_CHANNELS];
+            float shifts[CONV_CHANNELS];
+            for (int q = 0; q < CONV_CHANNELS; q++) {
+                Py_ssize_t channel = c + q < out_channels ? c + q : out_channels - 1;
+                w[q] = weight + channel * weights;
+                shifts[q] = bias[channel];
+            }
+            conv_planes_avx512(padded, w, shifts, acc, acc_stride, g);
+            for (Py_ssize_t q = 0; q < CONV_CHANNELS && c + q < out_channels; q++) {
+                Py_ssize_t plane = (b * out_channels + c + q) * pooled;
+                pool_plane_avx512(acc + q * acc_stride, g->padded_w, pool_h, pool_w, y + plane,
+                                  code + plane, 1);
+            }
         }
     }
 }
@@ -922,7 +941,8 @@ static PyObject *py_conv_relu_pool_forward(PyObject *self, PyObject *args)
         return reject(v, 5, "weight and bias must be float32, bias of shape (C_out,)");
     size_t image = (size_t)(g.padded_h * g.padded_w);
     size_t planes = image * (size_t)g.channels + FUSED_SLACK;
-    float *padded = PyMem_RawCalloc(planes + (size_t)g.wide + FUSED_SLACK, sizeof(float));
+    float *padded = PyMem_RawCalloc(planes + CONV_CHANNELS * (size_t)(g.wide + FUSED_SLACK),
+                                    sizeof(float));
     if (!padded) {
         release(v, 5);
         return PyErr_NoMemory();
