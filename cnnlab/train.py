@@ -36,6 +36,17 @@ from cnnlab.fileio import write_json
 from cnnlab.parallel import DataParallel
 from cnnlab.progress import ProgressBar
 
+#: While a run goes on, report.html is redrawn after the first epoch and then at most this
+#: often (drawing it takes ~3 s: after every 6 s epoch of the lecture CNN it cost a third of
+#: the run). The finished run's report is always written.
+REPORT_EVERY_SECONDS = 60.0
+
+
+def _clock() -> float:
+    """Seconds on a monotonic clock (tests replace it)."""
+    return time.monotonic()
+
+
 EVAL_BATCH_SIZE = 256  # larger batches are no faster, and batch 1000 doubles peak memory (conv2 im2col: 226 MB)
 # Options a resumed run may change: they do not alter what it computes.
 RESUME_OVERRIDABLE = {"progress", "report", "wandb", "wandb_project", "wandb_name"}
@@ -369,15 +380,16 @@ class Trainer:
         return True
 
     def _write_report(self) -> None:
-        """Rewrite report.html (after every epoch, so a browser left open on it follows the run).
+        """Rewrite report.html (a browser left open on it reloads it and follows the run).
 
-        It is drawn here, between epochs, costing a few seconds each time (about a sixth of a
-        Fashion-MNIST epoch of the lecture CNN; `--no-report` skips it). Drawing it in another
-        process while training goes on was measured slower: on two cores it competes with
-        OpenBLAS's threads and costs the epoch more than drawing it here.
+        It is drawn here, between epochs, costing about 3 s each time (`--no-report` skips it):
+        after the first epoch, then at most every REPORT_EVERY_SECONDS, and at the end. Drawing
+        it in another process while training goes on was measured slower: on two cores it
+        competes with the training threads and costs the epoch more than drawing it here.
         """
         if not self._report_possible():
             return
+        self._report_written_at = _clock()
         from cnnlab.report import write_report
 
         try:
@@ -474,7 +486,9 @@ class Trainer:
         self.save_checkpoint()
         write_json(self.run_dir / runs.SUMMARY_FILE, self.summary(finished=False))
         self._print_epoch(record)
-        if epoch < self.config.epochs:
+        written_at = self.__dict__.get("_report_written_at")
+        if epoch < self.config.epochs and (
+                written_at is None or _clock() - written_at >= REPORT_EVERY_SECONDS):
             self._write_report()
 
     def _print_epoch(self, record: dict) -> None:

@@ -261,8 +261,12 @@ def test_nan_in_a_later_epoch_keeps_the_last_good_checkpoint(tiny_fashion, tmp_p
     assert [r["kind"] for r in read_metrics(run)].count("epoch") == 1
 
 
-def test_report_is_rewritten_after_every_epoch(tiny_fashion, tmp_path, monkeypatch):
+def test_report_is_rewritten_while_training_at_most_once_a_minute(tiny_fashion, tmp_path, monkeypatch):
+    """After the first epoch, then only when REPORT_EVERY_SECONDS have passed, and at the end."""
+    import itertools
+
     import cnnlab.report
+    from cnnlab import train as train_module
 
     written = []
 
@@ -271,9 +275,12 @@ def test_report_is_rewritten_after_every_epoch(tiny_fashion, tmp_path, monkeypat
         written.append((summary["epochs"], summary["finished"]))
 
     monkeypatch.setattr(cnnlab.report, "write_report", record)
-    code = main(["train", "--model", "mlp", "--dataset", str(tiny_fashion), "--epochs", "3",
+    clock = itertools.chain([0.0, 10.0, 30.0, 75.0], itertools.repeat(500.0))
+    monkeypatch.setattr(train_module, "_clock", lambda: next(clock))
+    code = main(["train", "--model", "mlp", "--dataset", str(tiny_fashion), "--epochs", "5",
                  "--limit-train", "256", "--limit-test", "128", "--run-dir", str(tmp_path / "run"),
                  "--no-progress"])
     assert code == 0
-    # after epochs 1 and 2 while the run goes on (the page then reloads itself), then the final one
-    assert [finished for _, finished in written] == [False, False, True]
+    # epoch 1 at t=0 (the page then reloads itself); epochs 2 (10 s) and 3 (30 s) too soon;
+    # epoch 4 (75 s); the last epoch leaves it to the final report
+    assert written == [(1, False), (4, False), (5, True)]
