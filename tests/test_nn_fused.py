@@ -66,11 +66,10 @@ def test_float64_blocks_run_the_layers_bit_for_bit(input_grad):
 def test_float32_fused_blocks_match_unfused_layers(input_grad):
     """The direct path (first block, no dX) and the Winograd path (second block) equal the
     layers up to float rounding, gradients and dX too."""
-    assert _kernels.enabled(), "cnnlab._loops is not built: pip install -e '.[test]' builds it"
     plan, paths, (fused_y, fused_dx, fused_grads), (plain_y, plain_dx, plain_grads) = _fused_and_plain(
         np.float32, input_grad)
     assert plan == {0: 3, 3: 3}
-    assert paths == ["layers" if input_grad else "direct", "winograd"]
+    assert paths == _expected_paths(["layers" if input_grad else "direct", "winograd"])
     np.testing.assert_allclose(fused_y, plain_y, rtol=1e-4, atol=1e-5)
     for fused, plain in zip(fused_grads, plain_grads):
         assert fused.dtype == np.float32
@@ -79,6 +78,15 @@ def test_float32_fused_blocks_match_unfused_layers(input_grad):
         np.testing.assert_allclose(fused_dx, plain_dx, rtol=1e-3, atol=1e-5)
     else:
         assert fused_dx is None and plain_dx is None
+
+
+def _expected_paths(compiled: list[str]) -> list[str]:
+    """The paths taken: the compiled ones, or the layers where CNNLAB_KERNELS=numpy turns the C
+    loops off (the suite then checks the fallback; a build that failed still fails here)."""
+    if _kernels._turned_off():
+        return ["layers"] * len(compiled)
+    assert _kernels.enabled(), "cnnlab._loops is not built: pip install -e '.[test]' builds it"
+    return compiled
 
 
 def _relative_error(got, expected):
@@ -108,7 +116,7 @@ def test_fused_conv_relu_pool_op_matches_torch(path, in_channels, kernel, paddin
     bias_values = rng.standard_normal(5).astype(np.float32) * 0.1 if bias else None
     y, cache = conv2d_relu_maxpool2d_forward(x, weight, bias_values, padding=padding,
                                              input_grad=input_grad)
-    assert cache.path == path
+    assert [cache.path] == _expected_paths([path])
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dx, dweight, dbias = conv2d_relu_maxpool2d_backward(dy, cache)
 
