@@ -260,6 +260,7 @@ class Trainer:
         self.parallel = DataParallel(self.model, config.threads, rng=self.dropout_rng)
         self.steps_per_epoch = math.ceil(len(data.train_labels) / config.batch_size)
         self.scheduler = build_scheduler(config, self.optimizer, self.steps_per_epoch)
+        self._report_written_at: float | None = None  # _clock() of the last report.html
         self.wandb = None
         self.wandb_run_id = wandb_run_id
         self._report_notice_shown = False
@@ -486,7 +487,7 @@ class Trainer:
         self.save_checkpoint()
         write_json(self.run_dir / runs.SUMMARY_FILE, self.summary(finished=False))
         self._print_epoch(record)
-        written_at = self.__dict__.get("_report_written_at")
+        written_at = self._report_written_at
         if epoch < self.config.epochs and (
                 written_at is None or _clock() - written_at >= REPORT_EVERY_SECONDS):
             self._write_report()

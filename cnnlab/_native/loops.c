@@ -911,6 +911,22 @@ static int fused_setup(wide_geometry *g, const Py_buffer *x, const Py_buffer *we
     return 0;
 }
 
+/* One zeroed allocation: the image's padded input planes, then `planes` conv-output planes
+ * (each with the vector loops' slack); free it with PyMem_RawFree(*padded). -1 and
+ * MemoryError when there is no memory. */
+static int fused_scratch(const wide_geometry *g, Py_ssize_t planes, float **padded, float **rest)
+{
+    size_t inputs = (size_t)(g->padded_h * g->padded_w) * (size_t)g->channels + FUSED_SLACK;
+    *padded = PyMem_RawCalloc(inputs + (size_t)planes * (size_t)(g->wide + FUSED_SLACK),
+                              sizeof(float));
+    if (!*padded) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *rest = *padded + inputs;
+    return 0;
+}
+
 PyDoc_STRVAR(conv_relu_pool_forward_doc,
 "conv_relu_pool_forward(x, weight, bias, y, code, pad_top, pad_left, padded_h, padded_w)\n\n"
 "y = max_pool_2x2(relu(conv2d(x, weight, bias))) for a stride-1, undilated conv with the\n"
@@ -939,19 +955,15 @@ static PyObject *py_conv_relu_pool_forward(PyObject *self, PyObject *args)
     }
     if (v[1].itemsize != 4 || v[2].itemsize != 4 || v[2].shape[0] != v[1].shape[0])
         return reject(v, 5, "weight and bias must be float32, bias of shape (C_out,)");
-    size_t image = (size_t)(g.padded_h * g.padded_w);
-    size_t planes = image * (size_t)g.channels + FUSED_SLACK;
-    float *padded = PyMem_RawCalloc(planes + CONV_CHANNELS * (size_t)(g.wide + FUSED_SLACK),
-                                    sizeof(float));
-    if (!padded) {
+    float *padded, *planes;
+    if (fused_scratch(&g, CONV_CHANNELS, &padded, &planes) < 0) {
         release(v, 5);
-        return PyErr_NoMemory();
+        return NULL;
     }
 #if HAVE_AVX512_LOOPS
     Py_BEGIN_ALLOW_THREADS
     conv_relu_pool_forward_f32(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[1].shape[0],
-                               v[3].shape[2], v[3].shape[3], &g, padded,
-                               padded + planes);
+                               v[3].shape[2], v[3].shape[3], &g, padded, planes);
     Py_END_ALLOW_THREADS
 #endif
     PyMem_RawFree(padded);
@@ -986,18 +998,15 @@ static PyObject *py_conv_relu_pool_backward(PyObject *self, PyObject *args)
         release(v, 5);
         return NULL;
     }
-    size_t image = (size_t)(g.padded_h * g.padded_w);
-    size_t planes = image * (size_t)g.channels + FUSED_SLACK;
-    float *padded = PyMem_RawCalloc(planes + (size_t)g.wide + FUSED_SLACK, sizeof(float));
-    if (!padded) {
+    float *padded, *gradient;
+    if (fused_scratch(&g, 1, &padded, &gradient) < 0) {
         release(v, 5);
-        return PyErr_NoMemory();
+        return NULL;
     }
 #if HAVE_AVX512_LOOPS
     Py_BEGIN_ALLOW_THREADS
     conv_relu_pool_backward_f32(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[3].shape[0],
-                                v[1].shape[2], v[1].shape[3], &g, padded,
-                                padded + planes);
+                                v[1].shape[2], v[1].shape[3], &g, padded, gradient);
     Py_END_ALLOW_THREADS
 #endif
     PyMem_RawFree(padded);

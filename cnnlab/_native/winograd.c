@@ -415,59 +415,55 @@ PyDoc_STRVAR(output_doc,
 "y[b, o] = A^T m A + bias[o], tile by tile. m: (16, C_out, N th tw); bias: (C_out,);\n"
 "y: (N, C_out, H_out, W_out); float32.");
 
-static PyObject *py_output(PyObject *self, PyObject *args)
-{
-    static const arg_spec specs[3] = {{"m", 'F', 0, 3}, {"bias", 'F', 0, 1}, {"y", 'F', 1, 4}};
-    PyObject *objects[3];
-    Py_buffer v[3];
-    tiling t;
-    if (!PyArg_ParseTuple(args, "OOO:winograd_output", &objects[0], &objects[1], &objects[2]) ||
-        get_all(objects, specs, v, 3) < 0)
-        return NULL;
-    /* the output's own tiling: no padding, its size is the conv's output size */
-    if (make_tiling(&t, &v[2], &v[0], 0, 0, v[2].shape[2], v[2].shape[3]) < 0) {
-        release(v, 3);
-        return NULL;
-    }
-    if (v[1].itemsize != 4 || v[1].shape[0] != t.channels)
-        return reject(v, 3, "bias must be float32 of shape (C_out,)");
-#if HAVE_AVX512_LOOPS
-    Py_BEGIN_ALLOW_THREADS
-    output_transform(v[0].buf, v[1].buf, v[2].buf, &t, v[2].shape[2], v[2].shape[3]);
-    Py_END_ALLOW_THREADS
-#endif
-    release(v, 3);
-    Py_RETURN_NONE;
-}
-
 PyDoc_STRVAR(grad_output_doc,
 "winograd_grad_output(dy, yhat, dbias) -> None\n\n"
 "yhat[xi, o, tile] = (A g A^T)[xi] for each 2x2 block g of dy[b, o]; dbias[o] += the\n"
 "sum of dy[b, o]. dy: (N, C_out, H_out, W_out) float32; yhat: (16, C_out, N th tw)\n"
 "float32; dbias: (C_out,) float64.");
 
-static PyObject *py_grad_output(PyObject *self, PyObject *args)
+/* Both maps between a conv output (N, C_out, H_out, W_out) and its tiles (16, C_out, N th tw)
+ * that take a per-channel vector: output_transform (tiles, bias float32 -> image) or
+ * grad_output_transform (image -> tiles, dbias float64 accumulated). */
+static PyObject *output_map(PyObject *args, const char *format, int to_image)
 {
-    static const arg_spec specs[3] = {{"dy", 'F', 0, 4}, {"yhat", 'F', 1, 3}, {"dbias", 'F', 1, 1}};
+    static const arg_spec output_specs[3] = {{"m", 'F', 0, 3}, {"bias", 'F', 0, 1}, {"y", 'F', 1, 4}};
+    static const arg_spec grad_specs[3] = {{"dy", 'F', 0, 4}, {"yhat", 'F', 1, 3}, {"dbias", 'F', 1, 1}};
     PyObject *objects[3];
     Py_buffer v[3];
     tiling t;
-    if (!PyArg_ParseTuple(args, "OOO:winograd_grad_output", &objects[0], &objects[1], &objects[2]) ||
-        get_all(objects, specs, v, 3) < 0)
+    if (!PyArg_ParseTuple(args, format, &objects[0], &objects[1], &objects[2]) ||
+        get_all(objects, to_image ? output_specs : grad_specs, v, 3) < 0)
         return NULL;
-    if (make_tiling(&t, &v[0], &v[1], 0, 0, v[0].shape[2], v[0].shape[3]) < 0) {
+    const Py_buffer *image = &v[to_image ? 2 : 0], *tiles = &v[to_image ? 0 : 1];
+    const Py_buffer *vector = &v[to_image ? 1 : 2];
+    /* the output's own tiling: no padding, its size is the conv's output size */
+    if (make_tiling(&t, image, tiles, 0, 0, image->shape[2], image->shape[3]) < 0) {
         release(v, 3);
         return NULL;
     }
-    if (v[2].itemsize != 8 || v[2].shape[0] != t.channels)
-        return reject(v, 3, "dbias must be float64 of shape (C_out,)");
+    if (vector->itemsize != (to_image ? 4 : 8) || vector->shape[0] != t.channels)
+        return reject(v, 3, to_image ? "bias must be float32 of shape (C_out,)"
+                                     : "dbias must be float64 of shape (C_out,)");
 #if HAVE_AVX512_LOOPS
     Py_BEGIN_ALLOW_THREADS
-    grad_output_transform(v[0].buf, v[1].buf, v[2].buf, &t, v[0].shape[2], v[0].shape[3]);
+    if (to_image)
+        output_transform(v[0].buf, v[1].buf, v[2].buf, &t, image->shape[2], image->shape[3]);
+    else
+        grad_output_transform(v[0].buf, v[1].buf, v[2].buf, &t, image->shape[2], image->shape[3]);
     Py_END_ALLOW_THREADS
 #endif
     release(v, 3);
     Py_RETURN_NONE;
+}
+
+static PyObject *py_output(PyObject *self, PyObject *args)
+{
+    return output_map(args, "OOO:winograd_output", 1);
+}
+
+static PyObject *py_grad_output(PyObject *self, PyObject *args)
+{
+    return output_map(args, "OOO:winograd_grad_output", 0);
 }
 
 PyDoc_STRVAR(input_doc,

@@ -129,6 +129,11 @@ def matmul_batched(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bo
                         b_rows, ldb, out, out.shape[2], accumulate, a.shape[0], stride_a,
                         stride_b, out.shape[1] * out.shape[2], threads)
             return out
+    return _numpy_product(a, b, out, accumulate)
+
+
+def _numpy_product(a: np.ndarray, b: np.ndarray, out: np.ndarray | None, accumulate: bool) -> np.ndarray:
+    """NumPy's BLAS for what cnnlab's GEMM does not take: ``out (+)= a @ b``."""
     if accumulate:
         out += np.matmul(a, b)
         return out
@@ -154,7 +159,4 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
             module.gemm(trans_a, trans_b, a.shape[0], b.shape[1], a.shape[1],
                         a_rows, lda, b_rows, ldb, out, out.shape[1], accumulate, 1, 0, 0, 0, threads)
             return out
-    if accumulate:
-        out += np.matmul(a, b)
-        return out
-    return np.matmul(a, b, out=out)
+    return _numpy_product(a, b, out, accumulate)

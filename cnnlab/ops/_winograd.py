@@ -100,8 +100,10 @@ def _chunk_buffers(borrowed: _workspace.Borrowed, setup, images: int, tags: dict
 
 
 def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, setup, y: np.ndarray,
-            code: np.ndarray | None = None) -> None:
+            code: np.ndarray | None = None) -> np.ndarray:
     """y = conv2d(x, weight, bias), chunk by chunk: V = B^T d B, M[xi] = U[xi] V[xi], y = A^T M A + b.
+
+    Returns U (the transformed weights), for :func:`backward`.
 
     With ``code`` (uint8, y's shape), y is instead max_pool2d(relu(conv2d(...)), 2), each
     tile's 2x2 outputs being one pool window, and code records each window's maximum
@@ -121,16 +123,15 @@ def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, setup, y
             else:
                 module.winograd_output_relu_pool(m, bias, y[start:stop], code[start:stop],
                                                  *setup.out_hw)
+    return u
 
 
-def backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, setup, input_grad: bool,
+def backward(dy: np.ndarray, x: np.ndarray, u: np.ndarray, setup, input_grad: bool,
              code: np.ndarray | None = None):
-    """(dweight, dbias float64, dx or None) of :func:`forward`; dy is C-contiguous float32.
-
-    With ``code`` (from a pooled forward), dy is the gradient of the pooled output.
+    """(dweight, dbias float64, dx or None) of :func:`forward`, given the U it returned; dy is
+    C-contiguous float32. With ``code`` (from a pooled forward), dy is the pooled output's gradient.
     """
     module = _kernels.get()
-    u = weight_transform(weight)
     du = np.empty((16, setup.out_channels, setup.in_channels), dtype=np.float32)
     dbias = np.zeros(setup.out_channels, dtype=np.float64)
     dx = np.empty(x.shape, dtype=np.float32) if input_grad else None

@@ -285,13 +285,14 @@ def _naive_input_grad(dy, x, weight, setup):
 # convolutions in 2.25x fewer multiplies, when the C loops run on an AVX-512 CPU.
 
 class _ConvCache:
-    """What the backward needs; ``cols`` is a pooled buffer released by the backward."""
+    """What the backward needs; ``cols`` is a pooled buffer released by the backward, ``u``
+    Winograd's transformed weights."""
 
-    __slots__ = ("setup", "x", "weight", "has_bias", "layout", "cols")
+    __slots__ = ("setup", "x", "weight", "has_bias", "layout", "cols", "u")
 
-    def __init__(self, setup, x, weight, has_bias, layout, cols):
+    def __init__(self, setup, x, weight, has_bias, layout, cols, u=None):
         self.setup, self.x, self.weight = setup, x, weight
-        self.has_bias, self.layout, self.cols = has_bias, layout, cols
+        self.has_bias, self.layout, self.cols, self.u = has_bias, layout, cols, u
 
 
 def _choose_layout(setup: _ConvSetup) -> str:
@@ -403,8 +404,8 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     layout = _choose_layout(setup)
     y = np.empty((setup.batch, setup.out_channels) + setup.out_hw, dtype=x.dtype)
     if layout == "winograd":
-        _winograd.forward(x, weight, bias, setup, y)
-        return y, _ConvCache(setup, x, weight, bias is not None, layout, None)
+        u = _winograd.forward(x, weight, bias, setup, y)
+        return y, _ConvCache(setup, x, weight, bias is not None, layout, None, u)
     if layout == "wide":
         # chunk by chunk; the backward redoes im2col from x, so no cols are kept
         _conv_wide.forward(x, _weight_matrix(weight, bias), setup, _padded_input, y)
@@ -467,7 +468,7 @@ def conv2d_backward(dy, cache, input_grad=True):
                          "(the shape of the forward's output)")
     dy3 = np.ascontiguousarray(dy, dtype=setup.dtype).reshape(setup.batch, setup.out_channels, -1)
     if cache.layout == "winograd":
-        dweight, dbias, dx = _winograd.backward(dy3.reshape(expected), cache.x, cache.weight, setup,
+        dweight, dbias, dx = _winograd.backward(dy3.reshape(expected), cache.x, cache.u, setup,
                                                 input_grad)
         return dx, dweight, dbias.astype(setup.dtype) if cache.has_bias else None
     if cache.layout == "wide":

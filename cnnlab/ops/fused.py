@@ -55,6 +55,7 @@ class _FusedCache:
     __slots__ = ("path", "setup", "x", "weight", "has_bias", "input_grad", "code", "unfused")
 
     def __init__(self, path, setup, x, weight, has_bias, input_grad, code=None, unfused=None):
+        # weight: the filters for the direct path, Winograd's transformed ones (U) for its path
         self.path, self.setup, self.x, self.weight = path, setup, x, weight
         self.has_bias, self.input_grad, self.code, self.unfused = has_bias, input_grad, code, unfused
 
@@ -95,8 +96,8 @@ def conv2d_relu_maxpool2d_forward(x, weight, bias=None, padding=0, input_grad=Fa
         if _winograd.usable(setup):
             x = np.ascontiguousarray(x)
             y, code = np.empty(pooled, dtype=np.float32), np.empty(pooled, dtype=np.uint8)
-            _winograd.forward(x, weight, bias, setup, y, code=code)
-            return y, _FusedCache("winograd", setup, x, weight, has_bias, input_grad, code)
+            u = _winograd.forward(x, weight, bias, setup, y, code=code)
+            return y, _FusedCache("winograd", setup, x, u, has_bias, input_grad, code)
     conv_y, conv_cache = conv2d_forward(x, weight, bias, padding=padding)
     pooled_y, pool_cache = max_pool2d_forward(conv_y, 2)
     y, relu_mask = relu_forward(pooled_y)
