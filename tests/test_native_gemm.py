@@ -1,4 +1,4 @@
-"""cnnlab._sgemm (cnnlab/_native/sgemm.c) against a float64 NumPy reference, and
+"""cnnlab._sgemm (cnnlab/backend/native/sgemm.c) against a float64 NumPy reference, and
 cnnlab/ops/_gemm.py, which routes the convolution's products to it.
 
 ``pip install`` builds the module (CI has a C compiler), so a missing module fails here.
@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from cnnlab import _sgemm
+from cnnlab.backend import _sgemm
 from cnnlab.ops import _gemm
 
 pytestmark = pytest.mark.skipif(not _sgemm.avx512(), reason="the CPU has no AVX-512")

@@ -3,7 +3,7 @@
 Training splits each batch over threads with BLAS held to one thread per shard
 (cnnlab/parallel.py). One thread of OpenBLAS is then the speed limit of the convolution,
 and OpenBLAS may run AVX2 kernels on an AVX-512 CPU (its choice, or ``OPENBLAS_CORETYPE``).
-``cnnlab._sgemm`` (cnnlab/_native/sgemm.c, built by ``pip install`` when a C compiler is
+``cnnlab._sgemm`` (cnnlab/backend/native/sgemm.c, built by ``pip install`` when a C compiler is
 there) is a blocked GEMM with an AVX-512 micro-kernel, measured 1.4-1.8x faster than
 one-thread OpenBLAS with its AVX2 kernel on the convolution's shapes here.
 
@@ -42,7 +42,7 @@ def native():
         with _lock:
             if not _tried:
                 try:
-                    from cnnlab import _sgemm
+                    from cnnlab.backend import _sgemm
                     _native = _sgemm if _sgemm.avx512() else None
                 except ImportError:
                     pass

@@ -38,7 +38,7 @@ def get() -> ModuleType | None:
         with _load_lock:
             if not _tried:
                 try:
-                    from cnnlab import _loops
+                    from cnnlab.backend import _loops
                     _module = _loops
                 except ImportError:
                     pass

@@ -14,7 +14,7 @@ linear maps, again as 16 products each:
 - dW: ``dW = sum over tiles of G^T [(A dY A^T) (.) V] G``, i.e. ``dU[xi] = Yhat[xi] V[xi]^T``;
 - dX: ``dV[xi] = U[xi]^T Yhat[xi]``, and each tile adds ``B dV B^T`` back onto the padded input.
 
-The transforms (cnnlab/_native/winograd.c) work a few images at a time, like the wide
+The transforms (cnnlab/backend/native/winograd.c) work a few images at a time, like the wide
 im2col (cnnlab/ops/_conv_wide.py), so the transformed arrays stay in cache; the products
 are cnnlab's GEMM in data-parallel steps, NumPy's elsewhere. The result equals the
 direct convolution up to float32 rounding (the transforms add a few roundings of their
