@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cnnlab.errors import ConfigError, ShapeError
+from cnnlab.errors import ShapeError
+from cnnlab.validation import positive_int
 
 
 @contextlib.contextmanager
@@ -46,7 +47,7 @@ def predict_logits(model, x: np.ndarray, batch_size: int = 256, threads: int = 1
     Returns:
         logits, shape (N, K), in the dtype of the model's output.
     """
-    _check_batch_size(batch_size)
+    positive_int(batch_size, "batch size")
     with _eval_forward(model, threads) as forward:
         outputs = [forward(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
     if not outputs:
@@ -133,7 +134,7 @@ def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 25
     from cnnlab.data import to_float
     from cnnlab.ops.activation import log_softmax
 
-    _check_batch_size(batch_size)
+    positive_int(batch_size, "batch size")
     labels = np.asarray(labels, dtype=np.int64)
     if len(images) != len(labels):
         raise ShapeError(f"{len(images)} images but {len(labels)} labels")
@@ -179,11 +180,6 @@ def format_confusion(confusion: np.ndarray, classes: list[str] | None = None) ->
         cells = "".join(f"{int(count):>{width}}" for count in confusion[i])
         lines.append(f"{f'{i} {name}':<{label_width}} |{cells}")
     return "\n".join(line.rstrip() for line in lines)
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
 
 
 def _check_labels(labels: np.ndarray, num_outputs: int) -> None:

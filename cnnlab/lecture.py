@@ -47,6 +47,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from cnnlab.errors import CnnlabError, ConfigError, DataError, ShapeError
+from cnnlab.validation import positive_int
 
 __all__ = [
     "np", "torch", "nn", "plt", "device",
@@ -348,8 +349,7 @@ class Batches:
         if len(X) != len(Y):
             raise ShapeError(f"Batches needs as many labels as samples, got {len(X)} samples "
                              f"and {len(Y)} labels")
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        positive_int(batch_size, "batch_size")
         if len(X) == 0 or (drop_last and batch_size > len(X)):
             raise ConfigError(f"cannot make batches of {batch_size} from {len(X)} samples")
         self.X, self.Y = X, Y

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cnnlab.errors import ConfigError, ShapeError
+from cnnlab.validation import positive_int
 
 # name -> the equivalent spec; the classifier Linear(features, num_classes) is always appended
 NAMED_SPECS = {
@@ -114,7 +115,7 @@ def spec_tokens(spec: str) -> list[str]:
 def plan_model(spec: str, input_shape=(1, 28, 28), num_classes: int = 10) -> list[LayerPlan]:
     """Parse ``spec`` and work out every layer's output shape, without allocating weights."""
     input_shape = _check_input_shape(input_shape)
-    num_classes = _check_num_classes(num_classes)
+    num_classes = positive_int(num_classes, "number of classes")
     original = spec
     tokens = spec_tokens(spec)
     if all(token.isdigit() for token in tokens):
@@ -139,13 +140,6 @@ def _check_input_shape(input_shape) -> tuple[int, ...]:
         raise ConfigError(f"input shape must be C,H,W (like 1,28,28) or F with sizes >= 1, "
                           f"got {shape}")
     return shape
-
-
-def _check_num_classes(num_classes) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
-            or num_classes < 1:
-        raise ConfigError(f"number of classes must be a positive integer, got {num_classes!r}")
-    return int(num_classes)
 
 
 def _is_known_kind(token: str) -> bool:

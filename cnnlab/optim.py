@@ -24,6 +24,7 @@ import numpy as np
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.nn.module import Parameter
 from cnnlab.ops import _kernels
+from cnnlab.validation import positive_int
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRScheduler", "StepLR", "CosineAnnealingLR", "LinearLR"]
 
@@ -35,12 +36,6 @@ def _check_non_negative(name: str, value: float) -> float:
     if not (value >= 0 and math.isfinite(value)):
         raise ConfigError(f"invalid {name}: {value} (it must be a finite number >= 0)")
     return value
-
-
-def _check_positive_int(owner: str, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{owner}: {name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _check_betas(betas) -> tuple[float, float]:
@@ -386,7 +381,7 @@ class StepLR(LRScheduler):
     _settings = ("step_size", "gamma")
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
-        self.step_size = _check_positive_int("StepLR", "step_size", step_size)
+        self.step_size = positive_int(step_size, "step_size", owner="StepLR")
         self.gamma = _check_non_negative("gamma", gamma)
         super().__init__(optimizer)
 
@@ -414,7 +409,7 @@ class CosineAnnealingLR(LRScheduler):
     _settings = ("T_max", "eta_min")
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0) -> None:
-        self.T_max = _check_positive_int("CosineAnnealingLR", "T_max", T_max)
+        self.T_max = positive_int(T_max, "T_max", owner="CosineAnnealingLR")
         self.eta_min = _check_non_negative("eta_min", eta_min)
         super().__init__(optimizer)
 
@@ -451,7 +446,7 @@ class LinearLR(LRScheduler):
         if not 0 < start_factor <= 1 or not 0 <= end_factor <= 1:
             raise ConfigError(f"LinearLR: need 0 < start_factor <= 1 and 0 <= end_factor <= 1, "
                               f"got {start_factor} and {end_factor}")
-        self.total_iters = _check_positive_int("LinearLR", "total_iters", total_iters)
+        self.total_iters = positive_int(total_iters, "total_iters", owner="LinearLR")
         self.start_factor = float(start_factor)
         self.end_factor = float(end_factor)
         super().__init__(optimizer)

@@ -16,6 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from cnnlab.errors import ConfigError, ShapeError
+from cnnlab.validation import positive_int
 
 NORMALIZATIONS = ("unit", "standard")
 
@@ -106,8 +107,7 @@ def iterate_batches(images: np.ndarray, labels: np.ndarray, batch_size: int,
     if labels.ndim != 1 or len(labels) != len(images):
         raise ShapeError(f"labels must be (N,) with N = {len(images)} images, "
                          f"got shape {labels.shape}")
-    if int(batch_size) < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = positive_int(batch_size, "batch_size")
     if int(start_batch) < 0:
         raise ConfigError(f"start_batch must be >= 0, got {start_batch}")
     if order is None:

@@ -35,23 +35,7 @@ from cnnlab.ops.pool import (
     max_pool2d_forward,
 )
 from cnnlab.ops.shape import flatten_backward, flatten_forward
-
-
-def _positive_int(layer: str, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{layer}: {name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _pair(layer: str, name: str, value, minimum: int = 1) -> tuple[int, int]:
-    values = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    if len(values) != 2 or any(
-        isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum for v in values
-    ):
-        raise ConfigError(
-            f"{layer}: {name} must be an integer >= {minimum} or a pair of them, got {value!r}"
-        )
-    return int(values[0]), int(values[1])
+from cnnlab.validation import int_pair, positive_int
 
 
 def _check_input(layer: Module, x: np.ndarray, ndims: tuple[int, ...], channels: int,
@@ -92,7 +76,7 @@ def _conv_padding(padding, kernel_size, stride, dilation) -> tuple[int, int]:
         return (totals[0] // 2, totals[1] // 2)
     if isinstance(padding, str):
         raise ConfigError(f"Conv2d: padding must be a number, a pair, 'valid' or 'same', got {padding!r}")
-    return _pair("Conv2d", "padding", padding, minimum=0)
+    return int_pair(padding, "padding", minimum=0, owner="Conv2d")
 
 
 class Conv2d(Module):
@@ -130,12 +114,12 @@ class Conv2d(Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, *, rng=None, dtype=np.float32) -> None:
         super().__init__()
-        self.in_channels = _positive_int("Conv2d", "in_channels", in_channels)
-        self.out_channels = _positive_int("Conv2d", "out_channels", out_channels)
-        self.kernel_size = _pair("Conv2d", "kernel_size", kernel_size)
-        self.stride = _pair("Conv2d", "stride", stride)
-        self.dilation = _pair("Conv2d", "dilation", dilation)
-        self.groups = _positive_int("Conv2d", "groups", groups)
+        self.in_channels = positive_int(in_channels, "in_channels", owner="Conv2d")
+        self.out_channels = positive_int(out_channels, "out_channels", owner="Conv2d")
+        self.kernel_size = int_pair(kernel_size, "kernel_size", owner="Conv2d")
+        self.stride = int_pair(stride, "stride", owner="Conv2d")
+        self.dilation = int_pair(dilation, "dilation", owner="Conv2d")
+        self.groups = positive_int(groups, "groups", owner="Conv2d")
         if in_channels % groups or out_channels % groups:
             raise ConfigError(f"Conv2d: in_channels ({in_channels}) and out_channels ({out_channels}) "
                               f"must both be divisible by groups ({groups})")
@@ -201,8 +185,8 @@ class Linear(Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, rng=None,
                  dtype=np.float32) -> None:
         super().__init__()
-        self.in_features = _positive_int("Linear", "in_features", in_features)
-        self.out_features = _positive_int("Linear", "out_features", out_features)
+        self.in_features = positive_int(in_features, "in_features", owner="Linear")
+        self.out_features = positive_int(out_features, "out_features", owner="Linear")
         self.weight = Parameter(np.empty((out_features, in_features), dtype=dtype))
         self.bias = Parameter(np.empty(out_features, dtype=dtype)) if bias else None
         self.reset_parameters(rng)
@@ -253,9 +237,9 @@ class _Pool2d(_Stateless):
     def __init__(self, kernel_size, stride=None, padding=0) -> None:
         super().__init__()
         name = type(self).__name__
-        _pair(name, "kernel_size", kernel_size)
-        _pair(name, "stride", kernel_size if stride is None else stride)
-        _pair(name, "padding", padding, minimum=0)
+        int_pair(kernel_size, "kernel_size", owner=name)
+        int_pair(kernel_size if stride is None else stride, "stride", owner=name)
+        int_pair(padding, "padding", minimum=0, owner=name)
         self.kernel_size = kernel_size
         self.stride = kernel_size if stride is None else stride
         self.padding = padding
@@ -428,7 +412,7 @@ class _BatchNorm(Module):
                  dtype=np.float32) -> None:
         super().__init__()
         name = type(self).__name__
-        self.num_features = _positive_int(name, "num_features", num_features)
+        self.num_features = positive_int(num_features, "num_features", owner=name)
         if not eps > 0:
             raise ConfigError(f"{name}: eps must be positive, got {eps}")
         if momentum is not None and not 0 <= momentum <= 1:

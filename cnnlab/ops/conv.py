@@ -26,7 +26,8 @@ import numpy as np
 
 from cnnlab.errors import ShapeError
 from cnnlab.ops import _conv_wide, _gemm, _winograd, _workspace
-from cnnlab.ops._workspace import as_pair, check_image_batch, window
+from cnnlab.ops._workspace import window
+from cnnlab.validation import check_image_batch, int_pair, positive_int
 
 Pads = tuple[int, int, int, int]  # (top, bottom, left, right)
 
@@ -50,7 +51,7 @@ def _resolve_padding(padding, kernel: tuple[int, int], stride: tuple[int, int],
             total_w = dilation[1] * (kernel[1] - 1)
             return (total_h // 2, total_h - total_h // 2, total_w // 2, total_w - total_w // 2)
         raise ShapeError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
-    pad_h, pad_w = as_pair(padding, "padding", minimum=0)
+    pad_h, pad_w = int_pair(padding, "padding", minimum=0, error=ShapeError)
     return (pad_h, pad_h, pad_w, pad_w)
 
 
@@ -87,10 +88,10 @@ def conv2d_output_size(input_hw, kernel_size, stride=1, padding=0, dilation=1) -
     Raises:
         ShapeError: the kernel does not fit the padded input, or "same" with stride > 1.
     """
-    input_hw = as_pair(input_hw, "input size", minimum=1)
-    kernel = as_pair(kernel_size, "kernel_size", minimum=1)
-    stride = as_pair(stride, "stride", minimum=1)
-    dilation = as_pair(dilation, "dilation", minimum=1)
+    input_hw = int_pair(input_hw, "input size", error=ShapeError)
+    kernel = int_pair(kernel_size, "kernel_size", error=ShapeError)
+    stride = int_pair(stride, "stride", error=ShapeError)
+    dilation = int_pair(dilation, "dilation", error=ShapeError)
     pads = _resolve_padding(padding, kernel, stride, dilation)
     return _output_size(input_hw, kernel, stride, pads, dilation, padding)
 
@@ -109,10 +110,9 @@ class _ConvSetup:
         if weight.dtype != x.dtype:
             raise ShapeError(f"conv2d input is {x.dtype} but weight is {weight.dtype}; "
                              "use one dtype for both, e.g. x.astype(weight.dtype)")
-        if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
-            raise ShapeError(f"groups must be a positive int, got {groups!r}")
         self.batch, self.in_channels = x.shape[0], x.shape[1]
-        self.out_channels, self.groups = weight.shape[0], int(groups)
+        self.out_channels = weight.shape[0]
+        self.groups = positive_int(groups, "groups", error=ShapeError)
         self._check_channels(weight)
         if bias is not None:
             if not isinstance(bias, np.ndarray) or bias.shape != (self.out_channels,):
@@ -121,8 +121,8 @@ class _ConvSetup:
             if bias.dtype != x.dtype:
                 raise ShapeError(f"conv2d input is {x.dtype} but bias is {bias.dtype}; use one dtype")
         self.kernel = (weight.shape[2], weight.shape[3])
-        self.stride = as_pair(stride, "stride", minimum=1)
-        self.dilation = as_pair(dilation, "dilation", minimum=1)
+        self.stride = int_pair(stride, "stride", error=ShapeError)
+        self.dilation = int_pair(dilation, "dilation", error=ShapeError)
         self.pads = _resolve_padding(padding, self.kernel, self.stride, self.dilation)
         self.input_hw = (x.shape[2], x.shape[3])
         self.out_hw = _output_size(self.input_hw, self.kernel, self.stride, self.pads,

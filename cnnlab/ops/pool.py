@@ -24,7 +24,8 @@ import numpy as np
 
 from cnnlab.errors import ShapeError
 from cnnlab.ops import _kernels, _workspace
-from cnnlab.ops._workspace import as_pair, check_image_batch, window
+from cnnlab.ops._workspace import window
+from cnnlab.validation import check_image_batch, int_pair
 
 
 class _PoolSetup:
@@ -34,9 +35,9 @@ class _PoolSetup:
 
     def __init__(self, x, kernel_size, stride, padding, op: str):
         check_image_batch(x, op)
-        self.kernel = as_pair(kernel_size, "kernel_size", minimum=1)
-        self.stride = self.kernel if stride is None else as_pair(stride, "stride", minimum=1)
-        self.padding = as_pair(padding, "padding", minimum=0)
+        self.kernel = int_pair(kernel_size, "kernel_size", error=ShapeError)
+        self.stride = self.kernel if stride is None else int_pair(stride, "stride", error=ShapeError)
+        self.padding = int_pair(padding, "padding", minimum=0, error=ShapeError)
         for pad, size in zip(self.padding, self.kernel):
             if 2 * pad > size:
                 raise ShapeError(f"{op} padding {padding!r} is more than half the kernel size "
