@@ -243,7 +243,9 @@ class _Planner:
         self._check_positive(out_channels=out_channels, kernel_size=kernel, stride=options["s"],
                              dilation=options["d"])
         self._check_width(out_channels)
-        padding = self._same_padding(kernel, options) if options["p"] == "same" else options["p"]
+        padding = options["p"]
+        if padding == "same":
+            self._check_same_padding(kernel, options)
         if len(self.shape) != 3:
             raise self.error(f"a conv layer needs (C, H, W) input, but its input is "
                              f"{self._shape_text()} (after flatten/fc): move it earlier")
@@ -350,13 +352,11 @@ class _Planner:
         if width > _MAX_WIDTH:
             raise self.error(f"width {width} is more than {_MAX_WIDTH}")
 
-    def _same_padding(self, kernel: int, options: dict) -> int:
-        if options["s"] != 1:
-            raise self.error(f"psame keeps H and W only with stride 1 (as in PyTorch), "
-                             f"got stride {options['s']}")
-        if kernel % 2 == 0:
-            raise self.error(f"psame needs an odd kernel size, got {kernel}")
-        return options["d"] * (kernel - 1) // 2
+    def _check_same_padding(self, kernel: int, options: dict) -> None:
+        """psame is PyTorch's padding='same' (:func:`cnnlab.ops.conv.conv2d_padding`)."""
+        from cnnlab.ops.conv import conv2d_padding
+
+        conv2d_padding("same", kernel, options["s"], options["d"], error=self.error)
 
     def _output_size(self, input_hw, kernel, stride, padding, dilation, what) -> tuple:
         from cnnlab.ops.conv import conv2d_output_size

@@ -137,9 +137,13 @@ def _conv(layer, shape: tuple, index: int) -> tuple[tuple, int]:
     if len(shape) != 3 or shape[0] != layer.in_channels:
         raise ShapeError(f"layer {index} Conv2d: expects ({layer.in_channels}, H, W) input, "
                          f"gets {shape}")
-    padding = getattr(layer, "_op_padding", layer.padding)
-    out_hw = _output_hw(shape[1:], layer.kernel_size, layer.stride, padding, layer.dilation,
-                        index, "Conv2d")
+    from cnnlab.ops.conv import conv2d_output_size
+
+    try:
+        out_hw = conv2d_output_size(shape[1:], layer.kernel_size, layer.stride, layer.padding,
+                                    layer.dilation)
+    except ShapeError as error:
+        raise ShapeError(f"layer {index} Conv2d: {error}") from None
     kernel_h, kernel_w = _pair(layer.kernel_size)
     multiply_adds = (layer.out_channels * math.prod(out_hw)
                      * (layer.in_channels // layer.groups) * kernel_h * kernel_w)

@@ -125,7 +125,6 @@ def test_specs_follow_input_shape_and_classes(rng):
     ("c32k3x2", r"layer 1 'c32k3x2'.*unknown option 'x'"),
     ("fc10-c32k3", r"layer 2 'c32k3'.*needs \(C, H, W\) input"),
     ("drop1.5", r"dropout probability must be in \[0, 1\)"),
-    ("c32k4psame", r"odd kernel"),
     ("cnnbn", r"unknown model 'cnnbn': did you mean 'cnn-bn'"),
     ("cnn_bn", r"did you mean 'cnn-bn'"),
     ("mpl", r"did you mean 'mlp'"),

@@ -25,7 +25,7 @@ from cnnlab.ops.activation import (
     tanh_forward,
 )
 from cnnlab.ops.batchnorm import batch_norm_backward, batch_norm_forward
-from cnnlab.ops.conv import conv2d_backward, conv2d_forward
+from cnnlab.ops.conv import conv2d_backward, conv2d_forward, conv2d_padding
 from cnnlab.ops.dropout import dropout_backward, dropout_forward
 from cnnlab.ops.linear import linear_backward, linear_forward
 from cnnlab.ops.pool import (
@@ -59,26 +59,6 @@ def _reset_weight_and_bias(weight: Parameter, bias: Parameter | None, rng) -> No
         init.uniform_(bias.data, -bound, bound, rng=rng)
 
 
-def _conv_padding(padding, kernel_size, stride, dilation) -> tuple[int, int]:
-    """Resolves Conv2d's ``padding`` (int, pair, "valid" or "same") to the pair the op takes."""
-    if padding == "valid":
-        return (0, 0)
-    if padding == "same":
-        if stride != (1, 1):
-            raise ConfigError("Conv2d: padding='same' only works with stride=1; "
-                              "give the padding as a number instead")
-        totals = [d * (k - 1) for k, d in zip(kernel_size, dilation)]
-        if any(total % 2 for total in totals):
-            raise ConfigError(
-                f"Conv2d: padding='same' with kernel_size={kernel_size} and dilation={dilation} "
-                "needs uneven padding; use an odd kernel size"
-            )
-        return (totals[0] // 2, totals[1] // 2)
-    if isinstance(padding, str):
-        raise ConfigError(f"Conv2d: padding must be a number, a pair, 'valid' or 'same', got {padding!r}")
-    return int_pair(padding, "padding", minimum=0, owner="Conv2d")
-
-
 class Conv2d(Module):
     r"""2D convolution over a batch of images (lecture 002).
 
@@ -92,7 +72,8 @@ class Conv2d(Module):
         kernel_size (int or tuple): size of the kernel.
         stride (int or tuple): step of the sliding window. Default: 1
         padding (int, tuple, "valid" or "same"): zeros added on each side. "same" keeps
-            H and W (stride 1 and odd effective kernel only). Default: 0
+            H and W (stride 1 only; an even kernel gets the extra row/column at the
+            bottom/right, as in PyTorch: :func:`cnnlab.ops.conv.conv2d_padding`). Default: 0
         dilation (int or tuple): spacing between kernel elements. Default: 1
         groups (int): blocked connections from input to output channels. Default: 1
         bias (bool): add a learnable bias. Default: True
@@ -123,8 +104,12 @@ class Conv2d(Module):
         if in_channels % groups or out_channels % groups:
             raise ConfigError(f"Conv2d: in_channels ({in_channels}) and out_channels ({out_channels}) "
                               f"must both be divisible by groups ({groups})")
-        self._op_padding = _conv_padding(padding, self.kernel_size, self.stride, self.dilation)
-        self.padding = padding if isinstance(padding, str) else self._op_padding
+        # a padding the op would refuse is refused here, before any weight exists
+        conv2d_padding(padding, self.kernel_size, self.stride, self.dilation, owner="Conv2d",
+                       error=ConfigError)
+        self.padding = padding if isinstance(padding, str) else int_pair(
+            padding, "padding", minimum=0, owner="Conv2d")
+        self._op_padding = self.padding  # read by nn.Sequential's fusion
         weight_shape = (out_channels, in_channels // groups) + self.kernel_size
         self.weight = Parameter(np.empty(weight_shape, dtype=dtype))
         self.bias = Parameter(np.empty(out_channels, dtype=dtype)) if bias else None
@@ -138,7 +123,7 @@ class Conv2d(Module):
         _check_input(self, x, (4,), self.in_channels, f"(N, {self.in_channels}, H, W)")
         bias = None if self.bias is None else self.bias.data
         y, self._cache = conv2d_forward(x, self.weight.data, bias, stride=self.stride,
-                                        padding=self._op_padding, dilation=self.dilation,
+                                        padding=self.padding, dilation=self.dilation,
                                         groups=self.groups)
         return y
 

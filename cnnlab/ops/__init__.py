@@ -26,6 +26,7 @@ from cnnlab.ops.conv import (
     conv2d_naive,
     conv2d_naive_backward,
     conv2d_output_size,
+    conv2d_padding,
 )
 from cnnlab.ops.dropout import dropout_backward, dropout_forward
 from cnnlab.ops.linear import linear_backward, linear_forward
@@ -34,7 +35,7 @@ from cnnlab.ops.pool import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_
 from cnnlab.ops.shape import flatten_backward, flatten_forward
 
 __all__ = [
-    "conv2d_output_size", "conv2d_naive", "conv2d_naive_backward", "conv2d_forward", "conv2d_backward",
+    "conv2d_output_size", "conv2d_padding", "conv2d_naive", "conv2d_naive_backward", "conv2d_forward", "conv2d_backward",
     "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
     "linear_forward", "linear_backward",
     "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",

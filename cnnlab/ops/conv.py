@@ -36,38 +36,76 @@ Pads = tuple[int, int, int, int]  # (top, bottom, left, right)
 # Arguments and output size
 # ---------------------------------------------------------------------------
 
-def _resolve_padding(padding, kernel: tuple[int, int], stride: tuple[int, int],
-                     dilation: tuple[int, int]) -> Pads:
-    """Padding as (top, bottom, left, right); "same" pads like PyTorch (extra on bottom/right)."""
+def conv2d_padding(padding, kernel_size, stride=1, dilation=1, owner: str | None = None,
+                   error=ShapeError) -> Pads:
+    r"""The zeros a convolution adds to each side, as (top, bottom, left, right).
+
+    PyTorch's rule (``torch.nn.functional.conv2d``, ``nn.Conv2d``):
+
+    - an int p or a pair (p_h, p_w): the same amount on both sides of each axis;
+    - ``"valid"``: none;
+    - ``"same"``: the output keeps the input's size. Each axis needs a total of
+      :math:`d (k - 1)` zeros; half of it (rounded down) goes before (top/left) and the rest
+      after (bottom/right), so an even kernel gets one more row/column at the bottom/right.
+      Only with stride 1, as in PyTorch.
+
+    Args:
+        padding: an int, a pair, ``"valid"`` or ``"same"``.
+        kernel_size, stride, dilation: an int or a pair (height, width).
+        owner, error: name put first in the message, and the error class raised
+            (:mod:`cnnlab.validation`'s convention; the ops raise ShapeError).
+    """
+    prefix = f"{owner}: " if owner else ""
+    kernel = int_pair(kernel_size, "kernel_size", owner=owner, error=error)
+    stride = int_pair(stride, "stride", owner=owner, error=error)
+    dilation = int_pair(dilation, "dilation", owner=owner, error=error)
     if isinstance(padding, str):
         if padding == "valid":
             return (0, 0, 0, 0)
         if padding == "same":
+            total_h, total_w = dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1)
             if stride != (1, 1):
-                raise ShapeError(f"padding='same' needs stride 1 (as in PyTorch), got stride {stride}; "
-                                 "give an integer padding instead, e.g. padding="
-                                 f"{(dilation[0] * (kernel[0] - 1)) // 2}")
-            total_h = dilation[0] * (kernel[0] - 1)
-            total_w = dilation[1] * (kernel[1] - 1)
+                stride_text = stride[0] if stride[0] == stride[1] else stride
+                example = (total_h // 2, total_w // 2)
+                example_text = example[0] if example[0] == example[1] else example
+                raise error(f"{prefix}padding='same' needs stride 1 (as in PyTorch: stride=1 is the "
+                            f"only one that keeps the input's size), got stride {stride_text}; "
+                            f"give the padding as a number instead, e.g. padding={example_text}")
             return (total_h // 2, total_h - total_h // 2, total_w // 2, total_w - total_w // 2)
-        raise ShapeError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
-    pad_h, pad_w = int_pair(padding, "padding", minimum=0, error=ShapeError)
+        raise error(f"{prefix}padding must be an int, a pair of ints, 'valid' or 'same', "
+                    f"got {padding!r}")
+    pad_h, pad_w = int_pair(padding, "padding", minimum=0, owner=owner, error=error)
     return (pad_h, pad_h, pad_w, pad_w)
+
+
+def output_length(size: int, kernel: int, stride: int = 1, pad_before: int = 0,
+                  pad_after: int = 0, dilation: int = 1) -> int:
+    r"""The lecture's output-size formula along one axis (lecture 004, PyTorch's docs):
+
+    .. math::
+        H_{out} = \left\lfloor \frac{H_{in} + p_{before} + p_{after} - d (k - 1) - 1}{s} \right\rfloor + 1
+
+    Below 1 when the (dilated) kernel is larger than the padded input: the caller says so.
+    Pooling is the same formula with dilation 1.
+    """
+    return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def _output_size(input_hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
                  pads: Pads, dilation: tuple[int, int], padding_text) -> tuple[int, int]:
-    """H_out = floor((H_in + p_top + p_bottom - d (k - 1) - 1) / s) + 1, likewise W_out."""
-    padded = (input_hw[0] + pads[0] + pads[1], input_hw[1] + pads[2] + pads[3])
-    span = (dilation[0] * (kernel[0] - 1) + 1, dilation[1] * (kernel[1] - 1) + 1)
-    if span[0] > padded[0] or span[1] > padded[1]:
+    """(H_out, W_out) by :func:`output_length`, or a ShapeError when the kernel does not fit."""
+    out_hw = (output_length(input_hw[0], kernel[0], stride[0], pads[0], pads[1], dilation[0]),
+              output_length(input_hw[1], kernel[1], stride[1], pads[2], pads[3], dilation[1]))
+    if min(out_hw) < 1:
+        padded = (input_hw[0] + pads[0] + pads[1], input_hw[1] + pads[2] + pads[3])
+        span = (dilation[0] * (kernel[0] - 1) + 1, dilation[1] * (kernel[1] - 1) + 1)
         dilation_text = dilation[0] if dilation[0] == dilation[1] else dilation
         raise ShapeError(
             f"kernel {kernel[0]}x{kernel[1]} (dilation {dilation_text}) does not fit a "
             f"{input_hw[0]}x{input_hw[1]} input with padding {padding_text}: it spans "
             f"{span[0]}x{span[1]} pixels but the padded input is {padded[0]}x{padded[1]}; "
             "use a smaller kernel or dilation, more padding, or a larger input")
-    return ((padded[0] - span[0]) // stride[0] + 1, (padded[1] - span[1]) // stride[1] + 1)
+    return out_hw
 
 
 def conv2d_output_size(input_hw, kernel_size, stride=1, padding=0, dilation=1) -> tuple[int, int]:
@@ -83,7 +121,7 @@ def conv2d_output_size(input_hw, kernel_size, stride=1, padding=0, dilation=1) -
         input_hw: (H_in, W_in), or one int for a square input.
         kernel_size, stride, dilation: an int or a pair (height, width).
         padding: an int, a pair, ``"valid"`` (no padding) or ``"same"`` (output size equals
-            input size; stride 1 only, as in PyTorch).
+            input size; stride 1 only, as in PyTorch; see :func:`conv2d_padding`).
 
     Raises:
         ShapeError: the kernel does not fit the padded input, or "same" with stride > 1.
@@ -92,7 +130,7 @@ def conv2d_output_size(input_hw, kernel_size, stride=1, padding=0, dilation=1) -
     kernel = int_pair(kernel_size, "kernel_size", error=ShapeError)
     stride = int_pair(stride, "stride", error=ShapeError)
     dilation = int_pair(dilation, "dilation", error=ShapeError)
-    pads = _resolve_padding(padding, kernel, stride, dilation)
+    pads = conv2d_padding(padding, kernel, stride, dilation)
     return _output_size(input_hw, kernel, stride, pads, dilation, padding)
 
 
@@ -123,7 +161,7 @@ class _ConvSetup:
         self.kernel = (weight.shape[2], weight.shape[3])
         self.stride = int_pair(stride, "stride", error=ShapeError)
         self.dilation = int_pair(dilation, "dilation", error=ShapeError)
-        self.pads = _resolve_padding(padding, self.kernel, self.stride, self.dilation)
+        self.pads = conv2d_padding(padding, self.kernel, self.stride, self.dilation)
         self.input_hw = (x.shape[2], x.shape[3])
         self.out_hw = _output_size(self.input_hw, self.kernel, self.stride, self.pads,
                                    self.dilation, padding)
