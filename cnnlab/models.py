@@ -7,9 +7,10 @@ lists (the grammar is in docs/models.md)::
     build_model("c32k3p1-bn-p2-c64k3p1-p2-fc128", rng)
     build_model("784-500-10", rng)                # the lecture's f_n = [784, 500, 10]
 
-Every shape is worked out before any array is allocated, with the lecture's output-size formula
-(:func:`cnnlab.ops.conv.conv2d_output_size`), so a layer that does not fit is reported as a
-:class:`ConfigError` naming the layer (its position and text) and the numbers.
+Every shape is worked out before any array is allocated, by each layer class's own
+``output_shape_for`` (the constructor's arguments and an input shape; built on the lecture's
+output-size formula, :func:`cnnlab.ops.conv.conv2d_output_size`), so a layer that does not fit
+is reported as a :class:`ConfigError` naming the layer (its position and text) and the numbers.
 """
 
 from __future__ import annotations
@@ -192,9 +193,15 @@ class _Planner:
     def error(self, message: str) -> ConfigError:
         return ConfigError(f"layer {self.position} '{self.token}': {message}")
 
-    def add(self, kind: str, output_shape: tuple, *args, parameters: int = 0, **kwargs) -> None:
-        self.plans.append(LayerPlan(kind, args, kwargs, tuple(output_shape), parameters))
-        self.shape = tuple(output_shape)
+    def add(self, kind: str, *args, parameters: int = 0, **kwargs) -> None:
+        """Plan ``nn.<kind>(*args, **kwargs)``; its output shape is the layer class's own
+        ``output_shape_for`` (no layer, no weights are made)."""
+        from cnnlab.nn import layers as nn_layers
+
+        layer_class = getattr(nn_layers, kind)
+        output_shape = tuple(layer_class.output_shape_for((1,) + self.shape, *args, **kwargs)[1:])
+        self.plans.append(LayerPlan(kind, args, kwargs, output_shape, parameters))
+        self.shape = output_shape
 
     def add_token(self, position: int, token: str) -> None:
         self.position, self.token = position, token
@@ -229,7 +236,7 @@ class _Planner:
         self.position, self.token = len(self.plans) + 1, f"classifier Linear(..., {num_classes})"
         self.place_pending_activation()
         self.flatten()
-        self.add("Linear", (num_classes,), self.shape[0], num_classes,
+        self.add("Linear", self.shape[0], num_classes,
                  parameters=self.shape[0] * num_classes + num_classes)
 
     # layer kinds
@@ -249,12 +256,14 @@ class _Planner:
         if len(self.shape) != 3:
             raise self.error(f"a conv layer needs (C, H, W) input, but its input is "
                              f"{self._shape_text()} (after flatten/fc): move it earlier")
-        channels, height, width = self.shape
-        out_hw = self._output_size((height, width), kernel, options["s"], padding, options["d"],
-                                   "kernel")
-        self.add("Conv2d", (out_channels,) + out_hw, channels, out_channels, kernel,
-                 stride=options["s"], padding=padding, dilation=options["d"],
-                 parameters=out_channels * channels * kernel * kernel + out_channels)
+        channels = self.shape[0]
+        try:
+            self.add("Conv2d", channels, out_channels, kernel, stride=options["s"], padding=padding,
+                     dilation=options["d"],
+                     parameters=out_channels * channels * kernel * kernel + out_channels)
+        except ShapeError as error:
+            raise self._does_not_fit("kernel", kernel, options["s"], padding, options["d"],
+                                     error) from None
         self.pending_activation = True
 
     def add_linear(self, rest: str) -> None:
@@ -265,7 +274,7 @@ class _Planner:
         self._check_positive(out_features=width)
         self._check_width(width)
         self.flatten()
-        self.add("Linear", (width,), self.shape[0], width,
+        self.add("Linear", self.shape[0], width,
                  parameters=self.shape[0] * width + width)
         self.pending_activation = True
 
@@ -275,14 +284,14 @@ class _Planner:
         stride = options["s"] if options["s"] is not None else kernel
         self._check_positive(kernel_size=kernel, stride=stride)
         padding = options["p"]
-        if padding == "same" or padding * 2 > kernel:
-            raise self.error(f"pool padding must be at most half the kernel ({kernel}), "
-                             f"got {padding}")
+        if padding == "same":
+            raise self.error(f"pool padding must be a number, at most half the kernel ({kernel})")
         if len(self.shape) != 3:
             raise self.error(f"pooling needs (C, H, W) input, but its input is {self._shape_text()}")
-        channels, height, width = self.shape
-        out_hw = self._output_size((height, width), kernel, stride, padding, 1, "pool window")
-        self.add(kind, (channels,) + out_hw, kernel, stride=stride, padding=padding)
+        try:
+            self.add(kind, kernel, stride=stride, padding=padding)
+        except ShapeError as error:
+            raise self._does_not_fit("pool window", kernel, stride, padding, 1, error) from None
 
     def add_dropout(self, rest: str) -> None:
         try:
@@ -291,12 +300,12 @@ class _Planner:
             raise self.error("dropout is 'drop' (p = 0.5) or 'drop0.3'") from None
         if not 0.0 <= probability < 1.0:
             raise self.error(f"dropout probability must be in [0, 1), got {probability}")
-        self.add("Dropout", self.shape, p=probability)
+        self.add("Dropout", p=probability)
 
     def add_batch_norm(self) -> None:
         channels = self.shape[0]
         kind = "BatchNorm2d" if len(self.shape) == 3 else "BatchNorm1d"
-        self.add(kind, self.shape, channels, parameters=2 * channels)
+        self.add(kind, channels, parameters=2 * channels)
 
     def add_activation(self, kind: str, rest: str) -> None:
         if kind in ("lrelu", "leakyrelu"):
@@ -304,19 +313,19 @@ class _Planner:
                 slope = float(rest) if rest else 0.01
             except ValueError:
                 raise self.error("leaky ReLU is 'lrelu' (slope 0.01) or 'lrelu0.1'") from None
-            return self.add("LeakyReLU", self.shape, negative_slope=slope)
+            return self.add("LeakyReLU", negative_slope=slope)
         self._expect_no_rest(rest)
-        self.add({"relu": "ReLU", "tanh": "Tanh", "sigmoid": "Sigmoid"}[kind], self.shape)
+        self.add({"relu": "ReLU", "tanh": "Tanh", "sigmoid": "Sigmoid"}[kind])
 
     def place_pending_activation(self) -> None:
         """A conv or fc gets a ReLU unless the spec names its activation (after an optional bn)."""
         if self.pending_activation:
             self.pending_activation = False
-            self.add("ReLU", self.shape)
+            self.add("ReLU")
 
     def flatten(self) -> None:
         if len(self.shape) != 1:
-            self.add("Flatten", (math.prod(self.shape),))
+            self.add("Flatten")
 
     # helpers
 
@@ -358,22 +367,23 @@ class _Planner:
 
         conv2d_padding("same", kernel, options["s"], options["d"], error=self.error)
 
-    def _output_size(self, input_hw, kernel, stride, padding, dilation, what) -> tuple:
-        from cnnlab.ops.conv import conv2d_output_size
+    def _does_not_fit(self, what: str, kernel: int, stride: int, padding, dilation: int,
+                      error: ShapeError) -> ConfigError:
+        """The layer's ShapeError, with the lecture's formula spelled out when the window does
+        not fit: H_out = floor((H_in + 2p - d(k - 1) - 1) / s + 1) (:func:`output_length`)."""
+        from cnnlab.ops.conv import output_length
 
-        try:
-            return conv2d_output_size(input_hw, kernel, stride, padding, dilation)
-        except ShapeError:
-            # the lecture's formula, spelled out for the message:
-            # H_out = floor((H_in + 2p - d(k - 1) - 1) / s + 1)
-            out_hw = tuple((size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-                           for size in input_hw)
-            raise self.error(
-                f"{what} {kernel} (stride {stride}, padding {padding}, dilation {dilation}) does "
-                f"not fit the {input_hw[0]}x{input_hw[1]} input: floor(({input_hw[0]} + "
-                f"2*{padding} - {dilation}*({kernel}-1) - 1)/{stride} + 1) = {out_hw[0]}; use a "
-                f"smaller {what}, more padding or fewer pooling layers before it"
-            ) from None
+        height, width = self.shape[1:]
+        if padding == "same":
+            return self.error(str(error))
+        out_height = output_length(height, kernel, stride, padding, padding, dilation)
+        if min(out_height, output_length(width, kernel, stride, padding, padding, dilation)) >= 1:
+            return self.error(str(error))
+        return self.error(
+            f"{what} {kernel} (stride {stride}, padding {padding}, dilation {dilation}) does "
+            f"not fit the {height}x{width} input: floor(({height} + 2*{padding} - {dilation}*"
+            f"({kernel}-1) - 1)/{stride} + 1) = {out_height}; use a smaller {what}, more padding "
+            f"or fewer pooling layers before it")
 
     def _shape_text(self) -> str:
         return "x".join(str(size) for size in self.shape)

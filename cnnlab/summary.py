@@ -1,6 +1,7 @@
 """Per-layer output shape, parameter count and FLOPs of a model, without running it.
 
-Output shapes come from the lecture's formula (lecture 004, PyTorch's docs)::
+Output shapes come from each layer's own ``output_shape`` (built on the lecture's formula,
+lecture 004, PyTorch's docs)::
 
     H_out = floor((H_in + 2p - d(k - 1) - 1) / s + 1)
 
@@ -15,9 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-import numpy as np
-
 from cnnlab.errors import ShapeError
+from cnnlab.validation import int_pair
 
 
 @dataclass
@@ -107,85 +107,32 @@ def format_summary(rows: list[SummaryRow], title: str | None = None) -> str:
 
 
 def layer_output(layer, shape: tuple, index: int = 0) -> tuple[tuple, int]:
-    """(output shape, FLOPs) of ``layer`` for one input of ``shape``."""
+    """(output shape, FLOPs) of ``layer`` for one input of ``shape`` (no batch axis).
+
+    The shape is the layer's own :meth:`~cnnlab.nn.Module.output_shape`.
+    """
+    shape = tuple(shape)
+    try:
+        out_shape = tuple(layer.output_shape((1,) + shape)[1:])
+    except ShapeError as error:
+        raise ShapeError(f"layer {index} {error}") from None
+    return out_shape, _flops(layer, shape, out_shape)
+
+
+def _flops(layer, shape: tuple, out_shape: tuple) -> int:
+    """FLOPs of one image through ``layer`` (the counting rules of the module docstring)."""
     kind = type(layer).__name__
-    elements = math.prod(shape)
     if kind == "Conv2d":
-        return _conv(layer, shape, index)
+        kernel_h, kernel_w = int_pair(layer.kernel_size, "kernel_size")
+        return 2 * math.prod(out_shape) * (layer.in_channels // layer.groups) * kernel_h * kernel_w
     if kind == "Linear":
-        if shape != (layer.in_features,):
-            raise ShapeError(f"layer {index} {kind}: expects {layer.in_features} features, "
-                             f"gets shape {shape}")
-        return (layer.out_features,), 2 * layer.in_features * layer.out_features
+        return 2 * layer.in_features * layer.out_features
     if kind in ("MaxPool2d", "AvgPool2d"):
-        return _pool(layer, shape, index, kind)
-    if kind == "Flatten":
-        start = max(0, getattr(layer, "start_dim", 1) - 1)
-        return shape[:start] + (math.prod(shape[start:]),), 0
-    if kind in ("BatchNorm1d", "BatchNorm2d"):
-        if shape[0] != layer.num_features:
-            raise ShapeError(f"layer {index} {kind}: expects {layer.num_features} channels, "
-                             f"gets shape {shape}")
-        return shape, 4 * elements
-    per_element = {"ReLU": 1, "LeakyReLU": 2, "Sigmoid": 4, "Tanh": 4, "Dropout": 0}
-    if kind in per_element:
-        return shape, per_element[kind] * elements
-    return _by_running(layer, shape), 0
-
-
-def _conv(layer, shape: tuple, index: int) -> tuple[tuple, int]:
-    if len(shape) != 3 or shape[0] != layer.in_channels:
-        raise ShapeError(f"layer {index} Conv2d: expects ({layer.in_channels}, H, W) input, "
-                         f"gets {shape}")
-    from cnnlab.ops.conv import conv2d_output_size
-
-    try:
-        out_hw = conv2d_output_size(shape[1:], layer.kernel_size, layer.stride, layer.padding,
-                                    layer.dilation)
-    except ShapeError as error:
-        raise ShapeError(f"layer {index} Conv2d: {error}") from None
-    kernel_h, kernel_w = _pair(layer.kernel_size)
-    multiply_adds = (layer.out_channels * math.prod(out_hw)
-                     * (layer.in_channels // layer.groups) * kernel_h * kernel_w)
-    return (layer.out_channels,) + out_hw, 2 * multiply_adds
-
-
-def _pool(layer, shape: tuple, index: int, kind: str) -> tuple[tuple, int]:
-    if len(shape) != 3:
-        raise ShapeError(f"layer {index} {kind}: expects (C, H, W) input, gets {shape}")
-    out_hw = _output_hw(shape[1:], layer.kernel_size, layer.stride, layer.padding, 1, index, kind)
-    window = math.prod(_pair(layer.kernel_size))
-    per_output = window - 1 if kind == "MaxPool2d" else window
-    return (shape[0],) + out_hw, shape[0] * math.prod(out_hw) * per_output
-
-
-def _output_hw(input_hw, kernel_size, stride, padding, dilation, index, kind) -> tuple:
-    from cnnlab.ops.conv import conv2d_output_size
-
-    kernel, step, pad, dilate = (_pair(v) for v in (kernel_size, stride, padding, dilation))
-    try:
-        return tuple(int(conv2d_output_size((size, size), kernel[axis], step[axis], pad[axis],
-                                            dilate[axis])[0])
-                     for axis, size in enumerate(input_hw))
-    except ShapeError as error:
-        raise ShapeError(f"layer {index} {kind}: {error}") from None
-
-
-def _by_running(layer, shape: tuple) -> tuple:
-    """Unknown layer kinds: push one zero image through (in eval mode) to learn the shape."""
-    was_training = layer.training
-    layer.eval()
-    try:
-        output = layer(np.zeros((1,) + shape, dtype=np.float32))
-    finally:
-        layer.train(was_training)
-    return tuple(output.shape[1:])
-
-
-def _pair(value) -> tuple[int, int]:
-    if isinstance(value, (tuple, list)):
-        return int(value[0]), int(value[-1])
-    return int(value), int(value)
+        window = math.prod(int_pair(layer.kernel_size, "kernel_size"))
+        return math.prod(out_shape) * (window - 1 if kind == "MaxPool2d" else window)
+    per_element = {"ReLU": 1, "LeakyReLU": 2, "Sigmoid": 4, "Tanh": 4, "BatchNorm1d": 4,
+                   "BatchNorm2d": 4}
+    return per_element.get(kind, 0) * math.prod(shape)
 
 
 def _one_line(text: str) -> str:

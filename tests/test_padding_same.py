@@ -45,6 +45,7 @@ def test_op_layer_and_spec_compute_what_torch_computes(kernel_size, dilation, rn
                       dtype=np.float64)
     layer.weight.data[...] = weight
     np.testing.assert_allclose(layer(x), expected, rtol=1e-10, atol=1e-12)
+    assert layer.output_shape(x.shape) == expected.shape
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same'")

@@ -25,7 +25,7 @@ from cnnlab.ops.activation import (
     tanh_forward,
 )
 from cnnlab.ops.batchnorm import batch_norm_backward, batch_norm_forward
-from cnnlab.ops.conv import conv2d_backward, conv2d_forward, conv2d_padding
+from cnnlab.ops.conv import conv2d_backward, conv2d_forward, conv2d_output_size, conv2d_padding
 from cnnlab.ops.dropout import dropout_backward, dropout_forward
 from cnnlab.ops.linear import linear_backward, linear_forward
 from cnnlab.ops.pool import (
@@ -33,15 +33,18 @@ from cnnlab.ops.pool import (
     avg_pool2d_forward,
     max_pool2d_backward,
     max_pool2d_forward,
+    pool2d_output_size,
 )
-from cnnlab.ops.shape import flatten_backward, flatten_forward
+from cnnlab.ops.shape import flatten_backward, flatten_forward, flatten_output_shape
 from cnnlab.validation import int_pair, positive_int
 
 
-def _check_input(layer: Module, x: np.ndarray, ndims: tuple[int, ...], channels: int,
-                 expected: str) -> None:
-    if x.ndim not in ndims or x.shape[1] != channels:
-        raise ShapeError(f"{layer!r} expects input of shape {expected}, got {x.shape}")
+def _check_input(owner: str, shape: tuple[int, ...], ndims: tuple[int, ...], channels: int,
+                 expected: str, hint: str = "") -> None:
+    """The check of both ``forward`` (owner: the layer's repr) and ``output_shape_for``."""
+    shape = tuple(shape)
+    if len(shape) not in ndims or shape[1] != channels:
+        raise ShapeError(f"{owner} expects input of shape {expected}, got {shape}{hint}")
 
 
 def _add_grad(parameter: Parameter | None, grad: np.ndarray | None) -> None:
@@ -119,8 +122,27 @@ class Conv2d(Module):
         """PyTorch's default: kaiming_uniform(a=sqrt(5)) weights, U(-1/sqrt(fan_in), ..) bias."""
         _reset_weight_and_bias(self.weight, self.bias, rng)
 
+    @classmethod
+    def output_shape_for(cls, input_shape, in_channels, out_channels, kernel_size, stride=1,
+                         padding=0, dilation=1, groups=1, bias=True) -> tuple[int, ...]:
+        """(N, C_out, H_out, W_out) of ``Conv2d(in_channels, out_channels, kernel_size, ...)``
+        for an input of ``input_shape``, before the layer exists; H_out and W_out are
+        :func:`cnnlab.ops.conv.conv2d_output_size`."""
+        _check_input(cls.__name__, input_shape, (4,), in_channels, f"(N, {in_channels}, H, W)")
+        try:
+            out_hw = conv2d_output_size(tuple(input_shape[2:]), kernel_size, stride, padding,
+                                        dilation)
+        except ShapeError as error:
+            raise ShapeError(f"{cls.__name__}: {error}") from None
+        return (input_shape[0], out_channels) + out_hw
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return self.output_shape_for(input_shape, self.in_channels, self.out_channels,
+                                     self.kernel_size, self.stride, self.padding, self.dilation,
+                                     self.groups)
+
     def forward(self, x: np.ndarray) -> np.ndarray:
-        _check_input(self, x, (4,), self.in_channels, f"(N, {self.in_channels}, H, W)")
+        _check_input(repr(self), x.shape, (4,), self.in_channels, f"(N, {self.in_channels}, H, W)")
         bias = None if self.bias is None else self.bias.data
         y, self._cache = conv2d_forward(x, self.weight.data, bias, stride=self.stride,
                                         padding=self.padding, dilation=self.dilation,
@@ -180,10 +202,18 @@ class Linear(Module):
         """PyTorch's default: kaiming_uniform(a=sqrt(5)) weights, U(-1/sqrt(fan_in), ..) bias."""
         _reset_weight_and_bias(self.weight, self.bias, rng)
 
+    @classmethod
+    def output_shape_for(cls, input_shape, in_features, out_features, bias=True) -> tuple[int, ...]:
+        """(N, out_features) of ``Linear(in_features, out_features)`` for an input of
+        ``input_shape``, before the layer exists."""
+        _check_linear_input(cls.__name__, input_shape, in_features)
+        return (input_shape[0], out_features)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return self.output_shape_for(input_shape, self.in_features, self.out_features)
+
     def forward(self, x: np.ndarray) -> np.ndarray:
-        if x.ndim != 2 or x.shape[1] != self.in_features:
-            hint = "; add Flatten() before it" if x.ndim > 2 else ""
-            raise ShapeError(f"{self!r} expects input of shape (N, {self.in_features}), got {x.shape}{hint}")
+        _check_linear_input(repr(self), x.shape, self.in_features)
         bias = None if self.bias is None else self.bias.data
         y, self._cache = linear_forward(x, self.weight.data, bias)
         return y
@@ -198,8 +228,22 @@ class Linear(Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+def _check_linear_input(owner: str, shape: tuple[int, ...], in_features: int) -> None:
+    hint = "; add Flatten() before it" if len(shape) > 2 else ""
+    _check_input(owner, shape, (2,), in_features, f"(N, {in_features})", hint)
+
+
 class _Stateless(Module):
-    """A layer without parameters: forward/backward are one op pair."""
+    """A layer without parameters: forward/backward are one op pair; by default the output
+    has the input's shape."""
+
+    @classmethod
+    def output_shape_for(cls, input_shape, *args, **kwargs) -> tuple[int, ...]:
+        """The input's shape (elementwise layers: activations, Dropout)."""
+        return tuple(input_shape)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return self.output_shape_for(input_shape)
 
     def _forward_op(self, x):
         raise NotImplementedError
@@ -218,6 +262,11 @@ class _Stateless(Module):
         return self._backward_op(dy, cache)
 
 
+def _check_pool_input(owner: str, shape: tuple[int, ...]) -> None:
+    if len(shape) != 4:
+        raise ShapeError(f"{owner} expects input of shape (N, C, H, W), got {tuple(shape)}")
+
+
 class _Pool2d(_Stateless):
     def __init__(self, kernel_size, stride=None, padding=0) -> None:
         super().__init__()
@@ -229,9 +278,22 @@ class _Pool2d(_Stateless):
         self.stride = kernel_size if stride is None else stride
         self.padding = padding
 
+    @classmethod
+    def output_shape_for(cls, input_shape, kernel_size, stride=None, padding=0) -> tuple[int, ...]:
+        """(N, C, H_out, W_out) for an input of ``input_shape``, before the layer exists; H_out
+        and W_out are :func:`cnnlab.ops.pool.pool2d_output_size`."""
+        _check_pool_input(cls.__name__, input_shape)
+        try:
+            out_hw = pool2d_output_size(tuple(input_shape[2:]), kernel_size, stride, padding)
+        except ShapeError as error:
+            raise ShapeError(f"{cls.__name__}: {error}") from None
+        return tuple(input_shape[:2]) + out_hw
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return self.output_shape_for(input_shape, self.kernel_size, self.stride, self.padding)
+
     def forward(self, x: np.ndarray) -> np.ndarray:
-        if x.ndim != 4:
-            raise ShapeError(f"{self!r} expects input of shape (N, C, H, W), got {x.shape}")
+        _check_pool_input(repr(self), x.shape)
         return super().forward(x)
 
     def extra_repr(self) -> str:
@@ -348,6 +410,17 @@ class Flatten(_Stateless):
         super().__init__()
         self.start_dim = int(start_dim)
 
+    @classmethod
+    def output_shape_for(cls, input_shape, start_dim: int = 1) -> tuple[int, ...]:
+        """:func:`cnnlab.ops.shape.flatten_output_shape`: (N, C, H, W) -> (N, C * H * W)."""
+        try:
+            return flatten_output_shape(input_shape, int(start_dim))
+        except ShapeError as error:
+            raise ShapeError(f"{cls.__name__}: {error}") from None
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return self.output_shape_for(input_shape, self.start_dim)
+
     def _forward_op(self, x):
         return flatten_forward(x, self.start_dim)
 
@@ -433,8 +506,17 @@ class _BatchNorm(Module):
         # momentum=None: cumulative average, weight 1 / (batches seen)
         return 1.0 / float(self.num_batches_tracked)
 
+    @classmethod
+    def output_shape_for(cls, input_shape, num_features, *args, **kwargs) -> tuple[int, ...]:
+        """The input's shape, once it has ``num_features`` channels."""
+        _check_input(cls.__name__, input_shape, cls._input_ndims, num_features, cls._expected)
+        return tuple(input_shape)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return self.output_shape_for(input_shape, self.num_features)
+
     def forward(self, x: np.ndarray) -> np.ndarray:
-        _check_input(self, x, self._input_ndims, self.num_features, self._expected)
+        _check_input(repr(self), x.shape, self._input_ndims, self.num_features, self._expected)
         use_batch_stats = self.training or not self.track_running_stats
         momentum = 0.0
         if self.training and self.track_running_stats:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from cnnlab.errors import CheckpointError
+from cnnlab.errors import CheckpointError, ShapeError
 from cnnlab.ops.activation import relu_backward, relu_forward
 
 
@@ -102,6 +102,23 @@ class Module:
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
         raise NotImplementedError(f"{type(self).__name__} does not implement backward()")
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape ``forward`` returns for an input of ``input_shape`` (batch axis first).
+
+        Each cnnlab layer works it out from its formula, without running (as each layer of
+        JAX's stax does), and raises ShapeError naming itself when the input does not fit; its
+        classmethod ``output_shape_for(input_shape, *constructor arguments)`` does the same
+        before the layer (and its weights) exist. A Module without a formula is run once, in
+        eval mode, on a batch of zeros.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            output = self(np.zeros(tuple(input_shape), dtype=np.float32))
+        finally:
+            self.train(was_training)
+        return tuple(output.shape)
 
     def _saved_cache(self):
         """The cache of the last forward; a clear error if there was none."""
@@ -280,6 +297,16 @@ class Sequential(Module):
 
     def __iter__(self) -> Iterator[Module]:
         return iter(self._modules.values())
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Each layer's :meth:`Module.output_shape` in turn; a ShapeError names the layer."""
+        shape = tuple(input_shape)
+        for index, layer in enumerate(self):
+            try:
+                shape = layer.output_shape(shape)
+            except ShapeError as error:
+                raise ShapeError(f"layer {index} {error}") from None
+        return shape
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         layers = list(self._modules.values())

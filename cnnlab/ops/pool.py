@@ -25,7 +25,45 @@ import numpy as np
 from cnnlab.errors import ShapeError
 from cnnlab.ops import _kernels, _workspace
 from cnnlab.ops._workspace import window
+from cnnlab.ops.conv import output_length
 from cnnlab.validation import check_image_batch, int_pair
+
+
+def pool2d_output_size(input_hw, kernel_size, stride=None, padding=0,
+                       op: str = "pool") -> tuple[int, int]:
+    r"""Output height and width of a max or average pooling (lecture 004).
+
+    .. math::
+        H_{out} = \left\lfloor rac{H_{in} + 2p - k}{s} ightfloor + 1
+
+    the convolution's formula with dilation 1 (:func:`cnnlab.ops.conv.output_length`),
+    likewise W_out.
+
+    Args:
+        input_hw: (H_in, W_in), or one int for a square input.
+        kernel_size: window size, an int or a pair.
+        stride: window step, an int or a pair; None means ``kernel_size``.
+        padding: an int or a pair, at most half the kernel (PyTorch's limit).
+        op: the name put first in an error message.
+
+    Raises:
+        ShapeError: a bad argument, too much padding, or a window larger than the padded input.
+    """
+    input_hw = int_pair(input_hw, "input size", error=ShapeError)
+    kernel = int_pair(kernel_size, "kernel_size", error=ShapeError)
+    stride = kernel if stride is None else int_pair(stride, "stride", error=ShapeError)
+    pads = int_pair(padding, "padding", minimum=0, error=ShapeError)
+    for pad, size in zip(pads, kernel):
+        if 2 * pad > size:
+            raise ShapeError(f"{op} padding {padding!r} is more than half the kernel size "
+                             f"{kernel_size!r} (PyTorch forbids it too); use padding <= {size // 2}")
+    out_hw = tuple(output_length(size, k, s, pad, pad)
+                   for size, k, s, pad in zip(input_hw, kernel, stride, pads))
+    if min(out_hw) < 1:
+        raise ShapeError(f"{op} kernel {kernel[0]}x{kernel[1]} does not fit a "
+                         f"{input_hw[0]}x{input_hw[1]} input with padding {padding!r}; "
+                         "use a smaller kernel or a larger input")
+    return out_hw
 
 
 class _PoolSetup:
@@ -35,22 +73,11 @@ class _PoolSetup:
 
     def __init__(self, x, kernel_size, stride, padding, op: str):
         check_image_batch(x, op)
+        self.out_hw = pool2d_output_size(x.shape[2:], kernel_size, stride, padding, op)
         self.kernel = int_pair(kernel_size, "kernel_size", error=ShapeError)
         self.stride = self.kernel if stride is None else int_pair(stride, "stride", error=ShapeError)
         self.padding = int_pair(padding, "padding", minimum=0, error=ShapeError)
-        for pad, size in zip(self.padding, self.kernel):
-            if 2 * pad > size:
-                raise ShapeError(f"{op} padding {padding!r} is more than half the kernel size "
-                                 f"{kernel_size!r} (PyTorch forbids it too); use padding <= {size // 2}")
         self.input_shape = x.shape
-        height, width = x.shape[2] + 2 * self.padding[0], x.shape[3] + 2 * self.padding[1]
-        if self.kernel[0] > height or self.kernel[1] > width:
-            raise ShapeError(f"{op} kernel {self.kernel[0]}x{self.kernel[1]} does not fit a "
-                             f"{x.shape[2]}x{x.shape[3]} input with padding {padding!r}; "
-                             "use a smaller kernel or a larger input")
-        # H_out = floor((H_in + 2p - k) / s) + 1 (lecture 004's formula, dilation 1)
-        self.out_hw = ((height - self.kernel[0]) // self.stride[0] + 1,
-                       (width - self.kernel[1]) // self.stride[1] + 1)
         self.dtype = x.dtype
 
     @property

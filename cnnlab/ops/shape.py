@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from cnnlab.errors import ShapeError
@@ -21,12 +23,18 @@ def flatten_forward(x: np.ndarray, start_dim: int = 1):
     Returns:
         ``(y, cache)``; y is a view of x when x is contiguous (no copy).
     """
-    if not -x.ndim <= start_dim < max(x.ndim, 1):
-        raise ShapeError(f"flatten start_dim={start_dim} is out of range for an input with "
-                         f"{x.ndim} dimensions")
-    start_dim %= max(x.ndim, 1)
-    y = x.reshape(x.shape[:start_dim] + (-1,))
+    y = x.reshape(flatten_output_shape(x.shape, start_dim))
     return y, x.shape
+
+
+def flatten_output_shape(input_shape: tuple[int, ...], start_dim: int = 1) -> tuple[int, ...]:
+    """``input_shape[:start_dim] + (product of the rest,)``: (N, C, H, W) -> (N, C * H * W)."""
+    ndim = len(input_shape)
+    if not -ndim <= start_dim < max(ndim, 1):
+        raise ShapeError(f"flatten start_dim={start_dim} is out of range for an input with "
+                         f"{ndim} dimensions")
+    start_dim %= max(ndim, 1)
+    return tuple(input_shape[:start_dim]) + (math.prod(input_shape[start_dim:]),)
 
 
 def flatten_backward(dy: np.ndarray, cache) -> np.ndarray:
