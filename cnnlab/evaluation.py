@@ -34,8 +34,34 @@ def _eval_forward(model, threads: int):
         model.train(was_training)
 
 
+def iterate_logits(model, inputs: np.ndarray, batch_size: int = 256, threads: int = 1,
+                   prepare=None):
+    """The one inference loop: ``model``'s logits, ``batch_size`` inputs at a time.
+
+    The model runs in eval mode (Dropout off, BatchNorm on its running statistics) and is
+    put back into its mode afterwards; each batch is split over ``threads`` threads.
+
+    Args:
+        model: an ``nn.Module``.
+        inputs: (N, ...) array, sliced along the first axis.
+        batch_size: inputs per forward pass.
+        threads: threads sharing each batch (``cnnlab.parallel.threads_for``).
+        prepare: applied to each slice before the forward, e.g. uint8 images -> normalised
+            floats (so only one batch is ever converted at a time); None: the slice as it is.
+
+    Yields:
+        ``(start, logits)``: the first index of the batch and its (B, K) logits.
+    """
+    positive_int(batch_size, "batch size")
+    with _eval_forward(model, threads) as forward:
+        for start in range(0, len(inputs), batch_size):
+            batch = inputs[start:start + batch_size]
+            yield start, forward(batch if prepare is None else prepare(batch))
+
+
 def predict_logits(model, x: np.ndarray, batch_size: int = 256, threads: int = 1) -> np.ndarray:
-    """Run ``model`` in eval mode on already-normalised inputs, ``batch_size`` at a time.
+    """Run ``model`` in eval mode on already-normalised inputs, ``batch_size`` at a time
+    (:func:`iterate_logits`).
 
     Args:
         model: an ``nn.Module`` (usually the ``Sequential`` from ``build_model``).
@@ -47,9 +73,7 @@ def predict_logits(model, x: np.ndarray, batch_size: int = 256, threads: int = 1
     Returns:
         logits, shape (N, K), in the dtype of the model's output.
     """
-    positive_int(batch_size, "batch size")
-    with _eval_forward(model, threads) as forward:
-        outputs = [forward(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
+    outputs = [logits for _, logits in iterate_logits(model, x, batch_size, threads)]
     if not outputs:
         raise ShapeError("predict_logits: no inputs (the array has 0 samples)")
     return np.concatenate(outputs, axis=0)
@@ -90,13 +114,27 @@ def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Evaluation:
-    """The result of :func:`evaluate`."""
+    """The result of :func:`evaluate`.
+
+    With ``keep_outputs=True`` it also holds what the figures need: the images as given,
+    their labels and the softmax probabilities, so ``predictions`` is their argmax.
+    """
 
     loss: float
     accuracy: float
     num_samples: int
     confusion: np.ndarray
     per_class_accuracy: np.ndarray
+    images: np.ndarray | None = None          # (N, H, W) uint8, as given
+    labels: np.ndarray | None = None          # (N,) int64
+    probabilities: np.ndarray | None = None   # (N, K) softmax outputs
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """(N,) the most probable class of each image (needs ``keep_outputs=True``)."""
+        if self.probabilities is None:
+            raise ValueError("this Evaluation kept no outputs: call evaluate(..., keep_outputs=True)")
+        return self.probabilities.argmax(axis=1)
 
     def to_dict(self, classes: list[str] | None = None) -> dict:
         """JSON-ready: floats and nested lists (nan becomes None)."""
@@ -115,7 +153,8 @@ class Evaluation:
 
 def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 256,
              normalization: str = "unit", mean: float | None = None, std: float | None = None,
-             num_classes: int | None = None, threads: int = 1) -> Evaluation:
+             num_classes: int | None = None, threads: int = 1,
+             keep_outputs: bool = False) -> Evaluation:
     """Loss, accuracy and confusion matrix of ``model`` over uint8 images.
 
     Args:
@@ -126,15 +165,15 @@ def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 25
         normalization, mean, std: as ``cnnlab.data.to_float`` (the ones used in training).
         num_classes: K; by default the width of the model's output.
         threads: each batch split over this many threads, as in :func:`predict_logits`.
+        keep_outputs: also keep the images, labels and softmax probabilities (for figures).
 
     Returns:
         :class:`Evaluation`. The loss is the mean cross-entropy
         :math:`-\\frac{1}{N}\\sum_n \\log \\mathrm{softmax}(z_n)_{y_n}`.
     """
     from cnnlab.data import to_float
-    from cnnlab.ops.activation import log_softmax
+    from cnnlab.ops.activation import log_softmax, softmax
 
-    positive_int(batch_size, "batch size")
     labels = np.asarray(labels, dtype=np.int64)
     if len(images) != len(labels):
         raise ShapeError(f"{len(images)} images but {len(labels)} labels")
@@ -142,18 +181,21 @@ def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 25
         raise ShapeError("cannot evaluate on an empty dataset (0 images)")
     total_loss = 0.0
     predictions = np.empty(len(labels), dtype=np.int64)
-    with _eval_forward(model, threads) as forward:
-        for start in range(0, len(labels), batch_size):
-            x = to_float(images[start:start + batch_size], normalization=normalization,
-                         mean=mean, std=std)
-            logits = forward(x)
-            if num_classes is None:
-                num_classes = logits.shape[1]
-            batch_labels = labels[start:start + batch_size]
-            _check_labels(batch_labels, logits.shape[1])
-            log_probabilities = log_softmax(logits.astype(np.float64), axis=1)
-            total_loss -= float(log_probabilities[np.arange(len(batch_labels)), batch_labels].sum())
-            predictions[start:start + len(batch_labels)] = np.argmax(logits, axis=1)
+    probabilities = []
+
+    def normalized(batch):
+        return to_float(batch, normalization=normalization, mean=mean, std=std)
+
+    for start, logits in iterate_logits(model, images, batch_size, threads, prepare=normalized):
+        if num_classes is None:
+            num_classes = logits.shape[1]
+        batch_labels = labels[start:start + len(logits)]
+        _check_labels(batch_labels, logits.shape[1])
+        log_probabilities = log_softmax(logits.astype(np.float64), axis=1)
+        total_loss -= float(log_probabilities[np.arange(len(batch_labels)), batch_labels].sum())
+        predictions[start:start + len(batch_labels)] = np.argmax(logits, axis=1)
+        if keep_outputs:
+            probabilities.append(softmax(logits, axis=1))
     confusion = confusion_matrix(labels, predictions, num_classes)
     return Evaluation(
         loss=total_loss / len(labels),
@@ -161,6 +203,9 @@ def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 25
         num_samples=int(len(labels)),
         confusion=confusion,
         per_class_accuracy=per_class_accuracy(confusion),
+        images=images if keep_outputs else None,
+        labels=labels if keep_outputs else None,
+        probabilities=np.concatenate(probabilities) if keep_outputs else None,
     )
 
 

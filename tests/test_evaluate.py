@@ -75,6 +75,30 @@ def test_evaluate_matches_a_direct_computation_and_restores_mode(tiny, rng):
     assert json.dumps(result.to_dict(CLASSES))
 
 
+
+def test_one_inference_loop_serves_evaluate_logits_and_the_figures(tiny, rng):
+    from cnnlab.evaluation import iterate_logits
+    from cnnlab.ops.activation import softmax
+    from cnnlab.plots.runs import predict_probabilities
+
+    _, _, model = tiny
+    images = rng.integers(0, 256, (11, 6, 6), dtype=np.uint8)
+    labels = rng.integers(0, 3, 11)
+    x = to_float(images, "unit")
+    model.train()
+    batches = list(iterate_logits(model, images, batch_size=4, prepare=lambda b: to_float(b, "unit")))
+    assert model.training and [start for start, _ in batches] == [0, 4, 8]
+    logits = np.concatenate([part for _, part in batches])
+    np.testing.assert_array_equal(logits, predict_logits(model, x, batch_size=4))
+    np.testing.assert_allclose(predict_probabilities(model, x, batch_size=3), softmax(logits, axis=1),
+                               rtol=1e-6)
+    kept = evaluate(model, images, labels, batch_size=5, normalization="unit", keep_outputs=True)
+    np.testing.assert_allclose(kept.probabilities, softmax(logits, axis=1), rtol=1e-6)
+    np.testing.assert_array_equal(kept.predictions, logits.argmax(1))
+    assert kept.images is images and kept.labels.tolist() == labels.tolist()
+    assert kept.accuracy == pytest.approx(np.mean(logits.argmax(1) == labels))
+    assert evaluate(model, images, labels, normalization="unit").probabilities is None
+
 def test_cli_evaluate_prints_accuracy_classes_and_confusion(tiny, tmp_path, capsys):
     folder, run, _ = tiny
     out = tmp_path / "result.json"

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from cnnlab.errors import CheckpointError, ConfigError, DataError
+from cnnlab.evaluation import Evaluation
 from cnnlab.runs import CHECKPOINT_FILE as CHECKPOINT_NAME
 from cnnlab.runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
@@ -76,33 +76,14 @@ def to_model_input(images: np.ndarray, meta: dict) -> np.ndarray:
 
 
 def predict_probabilities(model, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """Softmax outputs (N, classes) of ``model`` on ``x`` (N, C, H, W), in eval mode, in batches."""
+    """Softmax outputs (N, classes) of ``model`` on ``x`` (N, C, H, W), in eval mode, in batches
+    (:func:`cnnlab.evaluation.predict_logits`)."""
+    from cnnlab.evaluation import predict_logits
     from cnnlab.ops.activation import softmax
 
-    was_training = getattr(model, "training", False)
-    model.eval()
-    try:
-        parts = [softmax(model(x[start:start + batch_size]), axis=1) for start in range(0, len(x), batch_size)]
-    finally:
-        model.train(was_training)
-    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
-
-
-@dataclass
-class Evaluation:
-    """The network's outputs on the first ``len(labels)`` test images."""
-
-    images: np.ndarray          # (N, H, W) uint8, as stored
-    labels: np.ndarray          # (N,) int64
-    probabilities: np.ndarray   # (N, classes) softmax outputs
-
-    @property
-    def predictions(self) -> np.ndarray:
-        return self.probabilities.argmax(axis=1)
-
-    @property
-    def accuracy(self) -> float:
-        return float((self.predictions == self.labels).mean()) if len(self.labels) else float("nan")
+    if len(x) == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    return softmax(predict_logits(model, x, batch_size), axis=1)
 
 
 class Run:
@@ -194,11 +175,15 @@ class Run:
         return to_model_input(self.dataset.test_images[indices], self.meta), self.dataset.test_labels[indices]
 
     def evaluate(self, limit: int = 2000) -> Evaluation:
-        """The model's probabilities on the first ``limit`` test images (computed once per limit)."""
-        if limit in self._evaluations:
-            return self._evaluations[limit]
-        images = self.dataset.test_images[:limit]
-        labels = np.asarray(self.dataset.test_labels[:limit], dtype=np.int64)
-        probabilities = predict_probabilities(self.model, to_model_input(images, self.meta))
-        self._evaluations[limit] = Evaluation(images=images, labels=labels, probabilities=probabilities)
+        """The model on the first ``limit`` test images, with their images, labels and
+        probabilities kept (:func:`cnnlab.evaluation.evaluate`; computed once per limit)."""
+        from cnnlab.evaluation import evaluate
+
+        if limit not in self._evaluations:
+            normalization = self.meta.get("normalization") or {}
+            self._evaluations[limit] = evaluate(
+                self.model, self.dataset.test_images[:limit], self.dataset.test_labels[:limit],
+                batch_size=500, normalization=normalization.get("kind", "unit"),
+                mean=normalization.get("mean"), std=normalization.get("std"),
+                num_classes=len(self.classes), keep_outputs=True)
         return self._evaluations[limit]
