@@ -13,11 +13,12 @@ import os
 import platform
 import re
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, DataError
 
 DEFAULT_RUNS_ROOT = "runs"
 CONFIG_FILE = "config.json"
@@ -115,17 +116,30 @@ class MetricsWriter:
         self._stream.close()
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """Every record of a metrics.jsonl file (a torn last line, from a crash, is skipped)."""
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """Every record of a metrics.jsonl file, in order ([] when there is no file yet).
+
+    The file is appended one line per record while a run trains, so an interrupted run can
+    leave its last line cut short: that line is skipped with a warning. A damaged line
+    anywhere else means the file itself is damaged: a DataError names the file and the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     records = []
-    if not Path(path).is_file():
-        return records
-    with open(path, encoding="utf-8") as stream:
-        for line in stream:
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                warnings.warn(f"{path}: skipped its last line, which was cut short (the run was "
+                              "interrupted while writing it)", stacklevel=2)
+                break
+            raise DataError(f"{path} line {number} is not JSON ({error.msg}); is the run folder "
+                            "damaged?") from None
     return records
 
 

@@ -46,26 +46,11 @@ def _read_json(path: Path):
 
 
 def read_metrics(run: str | os.PathLike) -> list[dict]:
-    """The records of ``RUN/metrics.jsonl`` in order ([] if there are none yet).
+    """The records of ``RUN/metrics.jsonl`` (:func:`cnnlab.runs.read_metrics`: a last line cut
+    short is skipped with a warning, a damaged line elsewhere raises DataError)."""
+    from cnnlab.runs import read_metrics as read_metrics_file
 
-    The file is appended while training runs, so a last line cut short is skipped; a damaged
-    line elsewhere raises DataError.
-    """
-    path = resolve_run(run) / METRICS_FILE
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            if number == len(lines):
-                break
-            raise DataError(f"{path} line {number} is not JSON ({error.msg}); is the run folder damaged?") from error
-    return records
+    return read_metrics_file(resolve_run(run) / METRICS_FILE)
 
 
 def to_model_input(images: np.ndarray, meta: dict) -> np.ndarray:
