@@ -491,8 +491,18 @@ def save_figure(figure, path: str | os.PathLike) -> None:
         figure.savefig(stream, format=suffix, bbox_inches="tight")
 
 
+def _image_stack(images, what: str) -> np.ndarray:
+    """(N, H, W) from (N, H, W) or (N, 1, H, W) images (tensors too), as float64."""
+    stack = _to_numpy(images)
+    if stack.ndim == 4 and stack.shape[1] == 1:
+        stack = stack[:, 0]
+    if stack.ndim != 3 or len(stack) == 0:
+        raise ShapeError(f"{what} needs images (N, H, W) or (N, 1, H, W), got {stack.shape}")
+    return stack.astype(np.float64)
+
+
 def montage(images, fill: float = 0.0) -> np.ndarray:
-    """Tile a stack of images into one square-ish grid (like ``skimage.util.montage``).
+    """Tile a stack of images into one square grid (like ``skimage.util.montage``).
 
     Args:
         images: a tensor or array of images.
@@ -502,18 +512,7 @@ def montage(images, fill: float = 0.0) -> np.ndarray:
         - images: :math:`(N, H, W)` or :math:`(N, 1, H, W)`
         - Output: :math:`(R \\cdot H, R \\cdot W)` with :math:`R = \\lceil \\sqrt{N} \\rceil`
     """
-    stack = _to_numpy(images)
-    if stack.ndim == 4 and stack.shape[1] == 1:
-        stack = stack[:, 0]
-    if stack.ndim != 3 or len(stack) == 0:
-        raise ShapeError(f"montage needs images (N, H, W) or (N, 1, H, W), got {stack.shape}")
-    count, height, width = stack.shape
-    side = math.ceil(math.sqrt(count))
-    grid = np.full((side * height, side * width), fill, dtype=np.float64)
-    for index, image in enumerate(stack):
-        row, column = divmod(index, side)
-        grid[row * height:(row + 1) * height, column * width:(column + 1) * width] = image
-    return grid
+    return _square_tiles(_image_stack(images, "montage"), pad=0, value=fill)
 
 
 def montage_plot(x, path: str | os.PathLike | None = None):
@@ -526,13 +525,14 @@ def montage_plot(x, path: str | os.PathLike | None = None):
     Shape:
         - x: :math:`(N, H, W)` or :math:`(N, 1, H, W)`
     """
-    stack = _to_numpy(x)
-    if stack.ndim == 4 and stack.shape[1] == 1:
-        stack = stack[:, 0]
-    if stack.ndim != 3:
-        raise ShapeError(f"montage_plot needs images (N, H, W) or (N, 1, H, W), got {stack.shape}")
-    padded = np.pad(stack, pad_width=((0, 0), (1, 1), (1, 1)), mode="constant", constant_values=0)
-    return plot(montage(padded), path=path)
+    return plot(_square_tiles(_image_stack(x, "montage_plot"), pad=1, value=0.0), path=path)
+
+
+def _square_tiles(stack: np.ndarray, pad: int, value: float) -> np.ndarray:
+    from cnnlab.plots.tiling import tile
+
+    side = math.ceil(math.sqrt(len(stack)))
+    return tile(stack, columns=side, rows=side, pad=pad, value=value)
 
 
 # --------------------------------------------------------------------------- data

@@ -20,26 +20,31 @@ def pad_images(images: np.ndarray, pad: int = 1, value: float = 0.0) -> np.ndarr
     return np.pad(images, ((0, 0), (pad, pad), (pad, pad)), mode="constant", constant_values=value)
 
 
-def tile(images: np.ndarray, columns: int | None = None, pad: int = 1, value: float = 0.0) -> np.ndarray:
+def tile(images: np.ndarray, columns: int | None = None, pad: int = 1, value: float = 0.0,
+         rows: int | None = None) -> np.ndarray:
     """Tile ``images`` (N, H, W) row by row into one 2-D image, each tile padded by ``pad``.
 
     Args:
         images: the tiles, all the same size.
         columns: tiles per row; default ceil(sqrt(N)), the lecture's square montage.
         pad: border added around each tile.
-        value: value of the border and of empty slots in the last row.
+        value: value of the border and of empty slots.
+        rows: rows of tiles; default as many as the images fill, ceil(N / columns).
 
     Shape:
         - images: (N, H, W)
-        - output: (rows * (H + 2 * pad), columns * (W + 2 * pad)), rows = ceil(N / columns)
+        - output: (rows * (H + 2 * pad), columns * (W + 2 * pad)), float32 (float64 input
+          stays float64)
     """
-    images = np.asarray(images, dtype=np.float32)
+    images = np.asarray(images)
+    if images.dtype != np.float64:
+        images = images.astype(np.float32)
     count, height, width = images.shape
     columns = columns or max(1, math.ceil(math.sqrt(count)))
-    rows = max(1, math.ceil(count / columns))
+    rows = max(rows or 1, math.ceil(count / columns))
     padded = pad_images(images, pad, value)
     tile_h, tile_w = padded.shape[1:]
-    canvas = np.full((rows * columns, tile_h, tile_w), value, dtype=np.float32)
+    canvas = np.full((rows * columns, tile_h, tile_w), value, dtype=images.dtype)
     canvas[:count] = padded
     # (rows, columns, tile_h, tile_w) -> (rows, tile_h, columns, tile_w): rows of tiles side by side.
     canvas = canvas.reshape(rows, columns, tile_h, tile_w).transpose(0, 2, 1, 3)
