@@ -430,12 +430,15 @@ def model_from_checkpoint(checkpoint: Checkpoint):
 
 def check_state_fits(model, state: dict, source: str) -> None:
     """Raise one compact CheckpointError listing keys and shapes that differ."""
-    own = {key: np.shape(value) for key, value in model.state_dict().items()}
-    theirs = {key: np.shape(value) for key, value in state.items()}
-    problems = [f"missing {key}" for key in own if key not in theirs]
-    problems += [f"unexpected {key}" for key in theirs if key not in own]
-    problems += [f"{key} {_shape(theirs[key])} in file vs {_shape(own[key])} in model"
-                 for key in own if key in theirs and theirs[key] != own[key]]
+    from cnnlab.nn.module import state_differences
+
+    differences = state_differences(model.state_dict(), state)
+    problems = [f"missing {key}" for key in differences.missing]
+    problems += [f"unexpected {key}" for key in differences.unexpected]
+    problems += [f"{key} {_shape(theirs)} in file vs {_shape(ours)} in model"
+                 for key, theirs, ours in differences.shapes]
+    problems += [f"{key} {theirs} in file vs {ours} in model"
+                 for key, theirs, ours in differences.dtypes]
     if problems:
         shown = "; ".join(problems[:4])
         more = f" (+{len(problems) - 4} more)" if len(problems) > 4 else ""

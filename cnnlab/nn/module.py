@@ -9,6 +9,7 @@ the layer; ``backward(dy)`` returns ``dx`` and ADDS the parameter gradients into
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -194,33 +195,25 @@ class Module:
             CheckpointError: one line listing missing keys, unexpected keys and shape mismatches.
         """
         own = self.state_dict()
-        missing = [key for key in own if key not in state]
-        unexpected = [key for key in state if key not in own]
+        differences = state_differences(own, state)
         problems = []
-        if strict and missing:
-            problems.append("missing keys: " + ", ".join(missing))
-        if strict and unexpected:
-            problems.append("unexpected keys: " + ", ".join(unexpected))
-        sources = {}
-        for key, target in own.items():
-            if key not in state:
-                continue
-            source = np.asarray(state[key])
-            if source.shape != target.shape:
-                problems.append(
-                    f"{key}: checkpoint shape {source.shape}, model shape {target.shape}"
-                )
-            elif not np.can_cast(source.dtype, target.dtype, casting="same_kind"):
-                problems.append(f"{key}: checkpoint dtype {source.dtype}, model dtype {target.dtype}")
-            sources[key] = source
+        if strict and differences.missing:
+            problems.append("missing keys: " + ", ".join(differences.missing))
+        if strict and differences.unexpected:
+            problems.append("unexpected keys: " + ", ".join(differences.unexpected))
+        problems += [f"{key}: checkpoint shape {theirs}, model shape {ours}"
+                     for key, theirs, ours in differences.shapes]
+        problems += [f"{key}: checkpoint dtype {theirs}, model dtype {ours}"
+                     for key, theirs, ours in differences.dtypes]
         if problems:
             raise CheckpointError(
                 f"cannot load state into {type(self).__name__}: " + "; ".join(problems)
                 + " (was it saved from the same model spec?)"
             )
-        for key, source in sources.items():
-            np.copyto(own[key], source, casting="same_kind")
-        return missing, unexpected
+        for key, target in own.items():
+            if key in state:
+                np.copyto(target, np.asarray(state[key]), casting="same_kind")
+        return differences.missing, differences.unexpected
 
     def train(self, mode: bool = True) -> Module:
         for module in self.modules():
@@ -246,6 +239,33 @@ class Module:
             return f"{type(self).__name__}({extra})"
         body = "\n  ".join(([extra] if extra else []) + lines)
         return f"{type(self).__name__}(\n  {body}\n)"
+
+
+class StateDifferences(NamedTuple):
+    """How a state dict differs from a module's own (see :func:`state_differences`)."""
+
+    missing: list[str]                              # keys the module has and the state lacks
+    unexpected: list[str]                           # keys the state has and the module lacks
+    shapes: list[tuple[str, tuple, tuple]]          # (key, state's shape, module's shape)
+    dtypes: list[tuple[str, np.dtype, np.dtype]]    # (key, state's, module's): no same-kind cast
+
+
+def state_differences(own: dict, state: dict) -> StateDifferences:
+    """The one check of a state dict against a module's ``state_dict()`` (``own``): the keys
+    each lacks, and the arrays whose shape differs or whose dtype does not cast ("same_kind")
+    into the module's. Used by :meth:`Module.load_state_dict` and by the checkpoint loader."""
+    missing = [key for key in own if key not in state]
+    unexpected = [key for key in state if key not in own]
+    shapes, dtypes = [], []
+    for key, target in own.items():
+        if key not in state:
+            continue
+        source = np.asarray(state[key])
+        if source.shape != np.shape(target):
+            shapes.append((key, source.shape, np.shape(target)))
+        elif not np.can_cast(source.dtype, np.asarray(target).dtype, casting="same_kind"):
+            dtypes.append((key, source.dtype, np.asarray(target).dtype))
+    return StateDifferences(missing, unexpected, shapes, dtypes)
 
 
 def _indent(text: str) -> str:
