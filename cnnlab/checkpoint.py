@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import CheckpointError, CnnlabError
+from cnnlab.formatting import format_shape
 from cnnlab.fileio import atomic_write
 
 FORMAT = "cnnlab-checkpoint"
@@ -446,7 +447,7 @@ def check_state_fits(model, state: dict, source: str) -> None:
 
 
 def _shape(shape) -> str:
-    return "(" + ",".join(str(size) for size in shape) + ")"
+    return format_shape(shape, ",", brackets=True)
 
 
 # PyTorch interchange

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cnnlab.errors import ConfigError, ShapeError
+from cnnlab.formatting import format_shape
 from cnnlab.validation import positive_int
 
 # name -> the equivalent spec; the classifier Linear(features, num_classes) is always appended
@@ -166,7 +167,7 @@ def _plan_layer_sizes(tokens, input_shape, num_classes, original) -> list[LayerP
                           f"for one hidden layer write 'fc{sizes[0]}'")
     if sizes[0] != features:
         raise ConfigError(f"spec '{original}': the first size is the input size, {sizes[0]}, but "
-                          f"the input {'x'.join(map(str, input_shape))} has {features} values; "
+                          f"the input {format_shape(input_shape)} has {features} values; "
                           f"write '{features}-{'-'.join(tokens)}' (or 'fc{tokens[0]}')")
     if sizes[-1] != num_classes:
         raise ConfigError(f"spec '{original}': the last size is the number of classes, "
@@ -255,7 +256,7 @@ class _Planner:
             self._check_same_padding(kernel, options)
         if len(self.shape) != 3:
             raise self.error(f"a conv layer needs (C, H, W) input, but its input is "
-                             f"{self._shape_text()} (after flatten/fc): move it earlier")
+                             f"{format_shape(self.shape)} (after flatten/fc): move it earlier")
         channels = self.shape[0]
         try:
             self.add("Conv2d", channels, out_channels, kernel, stride=options["s"], padding=padding,
@@ -287,7 +288,7 @@ class _Planner:
         if padding == "same":
             raise self.error(f"pool padding must be a number, at most half the kernel ({kernel})")
         if len(self.shape) != 3:
-            raise self.error(f"pooling needs (C, H, W) input, but its input is {self._shape_text()}")
+            raise self.error(f"pooling needs (C, H, W) input, but its input is {format_shape(self.shape)}")
         try:
             self.add(kind, kernel, stride=stride, padding=padding)
         except ShapeError as error:
@@ -385,5 +386,3 @@ class _Planner:
             f"({kernel}-1) - 1)/{stride} + 1) = {out_height}; use a smaller {what}, more padding "
             f"or fewer pooling layers before it")
 
-    def _shape_text(self) -> str:
-        return "x".join(str(size) for size in self.shape)

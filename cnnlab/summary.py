@@ -17,6 +17,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from cnnlab.errors import ShapeError
+from cnnlab.formatting import format_shape
 from cnnlab.validation import int_pair
 
 
@@ -140,7 +141,7 @@ def _one_line(text: str) -> str:
 
 
 def _shape_text(shape: tuple) -> str:
-    return "(" + ", ".join(str(size) for size in shape) + ")"
+    return format_shape(shape, ", ", brackets=True)
 
 
 def _human(count: float) -> str:

@@ -99,3 +99,12 @@ def test_a_module_without_a_formula_is_run_once_for_its_shape(rng):
     model = nn.Sequential(nn.Conv2d(1, 2, 3, rng=rng), Doubler(), nn.Flatten())
     assert model.output_shape((1, 1, 5, 5)) == (1, 36)
     assert [row.output_shape for row in summarize(model, (1, 5, 5))][1:] == [(2, 3, 3), (4, 3, 3), (36,)]
+
+
+def test_one_shape_formatter():
+    from cnnlab.formatting import format_shape
+
+    assert format_shape((1, 28, 28)) == "1x28x28"
+    assert format_shape(np.zeros((64, 7, 7)).shape, ", ", brackets=True) == "(64, 7, 7)"
+    assert format_shape((3,), ", ", brackets=True) == "(3)"
+    assert format_shape((64, 32, 3, 3), ",", brackets=True) == "(64,32,3,3)"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from cnnlab.formatting import format_shape
+
 HELP = "test accuracy, loss, per-class accuracy and confusion matrix of a trained model"
 
 
@@ -39,8 +41,8 @@ def run(args) -> int:
     dataset = load_dataset(dataset_name, data_dir=args.data_dir)
     input_shape = tuple(meta.get("input_shape", (1, 28, 28)))
     if tuple(dataset.image_shape) != input_shape[-2:]:
-        raise ConfigError(f"dataset '{dataset_name}' has {_size(dataset.image_shape)} images but "
-                          f"the model takes {_size(input_shape[-2:])}: choose another --dataset")
+        raise ConfigError(f"dataset '{dataset_name}' has {format_shape(dataset.image_shape)} images but "
+                          f"the model takes {format_shape(input_shape[-2:])}: choose another --dataset")
     num_classes = int(meta.get("num_classes", 10))
     classes = list(meta.get("classes") or dataset.classes)
     if len(classes) != num_classes:
@@ -92,6 +94,3 @@ def _dataset_name(value) -> str | None:
         value = value.get("name") or value.get("source")
     return value if isinstance(value, str) and value else None
 
-
-def _size(shape) -> str:
-    return "x".join(str(size) for size in shape)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+from cnnlab.formatting import format_shape
+
 HELP = "print each layer's output shape, parameter count and FLOPs (a model name, spec or checkpoint)"
 
 
@@ -46,12 +48,12 @@ def run(args) -> int:
         model, meta = load_model(args.model)
         spec = meta.get("model")
         input_shape = tuple(meta.get("input_shape", (1, 28, 28)))
-        title = f"{args.model}: model '{spec}', input {_shape_text(input_shape)}"
+        title = f"{args.model}: model '{spec}', input {format_shape(input_shape)}"
     else:
         input_shape = parse_shape(args.input_shape) if args.input_shape else (1, 28, 28)
         num_classes = 10 if args.num_classes is None else args.num_classes
         model = build_model(args.model, np.random.default_rng(0), input_shape, num_classes)
-        title = f"model '{args.model}', input {_shape_text(input_shape)}, {num_classes} classes"
+        title = f"model '{args.model}', input {format_shape(input_shape)}, {num_classes} classes"
     rows = summarize(model, input_shape)
     if args.json:
         print(json.dumps({"rows": [row.to_dict() for row in rows], "totals": totals(rows)},
@@ -60,6 +62,3 @@ def run(args) -> int:
         print(format_summary(rows, title=title))
     return 0
 
-
-def _shape_text(shape) -> str:
-    return "x".join(str(size) for size in shape)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import DataError
+from cnnlab.formatting import format_shape
 from cnnlab.fileio import atomic_write
 
 # IDX type code -> (big-endian dtype as stored, name used in messages)
@@ -177,7 +178,7 @@ def _decode_stream(stream, name: str, compressed: bool, file_size: int) -> IdxCo
                         f"header is complete: the file is truncated; {_REDOWNLOAD}")
     shape = struct.unpack(f">{ndim}I", dims_bytes)
     header = magic + dims_bytes
-    shape_text = "x".join(str(size) for size in shape)
+    shape_text = format_shape(shape)
     expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
     limit = file_size * _MAX_DEFLATE_RATIO if compressed else file_size - len(header)
     if expected > limit:

@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from cnnlab.errors import ConfigError, ShapeError
+from cnnlab.formatting import format_shape
 from cnnlab.plots._backend import new_figure
 from cnnlab.plots.data_figures import GRAY
 from cnnlab.plots.tiling import normalize_each, tile
@@ -254,7 +255,7 @@ def weight_histograms(model, grads: Mapping[str, np.ndarray] | None = None, bins
                            wspace=0.2, hspace=0.55)
     for row, (name, values) in enumerate(weights):
         weight_axes, grad_axes = grid[row]
-        shape = "x".join(str(size) for size in values.shape)
+        shape = format_shape(values.shape)
         weight_axes.hist(values.ravel(), bins=bins, color="#4C72B0")
         weight_axes.set_title(f"{name} ({shape}): weights, std {values.std():.3g}", fontsize=9)
         gradient = grads.get(name)
