@@ -13,34 +13,48 @@ CONFIG_OPTIONS = ("model", "dataset", "data_dir", "epochs", "batch_size", "optim
                   "wandb", "wandb_project", "wandb_name", "progress", "report")
 
 
+def _default(name: str) -> str:
+    """``"default X"`` with X TrainConfig's default for field ``name``: the help never repeats
+    a default by hand, so it cannot drift from what a run uses."""
+    import dataclasses
+
+    from cnnlab.config import TrainConfig
+
+    value = next(field.default for field in dataclasses.fields(TrainConfig) if field.name == name)
+    return f"default {value:g}" if isinstance(value, float) else f"default {value}"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("what to train")
     what.add_argument("--model", help="mlp, cnn, cnn-bn or a model spec string "
-                      "(docs/models.md); default cnn")
+                      f"(docs/models.md); {_default('model')}")
     what.add_argument("--dataset", help="mnist, fashion-mnist, kmnist or a folder of IDX files; "
-                      "default mnist")
+                      f"{_default('dataset')}")
     what.add_argument("--data-dir", help="where named datasets are downloaded and kept")
     what.add_argument("--limit-train", type=int, metavar="N",
                       help="use only the first N training images (quick runs)")
     what.add_argument("--limit-test", type=int, metavar="N",
                       help="use only the first N test images")
     what.add_argument("--val-fraction", type=float, metavar="F",
-                      help="hold out this share of the training set for validation (default 0)")
-    what.add_argument("--normalization", help="unit (x/255) or standard (training-set mean/std; "
-                      "default)")
+                      help="hold out this share of the training set for validation "
+                      f"({_default('val_fraction')})")
+    what.add_argument("--normalization", help="unit (x/255) or standard (training-set mean/std); "
+                      f"{_default('normalization')}")
     how = parser.add_argument_group("how to train")
     how.add_argument("--epochs", type=int, help="passes over the training set "
                      "(default: the model's, see docs/training.md)")
-    how.add_argument("--batch-size", type=int, help="images per step (default 128)")
-    how.add_argument("--optimizer", help="sgd, adam or adamw (default adam)")
+    how.add_argument("--batch-size", type=int, help=f"images per step ({_default('batch_size')})")
+    how.add_argument("--optimizer", help=f"sgd, adam or adamw ({_default('optimizer')})")
     how.add_argument("--lr", type=float, help="peak learning rate (default: the model's)")
-    how.add_argument("--schedule", help="constant, step, cosine or linear (default cosine)")
+    how.add_argument("--schedule", help="constant, step, cosine or linear "
+                     f"({_default('schedule')})")
     how.add_argument("--step-epochs", type=int, metavar="N",
                      help="step schedule: decay every N epochs (default: a third of the run)")
-    how.add_argument("--gamma", type=float, help="step schedule: decay factor (default 0.1)")
-    how.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    how.add_argument("--weight-decay", type=float, help="weight decay (default 0)")
-    how.add_argument("--seed", type=int, help="seed of weights, data order, dropout (default 0)")
+    how.add_argument("--gamma", type=float, help=f"step schedule: decay factor ({_default('gamma')})")
+    how.add_argument("--momentum", type=float, help=f"SGD momentum ({_default('momentum')})")
+    how.add_argument("--weight-decay", type=float, help=f"weight decay ({_default('weight_decay')})")
+    how.add_argument("--seed", type=int, help="seed of weights, data order, dropout "
+                     f"({_default('seed')})")
     how.add_argument("--threads", type=int, metavar="N",
                      help="threads sharing each batch, one shard each (default: one per CPU "
                      "core, at least 32 images each); recorded in config.json")
@@ -54,14 +68,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--resume", metavar="RUN",
                        help="continue an interrupted run folder from its last checkpoint")
     where.add_argument("--log-every", type=int, metavar="N",
-                       help="steps between step records in metrics.jsonl (default 50)")
+                       help="steps between step records in metrics.jsonl "
+                       f"({_default('log_every')})")
     where.add_argument("--no-progress", dest="progress", action="store_const", const=False,
                        default=None, help="no progress bar")
     where.add_argument("--no-report", dest="report", action="store_const", const=False,
                        default=None, help="do not write report.html")
     where.add_argument("--wandb", action="store_const", const=True, default=None,
                        help="also log to Weights & Biases (pip install 'cnnlab[wandb]')")
-    where.add_argument("--wandb-project", help="W&B project (default cnnlab)")
+    where.add_argument("--wandb-project", help=f"W&B project ({_default('wandb_project')})")
     where.add_argument("--wandb-name", help="W&B run name (default: the run folder's name)")
 
 
