@@ -26,6 +26,7 @@ COMMANDS = {
     "summary": "summary",
     "data": "data",
     "report": "report",
+    "explore": "explore",
     "plot": "plot",
     "verify": "verify",
     "bench": "bench",

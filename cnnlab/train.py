@@ -236,6 +236,15 @@ def evaluate_arrays(model, images, labels, normalization: dict, threads: int = 1
 # --------------------------------------------------------------------------- the trainer
 
 
+def _live_writer(config: TrainConfig, run_dir: Path, data: _Data):
+    """RUN/live.js for the open report's live view (cnnlab/explorer/live.py); off with --no-report."""
+    if not config.report:
+        return None
+    from cnnlab.explorer.live import LiveWriter
+
+    return LiveWriter(run_dir, data.test_images[0], data.normalization, config.epochs)
+
+
 def _all_finite(model) -> bool:
     return all(np.isfinite(parameter.data).all() for parameter in model.parameters())
 
@@ -264,6 +273,7 @@ class Trainer:
         self.wandb = None
         self.wandb_run_id = wandb_run_id
         self._report_notice_shown = False
+        self.live = _live_writer(config, self.run_dir, data)
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -321,6 +331,8 @@ class Trainer:
 
     def _record(self, record: dict) -> None:
         self.metrics.write(record)
+        if self.live is not None:
+            self.live.add(record)
         if self.wandb is not None:
             self.wandb.log(record)
 
@@ -449,6 +461,8 @@ class Trainer:
                 if progress.global_step % config.log_every == 0:
                     self._step_record(epoch, lr, window_start)
                     window_start = time.perf_counter()
+                if self.live is not None:
+                    self.live.maybe_write(model)
                 if stop.signum is not None:
                     break
         finally:
@@ -486,6 +500,8 @@ class Trainer:
         self._record(record)
         self.save_checkpoint()
         write_json(self.run_dir / runs.SUMMARY_FILE, self.summary(finished=False))
+        if self.live is not None:
+            self.live.write(self.model)
         self._print_epoch(record)
         written_at = self._report_written_at
         if epoch < self.config.epochs and (
@@ -517,10 +533,14 @@ class Trainer:
                     if stop.signum is not None or not self._train_epoch(epoch, stop):
                         result = TrainResult(self.run_dir, self.summary(finished=False), stop.signum)
                         write_json(self.run_dir / runs.SUMMARY_FILE, result.summary)
+                        if self.live is not None:
+                            self.live.write(self.model, status="stopped")
                         exit_code = result.exit_code
                         return result
             summary = self.summary(finished=True)
             write_json(self.run_dir / runs.SUMMARY_FILE, summary)
+            if self.live is not None:
+                self.live.write(self.model, status="finished")
             self._write_report()
             exit_code = 0
             return TrainResult(self.run_dir, summary)

@@ -1,0 +1,144 @@
+"""The live view: a small file the trainer rewrites while it runs, which an open report polls.
+
+``RUN/live.js`` holds one JSON object wrapped in a function call, ``cnnlabLive({...});``, so
+that a page opened from disk (``file://``, where browsers refuse ``fetch``) can still load it
+with a ``<script>`` tag; :func:`read_live` gives the object back in Python. It holds:
+
+- ``status`` ("running", "finished" or "stopped"), epoch, step, the time it was written;
+- the learning curves: every epoch record and the step records (at most ``MAX_STEP_POINTS``,
+  evenly thinned);
+- the filters of every Conv2d layer (deeper layers: the mean over input channels) and the
+  feature maps of one fixed test image after every Conv2d and pooling layer, each channel as
+  uint8 scaled to its own range (``lo``, ``hi``), base64.
+
+For the lecture CNN the file is about 70 KB; the trainer writes it at most every
+``EVERY_SECONDS``, at the end of each epoch and when the run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cnnlab.errors import DataError
+from cnnlab.explorer.data import encode_uint8, layer_inputs
+from cnnlab.fileio import atomic_write
+
+LIVE_NAME = "live.js"
+CALLBACK = "cnnlabLive"
+EVERY_SECONDS = 2.0
+MAX_STEP_POINTS = 400
+#: Feature maps larger than this (values per layer) are left out of the live file.
+MAX_MAP_VALUES = 65536
+
+
+def _quantise(planes: np.ndarray) -> dict:
+    """(C, ...) float -> uint8 per channel over [lo, hi], with lo and hi per channel."""
+    flat = planes.reshape(len(planes), -1).astype(np.float64)
+    lo, hi = flat.min(axis=1), flat.max(axis=1)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    scaled = np.rint((flat - lo[:, None]) / span[:, None] * 255.0)
+    return {"shape": list(planes.shape), "lo": [float(v) for v in lo], "hi": [float(v) for v in hi],
+            "data": encode_uint8(scaled)}
+
+
+def live_state(model, image: np.ndarray, normalization: dict | None, records: list[dict],
+               status: str, epochs: int | None = None) -> dict:
+    """The live file's object for ``model`` now (see the module docstring)."""
+    from cnnlab.images import to_model_input
+    from cnnlab.nn import layers as nn
+
+    x = to_model_input(np.asarray(image, dtype=np.uint8)[None], normalization)
+    values = layer_inputs(model, x)
+    filters, maps = [], []
+    for index, layer in enumerate(model):
+        if isinstance(layer, nn.Conv2d):
+            weight = layer.weight.data
+            filters.append({"layer": index, **_quantise(weight[:, 0] if weight.shape[1] == 1
+                                                        else weight.mean(axis=1))})
+        output = values[index + 1][0]
+        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)) and output.ndim == 3 \
+                and output.size <= MAX_MAP_VALUES:
+            maps.append({"layer": index, "title": type(layer).__name__, **_quantise(output)})
+    epochs_done = [record for record in records if record.get("kind") == "epoch"]
+    steps = [record for record in records if record.get("kind") == "step"]
+    stride = max(1, math.ceil(len(steps) / MAX_STEP_POINTS))
+    last = steps[-1] if steps else {}
+    return {
+        "status": status,
+        "time": time.time(),
+        "epoch": epochs_done[-1]["epoch"] if epochs_done else 0,
+        "epochs": epochs,
+        "step": last.get("step", 0),
+        "epoch_records": epochs_done,
+        "steps": [[record["step"], record.get("loss"), record.get("accuracy")]
+                  for record in steps[::-1][::stride][::-1]],
+        "image": {"shape": list(np.asarray(image).shape), "data": encode_uint8(image)},
+        "logits": [float(v) for v in values[-1][0]],
+        "filters": filters,
+        "maps": maps,
+    }
+
+
+def write_live(path: str | os.PathLike, state: dict) -> None:
+    """Write ``state`` to ``path`` as ``cnnlabLive({...});``, atomically."""
+    with atomic_write(path, "w") as stream:
+        stream.write(f"{CALLBACK}({json.dumps(state, separators=(',', ':'))});\n")
+
+
+def read_live(run_dir: str | os.PathLike) -> dict:
+    """The object in ``RUN/live.js`` (DataError if it is missing or damaged)."""
+    path = Path(run_dir) / LIVE_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+        return json.loads(text[text.index("(") + 1:text.rindex(")")])
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot read {path}: {error}") from None
+
+
+class LiveWriter:
+    """Keeps ``RUN/live.js`` current while a run trains, at most every ``every`` seconds.
+
+    The trainer hands it each metrics record (:meth:`add`), calls :meth:`maybe_write` after
+    each step and :meth:`write` at the end of an epoch and of the run. Drawing the state runs
+    the model in eval mode on one image (no dropout draw, no batch-norm update), between steps.
+    """
+
+    def __init__(self, run_dir: Path, image: np.ndarray, normalization: dict | None,
+                 epochs: int | None, every: float = EVERY_SECONDS, clock=time.monotonic):
+        self.path = Path(run_dir) / LIVE_NAME
+        self.run_dir = Path(run_dir)
+        self.image = np.asarray(image, dtype=np.uint8)
+        self.normalization = normalization
+        self.epochs = epochs
+        self.every = every
+        self.clock = clock
+        self.records: list[dict] | None = None   # read from metrics.jsonl on first use
+        self.written_at: float | None = None
+
+    def _records(self) -> list[dict]:
+        if self.records is None:
+            from cnnlab.plots.runs import read_metrics
+
+            try:
+                self.records = read_metrics(self.run_dir)
+            except DataError:
+                self.records = []
+        return self.records
+
+    def add(self, record: dict) -> None:
+        self._records().append(record)
+
+    def maybe_write(self, model) -> None:
+        if self.written_at is None or self.clock() - self.written_at >= self.every:
+            self.write(model)
+
+    def write(self, model, status: str = "running") -> None:
+        self.written_at = self.clock()
+        write_live(self.path, live_state(model, self.image, self.normalization, self._records(),
+                                         status, self.epochs))
