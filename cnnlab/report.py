@@ -1,10 +1,12 @@
 """The report of a run: ONE self-contained HTML file with every figure of :mod:`cnnlab.plots`.
 
 ``write_report(run_dir)`` writes ``RUN/report.html``: the run summary, then samples, learning
-curves, confusion matrix, mistakes, filters, feature maps, saliency and weight histograms.
-Images are inline PNG data URIs and the style sheet is inline, so the file opens offline in
-any browser and can be mailed or archived alone. Training calls it after every epoch; while the
-run goes on the page reloads itself every 10 seconds, so a browser left open follows training.
+curves, confusion matrix, mistakes, filters, feature maps, saliency, weight histograms and the
+explorer (cnnlab/explorer: click a pixel, see what the layer computed there). Images are inline
+PNG data URIs, the scripts and the style sheet are inline, so the file opens offline in any
+browser and can be mailed or archived alone. While the run goes on, a live section polls the
+run folder's ``live.js`` (rewritten by the trainer every few seconds) and redraws the curves,
+filters and feature maps in place: the page never reloads, the reader keeps their place.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from cnnlab.errors import CnnlabError
 from cnnlab.fileio import atomic_write
 
 REPORT_NAME = "report.html"
-REFRESH_SECONDS = 10
 REPORT_DPI = 72
 
 
@@ -127,8 +128,8 @@ def _summary_section(run) -> str:
     if run.finished:
         status = '<span class="status-finished">finished</span>'
     else:
-        status = (f'<span class="status-running">running</span> (this page reloads every '
-                  f"{REFRESH_SECONDS} s)")
+        status = ('<span class="status-running">running</span> (the live section below '
+                  "follows it)")
     parts = [f'<section id="summary"><h2>Run summary</h2><p>Status: {status}</p><div class="grid">',
              "<div><h3>Results</h3>" + _table(_summary_rows(run)) + "</div>"]
     if run.config:
@@ -151,26 +152,42 @@ def _figure_html(kind: str, run, options) -> str:
     return f'<img alt="{_escape(kind)}" src="data:image/png;base64,{data}">'
 
 
-def build_report(run_dir: str | os.PathLike) -> str:
-    """The report of the run folder ``run_dir`` as one HTML string (see :func:`write_report`)."""
+def _explorer_html(run) -> str:
+    from cnnlab.explorer.data import run_payload
+    from cnnlab.explorer.page import explorer_section
+
+    try:
+        return explorer_section(run_payload(run))
+    except CnnlabError as error:
+        return (f'<section id="explorer"><h2>Explorer</h2><p class="missing">not available yet '
+                f"({_escape(error)})</p></section>")
+
+
+def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> str:
+    """The report of the run folder ``run_dir`` as one HTML string (see :func:`write_report`);
+    ``out``, where it will be written, places the live view's link to ``RUN/live.js``."""
+    from cnnlab.explorer.page import live_section, live_src_for
     from cnnlab.plots import PlotOptions, Run, require_matplotlib
 
     require_matplotlib()
     run = Run(run_dir)
     options = PlotOptions()
-    refresh = "" if run.finished else f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'
     navigation = " ".join(f'<a href="#{section.anchor}">{_escape(section.title)}</a>'
-                          for section in SECTIONS)
+                          for section in SECTIONS) + ' <a href="#explorer">Explorer</a>'
     body = [_summary_section(run)]
+    if not run.finished:
+        page = Path(out) if out is not None else run.path / REPORT_NAME
+        body.append(live_section(live_src_for(run.path, page), finished=False))
     for section in SECTIONS:
         figures = "".join(_figure_html(kind, run, options) for kind in section.kinds)
         body.append(f'<section id="{section.anchor}"><h2>{_escape(section.title)}</h2>'
                     f"<p>{_escape(section.text)}</p>{figures}</section>")
+    body.append(_explorer_html(run))
     title = f"cnnlab report: {run.path.name}"
     generated = time.strftime("%Y-%m-%d %H:%M:%S")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"{refresh}<title>{_escape(title)}</title><style>{STYLE}</style></head><body>"
+        f"<title>{_escape(title)}</title><style>{STYLE}</style></head><body>"
         f"<header><h1>{_escape(title)}</h1><p>{_escape(run.path.resolve())} &middot; "
         f"generated {generated}</p></header><nav>{navigation}</nav>"
         f"<main>{''.join(body)}</main></body></html>\n"
@@ -192,8 +209,8 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
             folder does not exist. A figure whose inputs are not there yet (no checkpoint, the
             dataset not on this machine) becomes a note in the page instead.
     """
-    document = build_report(run_dir)
     path = Path(out) if out is not None else Path(run_dir) / REPORT_NAME
+    document = build_report(run_dir, path)
     with atomic_write(path, "wb") as stream:
         stream.write(document.encode("utf-8"))
     return path

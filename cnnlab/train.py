@@ -393,7 +393,7 @@ class Trainer:
         return True
 
     def _write_report(self) -> None:
-        """Rewrite report.html (a browser left open on it reloads it and follows the run).
+        """Rewrite report.html (a browser left open on it follows the run through live.js).
 
         It is drawn here, between epochs, costing about 3 s each time (`--no-report` skips it):
         after the first epoch, then at most every REPORT_EVERY_SECONDS, and at the end. Drawing

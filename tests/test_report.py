@@ -19,8 +19,8 @@ from cnnlab.report import SECTIONS, build_report, write_report
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-HEADINGS = ["Run summary"] + [section.title for section in SECTIONS]
-REFRESH = '<meta http-equiv="refresh" content="10">'
+HEADINGS = ["Run summary"] + [section.title for section in SECTIONS] + ["Explorer"]
+LIVE = '<div id="cnnlab-live"'
 
 # Appended to a copy of the report: after load, write what the browser saw into the DOM.
 PROBE = """<script>
@@ -53,7 +53,7 @@ def image_sources(document: str) -> list[str]:
 def test_training_wrote_a_report_after_its_epoch(trained_run):  # noqa: F811
     document = (trained_run / "report.html").read_text(encoding="utf-8")
     assert "<h2>Learning curves</h2>" in document
-    assert REFRESH not in document        # its last rewrite came after summary.json said finished
+    assert LIVE not in document           # its last rewrite came after summary.json said finished
 
 
 def test_report_is_self_contained_with_every_section(report, trained_run):  # noqa: F811
@@ -66,25 +66,31 @@ def test_report_is_self_contained_with_every_section(report, trained_run):  # no
         assert source.startswith("data:image/png;base64,")
         assert base64.b64decode(source.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "not available" not in document
-    # nothing fetched from elsewhere: no links, scripts, external URLs or fonts
-    assert not re.search(r"<(link|script)\b|https?://|@import|url\(", document)
+    # nothing fetched from elsewhere: no links, no script files, no URLs or fonts (the scripts
+    # are inline)
+    assert not re.search(r"<link\b|<script[^>]*\bsrc=|https?://|@import|url\(", document)
     summary = json.loads((trained_run / "summary.json").read_text())
     assert f"{summary['test_accuracy']:.4g}" in document
     assert "images per second" in document
-    assert REFRESH not in document                # the run finished: no reload
+    assert LIVE not in document                   # the run finished: nothing to follow
+    assert '<meta http-equiv="refresh"' not in document
 
 
-def test_report_reloads_while_the_run_goes_on(trained_run, tmp_path):  # noqa: F811
+def test_report_follows_the_run_live_while_it_goes_on(trained_run, tmp_path):  # noqa: F811
     run_copy = tmp_path / "run"
     run_copy.mkdir()
     for name in ("config.json", "metrics.jsonl", "summary.json"):   # no checkpoint: quick to draw
         shutil.copy(trained_run / name, run_copy / name)
-    assert REFRESH not in build_report(run_copy)
+    assert LIVE not in build_report(run_copy)
     summary = json.loads((run_copy / "summary.json").read_text())
     write_json(run_copy / "summary.json", {**summary, "finished": False})
-    assert REFRESH in build_report(run_copy)
+    document = build_report(run_copy)
+    assert LIVE in document and 'data-src="live.js"' in document
+    assert '<meta http-equiv="refresh"' not in document   # updated in place, never reloaded
     (run_copy / "summary.json").unlink()
-    assert REFRESH in build_report(run_copy)
+    assert LIVE in build_report(run_copy)
+    # a report written elsewhere points at the run folder's live.js
+    assert f'data-src="../run/live.js"' in build_report(run_copy, tmp_path / "elsewhere" / "r.html")
 
 
 def test_report_before_the_first_checkpoint_says_what_is_missing(trained_run, tmp_path):  # noqa: F811
@@ -95,7 +101,7 @@ def test_report_before_the_first_checkpoint_says_what_is_missing(trained_run, tm
     path = write_report(early)
     document = path.read_text(encoding="utf-8")
     assert path == early / "report.html"
-    assert REFRESH in document
+    assert LIVE in document
     assert len(image_sources(document)) >= 1            # the learning curves need no checkpoint
     assert "no checkpoint.npz" in document
     assert not list(early.glob(".*.tmp"))

@@ -292,6 +292,10 @@ var CnnlabEngine = (function () {
       if (anchors && anchors[k]) {
         input = Object.assign({}, input, {data: anchors[k]});   // a pool keeps its argmax
         values[k] = input;
+        // the same numbers before a Flatten or Dropout (eval): the model's own there too
+        for (var l = k - 1; l >= 0 && (layers[l].kind === "flatten" || layers[l].kind === "dropout"); l--) {
+          values[l] = Object.assign({}, values[l], {data: anchors[k]});
+        }
       }
       values.push(forwardLayer(layers[k], input));
     }

@@ -32,7 +32,7 @@
     if (!isFinite(v)) return String(v);
     var a = Math.abs(v);
     if (a >= 1e-3 && a < 1e5) return String(Number(v.toPrecision(5)));
-    return v.toExponential(3);
+    return v.toExponential(4);
   }
   function num(v, role, extra) {
     var attributes = {"class": "cx-num" + (v < 0 ? " cx-neg" : ""), "data-v": String(v), title: String(v), text: short(v)};
@@ -73,7 +73,7 @@
     var lo = Infinity, hi = -Infinity, p;
     for (p = 0; p < plane.length; p++) { lo = Math.min(lo, plane[p]); hi = Math.max(hi, plane[p]); }
     var input = state.values && tensor === state.values[0];
-    var signed = lo < 0 && !input, scale = Math.max(Math.abs(lo), Math.abs(hi)) || 1;
+    var signed = tensor.signed !== undefined ? tensor.signed : lo < 0 && !input, scale = Math.max(Math.abs(lo), Math.abs(hi)) || 1;
     var offset = input ? lo : 0;
     if (input) scale = hi - lo || 1;
     var image = ctx.createImageData(W, H);
@@ -129,6 +129,7 @@
     var x = {shape: data.input_shape.slice(), data: E.normalize(decoded.pixels, data.normalization)};
     state.item = item;
     state.values = E.forward(layers, x, decoded.anchors);
+    markSigned(state.values);
     var logits = state.values[layers.length].data;
     state.predicted = argmax(logits);
     state.target = item.label >= 0 ? item.label : state.predicted;
@@ -142,6 +143,16 @@
         select({layer: first, channel: 0, i: shape[1] >> 1, j: shape[2] >> 1});
       } else select({layer: layers.length - 1, unit: state.predicted});
     }
+  }
+  // Maps that take either sign are drawn blue-white-red whatever this image gives them; a
+  // ReLU's output (and a pool of it) in gray.
+  var SIGNED = {conv: true, linear: true, batchnorm: true, tanh: true, leaky_relu: true};
+  function markSigned(values) {
+    for (var k = 0; k < layers.length; k++) {
+      var kind = layers[k].kind, passes = kind === "maxpool" || kind === "avgpool" || kind === "dropout" || kind === "flatten";
+      values[k + 1].signed = SIGNED[kind] === true || (passes && values[k].signed === true);
+    }
+    values[0].signed = false;
   }
   function argmax(values) {
     var best = 0;
@@ -463,6 +474,7 @@
     var grads = E.convWeightGrad(layer, x, dy, co);
     table.appendChild(row("dL/db[" + co + "] = \u03a3 dL/dY over the map", grads.bias, "dbias"));
     view.appendChild(table);
+    dy.signed = true;
     var dyCanvas = mapCanvas(BIG_PX / 2 | 0);
     drawChannel(dyCanvas, dy, co, null, [i, j]);
     view.appendChild(el("figure", {}, [dyCanvas, el("figcaption", {text: "dL/dY of output channel " + co})]));

@@ -124,11 +124,11 @@ class LiveWriter:
     def _records(self) -> list[dict]:
         if self.records is None:
             from cnnlab.plots.runs import read_metrics
+            from cnnlab.runs import METRICS_FILE
 
-            try:
-                self.records = read_metrics(self.run_dir)
-            except DataError:
-                self.records = []
+            # a resumed run: the curves so far
+            has_metrics = (self.run_dir / METRICS_FILE).exists()
+            self.records = read_metrics(self.run_dir) if has_metrics else []
         return self.records
 
     def add(self, record: dict) -> None:
