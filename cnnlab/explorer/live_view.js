@@ -63,7 +63,7 @@
       made.className = "lv-curves";
       var box = document.createElement("div");
       var heading = document.createElement("h3");
-      heading.textContent = "Learning curves (loss: blue per logged step, orange test per epoch; green: test accuracy)";
+      heading.textContent = "Learning curves: training loss per logged step (blue), test loss (orange) and accuracy (green) per epoch";
       box.appendChild(heading); box.appendChild(made);
       body.insertBefore(box, body.firstChild);
       return made;
@@ -80,6 +80,8 @@
     ctx.fillStyle = "#333"; ctx.font = "11px sans-serif";
     ctx.fillText("loss " + maxLoss.toPrecision(3), 2, pad - 8);
     ctx.fillText("step " + maxStep, W - pad - 40, H - 8);
+    ctx.fillStyle = "#2ca02c";
+    ctx.fillText("accuracy 1", W - pad - 50, pad - 8);
     ctx.strokeStyle = "#1f77b4"; ctx.beginPath();
     steps.forEach(function (s, n) { if (s[1] === null) return; if (n) ctx.lineTo(X(s[0]), Y(s[1], maxLoss)); else ctx.moveTo(X(s[0]), Y(s[1], maxLoss)); });
     ctx.stroke();
