@@ -382,3 +382,66 @@ def test_screenshot_after_clicks(browser, explorer, tmp_path):
         width, height = struct.unpack(">II", data[16:24])
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and (width, height) == (1400, 1100)
         assert len(data) > 60_000                         # a page of maps, not a blank one
+
+
+def every_kind_of_layer(rng):
+    """Colour 20x24 inputs through every layer kind the explorer shows, with odd arguments."""
+    from cnnlab.nn import layers as nn
+    from cnnlab.nn.module import Sequential
+
+    model = Sequential(
+        nn.Conv2d(3, 4, 3, stride=2, padding=1, rng=rng), nn.BatchNorm2d(4), nn.LeakyReLU(0.1),
+        nn.Conv2d(4, 6, 3, padding=2, dilation=2, groups=2, rng=rng), nn.Tanh(),
+        nn.AvgPool2d(2, padding=1), nn.Conv2d(6, 5, (2, 3), bias=False, rng=rng), nn.ReLU(),
+        nn.MaxPool2d(2, stride=1), nn.Flatten(), nn.Dropout(0.3, rng=rng), nn.Linear(80, 7, rng=rng),
+        nn.Sigmoid(), nn.Linear(7, 4, rng=rng))
+    batch_norm = model[1]
+    batch_norm.running_mean[...] = rng.normal(0, 0.3, 4)
+    batch_norm.running_var[...] = rng.uniform(0.5, 2, 4)
+    batch_norm.weight.data[...] = rng.uniform(0.5, 1.5, 4)
+    batch_norm.bias.data[...] = rng.normal(0, 0.2, 4)
+    return model
+
+
+def test_every_layer_kind_and_colour_inputs_of_any_size(browser, rng, tmp_path):
+    from cnnlab.explorer.data import explorer_payload
+    from cnnlab.explorer.page import explorer_section
+
+    model = every_kind_of_layer(rng)
+    images = rng.integers(0, 256, (3, 3, 20, 24), dtype=np.uint8)
+    x = (images / np.float32(255)).astype(np.float32)
+    meta = {"normalization": {"kind": "unit"}, "num_classes": 4, "classes": ["a", "b", "c", "d"]}
+    page = tmp_path / "page.html"
+    page.write_text("<!DOCTYPE html><html><body>" + explorer_section(
+        explorer_payload(model, meta, images, [0, 1, 2], x=x)) + "</body></html>", encoding="utf-8")
+    values = layer_inputs(model, x)
+    opened = Opened(browser, page.as_uri())
+    computed = opened.page.evaluate("""() => window.cnnlabExplorer.state.values.map(
+        (t) => ({shape: t.shape, data: Array.from(t.data)}))""")
+    for k, (ours, theirs) in enumerate(zip(computed, values)):
+        assert ours["shape"] == list(theirs.shape[1:]), k
+        np.testing.assert_allclose(np.array(ours["data"]), theirs[0].ravel(), rtol=1e-5, atol=1e-6,
+                                   err_msg=f"input of layer {k}")
+    # the backward pass through every layer, against the layers' own backward
+    target = opened.page.evaluate("() => window.cnnlabExplorer.state.target")
+    grads = opened.page.evaluate("() => window.cnnlabExplorer.state.backward.grads.map((g) => Array.from(g.data))")
+    reference = backward_reference(model, x[:1], target)
+    for k, ours in enumerate(grads):
+        theirs = reference[k][0].ravel()
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5 * float(np.abs(theirs).max()),
+                                   err_msg=f"dL/d(output of layer {k})")
+    for layer, channel, i, j in [(0, 3, 0, 11), (3, 5, 4, 2), (6, 1, 2, 2)]:
+        opened.click_map(layer, channel, i, j)
+        panel = opened.page.evaluate(READ_CONV_PANEL)
+        np.testing.assert_allclose(panel["result"], float(values[layer + 1][0, channel, i, j]),
+                                   **FLOAT32_TOLERANCE)
+        groups = model[layer].groups
+        assert len(panel["channels"]) == model[layer].in_channels // groups
+    # the second conv's output channel 5 reads input channels 2 and 3 (its group)
+    opened.click_map(3, 5, 4, 2)
+    assert [block["channel"] for block in opened.page.evaluate(READ_CONV_PANEL)["channels"]] == [2, 3]
+    opened.page.locator(".cx-bar").first.click()
+    unit = opened.page.evaluate(READ_UNIT_PANEL)
+    np.testing.assert_allclose(unit["result"], float(values[-1][0, opened.page.evaluate(
+        "() => window.cnnlabExplorer.state.selection.unit")]), **FLOAT32_TOLERANCE)
+    opened.close()

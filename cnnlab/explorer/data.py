@@ -136,7 +136,8 @@ def _computed_layers(model) -> set[int]:
     return {index for index, layer in enumerate(model) if isinstance(layer, (nn.Conv2d, nn.Linear))}
 
 
-def explorer_payload(model, meta: dict, images: np.ndarray, labels, names=None) -> dict:
+def explorer_payload(model, meta: dict, images: np.ndarray, labels, names=None,
+                     x: np.ndarray | None = None) -> dict:
     """The page's JSON for ``model`` and uint8 ``images`` (N, H, W) or (N, C, H, W).
 
     Args:
@@ -145,11 +146,14 @@ def explorer_payload(model, meta: dict, images: np.ndarray, labels, names=None) 
         images: the images to embed, as stored in the dataset.
         labels: their classes (or -1 where unknown).
         names: a caption per image (default "test #i").
+        x: the model's float32 input for ``images`` (default: ``images`` normalised as
+            ``meta["normalization"]`` says, like ``cnnlab predict``).
     """
     from cnnlab.images import to_model_input
 
     images = np.asarray(images, dtype=np.uint8)
-    x = to_model_input(images, meta.get("normalization"))
+    if x is None:
+        x = to_model_input(images, meta.get("normalization"))
     values = layer_inputs(model, x)
     kept = _computed_layers(model)
     num_classes = int(meta.get("num_classes", values[-1].shape[1]))
