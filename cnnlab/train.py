@@ -330,9 +330,9 @@ class Trainer:
     # ---------------------------------------------------------------- records
 
     def _record(self, record: dict) -> None:
-        self.metrics.write(record)
-        if self.live is not None:
+        if self.live is not None:   # first: on its first use it reads the records so far
             self.live.add(record)
+        self.metrics.write(record)
         if self.wandb is not None:
             self.wandb.log(record)
 

@@ -127,6 +127,12 @@ def test_the_live_view_does_not_change_what_training_computes(tmp_path, shared_d
     assert not (tmp_path / "quiet" / "live.js").exists()
     state = live.read_live(tmp_path / "live")
     assert state["status"] == "finished" and state["epoch"] == 2
+    from cnnlab.plots.runs import read_metrics
+
+    records = read_metrics(tmp_path / "live")
+    assert state["epoch_records"] == [record for record in records if record["kind"] == "epoch"]
+    assert state["steps"] == [[record["step"], record["loss"], record["accuracy"]]
+                              for record in records if record["kind"] == "step"]
     with np.load(tmp_path / "live" / "checkpoint.npz") as ours, \
             np.load(tmp_path / "quiet" / "checkpoint.npz") as theirs:
         for key in ours.files:
@@ -174,3 +180,17 @@ def test_explore_serve_binds_127_0_0_1_and_prints_the_url(trained_run, tmp_path)
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_resumed_runs_live_view_starts_from_the_records_so_far(tmp_path, rng):
+    from cnnlab.runs import METRICS_FILE
+
+    earlier = [{"kind": "step", "step": 1, "loss": 2.0, "accuracy": 0.1},
+               {"kind": "epoch", "epoch": 1, "step": 1, "test_loss": 1.5, "test_accuracy": 0.4}]
+    (tmp_path / METRICS_FILE).write_text("".join(json.dumps(record) + "\n" for record in earlier))
+    writer = live.LiveWriter(tmp_path, np.zeros((28, 28), np.uint8), None, epochs=2)
+    writer.add({"kind": "step", "step": 2, "loss": 1.0, "accuracy": 0.6})
+    writer.write(build_model("c2k3-p2", rng), status="stopped")
+    state = live.read_live(tmp_path)
+    assert state["steps"] == [[1, 2.0, 0.1], [2, 1.0, 0.6]] and state["epoch"] == 1
+    assert state["status"] == "stopped"
