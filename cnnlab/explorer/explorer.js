@@ -392,8 +392,9 @@
     table.appendChild(row("= y, the feature map's value (float32)", px.y, "result"));
     panel.appendChild(table);
     if (state.item.decoded.anchors) {
-      panel.appendChild(el("p", {"class": "cx-note", text: "W and X are the model's own float32 numbers (X is what layer " +
-        (k - 1 < 0 ? "input" : k - 1) + " output for this image in cnnlab); each product and sum is exact to float64, y is rounded to float32 like the map."}));
+      panel.appendChild(el("p", {"class": "cx-note", text: "W and X are the model's own float32 numbers (X is " +
+        (k === 0 ? "the normalised input image" : "what layer " + (k - 1) + " output for this image in cnnlab") +
+        "); each product and sum is exact to float64, y is rounded to float32 like the map."}));
     }
     panel.appendChild(downstream(k, co, i, j, px.y));
     panel.appendChild(convBackwardView(k, co, i, j, px));
@@ -440,8 +441,10 @@
     var table = el("table", {"class": "cx-sum"});
     if (win.winner >= 0) {
       var tap = win.taps[win.winner];
+      var ties = win.values.filter(function (v) { return v === win.values[win.winner]; }).length;
       table.appendChild(row("winner", el("span", {"data-role": "winner", "data-row": tap[0], "data-col": tap[1], text: "row " + tap[0] + ", column " + tap[1] +
-        (tap[0] === i && tap[1] === j ? " (this pixel)" : "")})));
+        (tap[0] === i && tap[1] === j ? " (this pixel)" : "") +
+        (ties > 1 ? "; a tie of " + ties + ": the first in row-major order wins, as in cnnlab.ops and PyTorch" : "")})));
     }
     table.appendChild(row("pooled value", at(model, c, pi, pj), "pooled"));
     view.appendChild(table);
