@@ -410,12 +410,16 @@ def test_every_layer_kind_and_colour_inputs_of_any_size(browser, rng, tmp_path):
     model = every_kind_of_layer(rng)
     images = rng.integers(0, 256, (3, 3, 20, 24), dtype=np.uint8)
     x = (images / np.float32(255)).astype(np.float32)
-    meta = {"normalization": {"kind": "unit"}, "num_classes": 4, "classes": ["a", "b", "c", "d"]}
+    # a class name (from the user's folder) that would end a <script> element, left as it is
+    meta = {"normalization": {"kind": "unit"}, "num_classes": 4,
+            "classes": ["</script><!-- a", "b & <b>", "c", "d"]}
     page = tmp_path / "page.html"
     page.write_text("<!DOCTYPE html><html><body>" + explorer_section(
         explorer_payload(model, meta, images, [0, 1, 2], x=x)) + "</body></html>", encoding="utf-8")
     values = layer_inputs(model, x)
     opened = Opened(browser, page.as_uri())
+    names = opened.page.locator(".cx-target-select option").all_inner_texts()
+    assert names[:2] == ["0 </script><!-- a", "1 b & <b>"]
     computed = opened.page.evaluate("""() => window.cnnlabExplorer.state.values.map(
         (t) => ({shape: t.shape, data: Array.from(t.data)}))""")
     for k, (ours, theirs) in enumerate(zip(computed, values)):

@@ -37,8 +37,9 @@ def asset(name: str) -> str:
 
 
 def _inline_json(payload: dict) -> str:
-    # "</" inside a <script> element would end it early
-    return json.dumps(payload, separators=(",", ":")).replace("</", "<\\/")
+    # no "<" at all inside the <script> element: "</script" would end it, "<!--" confuse it
+    # (a class name may hold either); JSON reads \u003c back as "<"
+    return json.dumps(payload, separators=(",", ":")).replace("<", "\\u003c")
 
 
 def explorer_section(payload: dict, anchor: str = "explorer") -> str:
