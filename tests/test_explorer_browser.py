@@ -449,3 +449,39 @@ def test_every_layer_kind_and_colour_inputs_of_any_size(browser, rng, tmp_path):
     np.testing.assert_allclose(unit["result"], float(values[-1][0, opened.page.evaluate(
         "() => window.cnnlabExplorer.state.selection.unit")]), **FLOAT32_TOLERANCE)
     opened.close()
+
+
+@pytest.mark.slow
+def test_an_open_report_follows_a_real_training_run_to_its_end(browser, shared_data, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import make_tiny_dataset
+
+    data = make_tiny_dataset(shared_data, tmp_path / "data", train=2048, test=200)
+    run = tmp_path / "run"
+    trainer = subprocess.Popen([sys.executable, "-m", "cnnlab", "train", "--model", "cnn",
+                                "--dataset", str(data), "--epochs", "4", "--log-every", "2",
+                                "--run-dir", str(run), "--no-progress", "--threads", "1"],
+                               stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run / "report.html").exists():
+            assert trainer.poll() is None, "training ended before it wrote report.html"
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        opened = Opened(browser, (run / "report.html").as_uri(), height=900)
+        page = opened.page
+        page.evaluate("() => { window.sameDocument = true; window.scrollTo(0, 600); }")
+        epochs = set()
+        while page.get_attribute("#cnnlab-live", "data-status") != "finished":
+            epochs.add(page.get_attribute("#cnnlab-live", "data-epoch"))
+            assert time.monotonic() < deadline, f"the page never showed the end (saw epochs {epochs})"
+            page.wait_for_timeout(250)
+        assert page.get_attribute("#cnnlab-live", "data-epoch") == "4"
+        assert page.evaluate("() => window.sameDocument === true && window.scrollY") == 600
+        assert epochs - {None, "0"}, "no epoch was shown while the run went on"
+        opened.close()
+    finally:
+        trainer.wait(timeout=300)
+    assert trainer.returncode == 0
