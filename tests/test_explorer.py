@@ -127,9 +127,9 @@ def test_the_live_view_does_not_change_what_training_computes(tmp_path, shared_d
     assert not (tmp_path / "quiet" / "live.js").exists()
     state = live.read_live(tmp_path / "live")
     assert state["status"] == "finished" and state["epoch"] == 2
-    from cnnlab.plots.runs import read_metrics
+    from cnnlab.runs import read_metrics
 
-    records = read_metrics(tmp_path / "live")
+    records = read_metrics(tmp_path / "live" / "metrics.jsonl")
     assert state["epoch_records"] == [record for record in records if record["kind"] == "epoch"]
     assert state["steps"] == [[record["step"], record["loss"], record["accuracy"]]
                               for record in records if record["kind"] == "step"]

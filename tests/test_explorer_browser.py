@@ -392,8 +392,9 @@ def every_kind_of_layer(rng):
     model = Sequential(
         nn.Conv2d(3, 4, 3, stride=2, padding=1, rng=rng), nn.BatchNorm2d(4), nn.LeakyReLU(0.1),
         nn.Conv2d(4, 6, 3, padding=2, dilation=2, groups=2, rng=rng), nn.Tanh(),
-        nn.AvgPool2d(2, padding=1), nn.Conv2d(6, 5, (2, 3), bias=False, rng=rng), nn.ReLU(),
-        nn.MaxPool2d(2, stride=1), nn.Flatten(), nn.Dropout(0.3, rng=rng), nn.Linear(80, 7, rng=rng),
+        nn.AvgPool2d(2, padding=1), nn.Conv2d(6, 5, (2, 3), padding="same", bias=False, rng=rng),
+        nn.ReLU(),
+        nn.MaxPool2d(2, stride=1), nn.Flatten(), nn.Dropout(0.3, rng=rng), nn.Linear(150, 7, rng=rng),
         nn.Sigmoid(), nn.Linear(7, 4, rng=rng))
     batch_norm = model[1]
     batch_norm.running_mean[...] = rng.normal(0, 0.3, 4)

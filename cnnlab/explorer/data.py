@@ -45,9 +45,10 @@ def decode_float32(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype="<f4").astype(np.float32)
 
 
-def _pair(value) -> list[int]:
-    values = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    return [int(values[0]), int(values[1])]
+def _pair(value, minimum: int = 1) -> list[int]:
+    from cnnlab.validation import int_pair
+
+    return list(int_pair(value, "size", minimum=minimum))
 
 
 def describe_layer(layer) -> dict:
@@ -60,10 +61,14 @@ def describe_layer(layer) -> dict:
 
     kind = type(layer)
     if kind is nn.Conv2d:
-        pad_h, pad_w = layer._op_padding
+        from cnnlab.ops.conv import conv2d_padding
+
+        top, bottom, left, right = conv2d_padding(layer.padding, layer.kernel_size, layer.stride,
+                                                  layer.dilation)
         return {"kind": "conv", "in": layer.in_channels, "out": layer.out_channels,
                 "kernel": _pair(layer.kernel_size), "stride": _pair(layer.stride),
-                "padding": [int(pad_h), int(pad_w)], "dilation": _pair(layer.dilation),
+                "padding": [int(top), int(left)], "padding_after": [int(bottom), int(right)],
+                "dilation": _pair(layer.dilation),
                 "groups": layer.groups, "weight": encode_float32(layer.weight.data),
                 "bias": None if layer.bias is None else encode_float32(layer.bias.data)}
     if kind is nn.Linear:
@@ -73,7 +78,7 @@ def describe_layer(layer) -> dict:
     if kind in (nn.MaxPool2d, nn.AvgPool2d):
         return {"kind": "maxpool" if kind is nn.MaxPool2d else "avgpool",
                 "kernel": _pair(layer.kernel_size), "stride": _pair(layer.stride),
-                "padding": _pair(layer.padding)}
+                "padding": _pair(layer.padding, 0), "padding_after": _pair(layer.padding, 0)}
     if kind is nn.ReLU:
         return {"kind": "relu"}
     if kind is nn.LeakyReLU:

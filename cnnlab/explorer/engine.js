@@ -36,7 +36,8 @@ var CnnlabEngine = (function () {
   // ------------------------------------------------------------------ convolution
 
   // The taps of output pixel (i, j): for each kernel row m and column n the input row and
-  // column it reads, or -1 where it falls on the zero padding.
+  // column it reads, or null where it falls on the zero padding. `padding` is the zeros
+  // before (top, left), `padding_after` those after (bottom, right).
   function convTaps(layer, inShape, i, j) {
     var kh = layer.kernel[0], kw = layer.kernel[1], taps = [];
     for (var m = 0; m < kh; m++) {
@@ -79,7 +80,7 @@ var CnnlabEngine = (function () {
     var out = [layer.out];
     for (var a = 0; a < 2; a++) {
       var span = layer.dilation[a] * (layer.kernel[a] - 1) + 1;
-      out.push(Math.floor((inShape[a + 1] + 2 * layer.padding[a] - span) / layer.stride[a]) + 1);
+      out.push(Math.floor((inShape[a + 1] + layer.padding[a] + layer.padding_after[a] - span) / layer.stride[a]) + 1);
     }
     return out;
   }
@@ -169,7 +170,7 @@ var CnnlabEngine = (function () {
   function poolShape(layer, inShape) {
     var out = [inShape[0]];
     for (var a = 0; a < 2; a++) {
-      out.push(Math.floor((inShape[a + 1] + 2 * layer.padding[a] - layer.kernel[a]) / layer.stride[a]) + 1);
+      out.push(Math.floor((inShape[a + 1] + layer.padding[a] + layer.padding_after[a] - layer.kernel[a]) / layer.stride[a]) + 1);
     }
     return out;
   }

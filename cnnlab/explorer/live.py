@@ -123,12 +123,9 @@ class LiveWriter:
 
     def _records(self) -> list[dict]:
         if self.records is None:
-            from cnnlab.plots.runs import read_metrics
-            from cnnlab.runs import METRICS_FILE
+            from cnnlab.runs import METRICS_FILE, read_metrics
 
-            # a resumed run: the curves so far
-            has_metrics = (self.run_dir / METRICS_FILE).exists()
-            self.records = read_metrics(self.run_dir) if has_metrics else []
+            self.records = read_metrics(self.run_dir / METRICS_FILE)   # a resumed run's so far
         return self.records
 
     def add(self, record: dict) -> None:
