@@ -215,8 +215,12 @@ def test_bad_dataset_file_stops_train_and_evaluate(capsys, copy_dataset, workspa
                           "--epochs", "1", "--runs-root", str(runs), "--no-progress"],
                  TRAIN_IMAGES, "truncated", folder=runs)
     before = listing(workspace["run"])
+    # evaluate reads only the test files: the damaged training images do not stop it
+    assert main(["evaluate", str(workspace["run"]), "--dataset", str(folder)]) == 0
+    test_labels = folder / TEST_LABELS
+    test_labels.write_bytes(test_labels.read_bytes()[:20])
     expect_error(capsys, ["evaluate", str(workspace["run"]), "--dataset", str(folder)],
-                 TRAIN_IMAGES, "truncated")
+                 TEST_LABELS, "truncated")
     assert listing(workspace["run"]) == before
 
 

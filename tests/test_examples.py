@@ -62,8 +62,8 @@ def test_tiny_network_gradients_match_torch():
     assert number_after("max |cnnlab - torch| conv.weight", output) < 1e-10
 
 
-def test_fully_connected_numpy_engine(shared_data, tmp_path):
-    output = run_example("04_fully_connected_mnist.py", "--quick", "--data-dir", str(shared_data),
+def test_fully_connected_numpy_engine(data_root, tmp_path):
+    output = run_example("04_fully_connected_mnist.py", "--quick", "--data-dir", str(data_root),
                          "--out-dir", str(tmp_path))
     assert "data: fashion-mnist, 2000 train / 1000 test images (1, 28, 28) in [0, 1]" in output
     assert output.count("SGD  step") == 5 and output.count("Adam step") == 5
@@ -73,9 +73,9 @@ def test_fully_connected_numpy_engine(shared_data, tmp_path):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_fully_connected_torch_version_with_offline_wandb(shared_data, tmp_path):
+def test_fully_connected_torch_version_with_offline_wandb(data_root, tmp_path):
     output = run_example("04_fully_connected_mnist.py", "--quick", "--torch", "--wandb",
-                         "--steps", "20", "--data-dir", str(shared_data),
+                         "--steps", "20", "--data-dir", str(data_root),
                          "--out-dir", str(tmp_path),
                          env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
     assert "torch on cpu" in output
@@ -83,8 +83,8 @@ def test_fully_connected_torch_version_with_offline_wandb(shared_data, tmp_path)
     assert list(tmp_path.glob("wandb/offline-run-*")), "no offline W&B run written"
 
 
-def test_lecture_cnn(shared_data):
-    output = run_example("05_lecture_cnn.py", "--quick", "--data-dir", str(shared_data))
+def test_lecture_cnn(data_root):
+    output = run_example("05_lecture_cnn.py", "--quick", "--data-dir", str(data_root))
     assert "dense 784 -> 512: 401,408 weights + 512 biases" in output
     assert "one 3x3 kernel:   9 weights + 1 bias" in output
     assert "the whole lecture CNN: 50,186 parameters" in output
@@ -93,8 +93,8 @@ def test_lecture_cnn(shared_data):
     assert re.search(r"test accuracy after 10 steps .*: 0\.\d{3} on 500 test images", output)
 
 
-def test_pitfalls_script_measures_each_bug(shared_data):
-    output = run_example("pitfalls.py", "--quick", "--data-dir", str(shared_data))
+def test_pitfalls_script_measures_each_bug(data_root):
+    output = run_example("pitfalls.py", "--quick", "--data-dir", str(data_root))
     for row in ("fixed (cnnlab.lecture)", "double softmax", "ReLU on the output logits",
                 "contiguous windows", "all three (the notes' code)",
                 "contiguous windows, sorted data"):
