@@ -150,6 +150,26 @@ def test_confusion_matrix_figure_shows_counts_and_class_names(run):
     np.testing.assert_allclose(bars, np.nan_to_num(plots.per_class_accuracy(matrix)))
 
 
+def test_report_figures_show_the_evaluation_of_cnnlab_evaluate(data_root, tmp_path, capsys):
+    """The confusion matrix and mistakes evaluate the whole test set, as summary.json and
+    `cnnlab evaluate` do (2,100 images here: more than any fixed subset of 2,000)."""
+    from conftest import make_tiny_dataset
+
+    data = make_tiny_dataset(data_root, tmp_path / "data", train=256, test=2100)
+    run_dir = tmp_path / "run"
+    assert cli_main(["train", "--model", "784-16-10", "--dataset", str(data), "--epochs", "1",
+                     "--run-dir", str(run_dir), "--no-progress", "--no-report"]) == 0
+    assert cli_main(["evaluate", str(run_dir), "--json", str(tmp_path / "eval.json")]) == 0
+    capsys.readouterr()
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    figure = plots.plot_kind("confusion", plots.Run(run_dir))
+    matrix = image_of(figure.axes[0])
+    np.testing.assert_array_equal(matrix, evaluated["confusion"])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert f"2100 test images, accuracy {summary['test_accuracy']:.1%}" in figure.axes[0].get_title()
+    assert evaluated["accuracy"] == summary["test_accuracy"]
+
+
 def test_mistakes_show_true_and_predicted_classes(run):
     evaluation = run.evaluate(256)
     figure = plots.mistakes(evaluation.images, evaluation.labels, evaluation.probabilities, run.classes, k=5)
