@@ -10,6 +10,7 @@ import torch  # noqa: F401  (the benchmark compares against it: CI installs it)
 from cnnlab.cli import main
 
 
+@pytest.mark.slow
 def test_quick_bench_writes_every_figure(tmp_path, data_root, capsys):
     out = tmp_path / "bench.json"
     status = main(["bench", "--quick", "--repeats", "2", "--epoch-images", "1280",

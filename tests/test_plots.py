@@ -150,6 +150,7 @@ def test_confusion_matrix_figure_shows_counts_and_class_names(run):
     np.testing.assert_allclose(bars, np.nan_to_num(plots.per_class_accuracy(matrix)))
 
 
+@pytest.mark.slow
 def test_report_figures_show_the_evaluation_of_cnnlab_evaluate(data_root, tmp_path, capsys):
     """The confusion matrix and mistakes evaluate the whole test set, as summary.json and
     `cnnlab evaluate` do (2,100 images here: more than any fixed subset of 2,000)."""
@@ -269,6 +270,7 @@ def test_weight_histograms_show_weights_and_last_gradients(run):
 
 # ----------------------------------------------------------------------------- cnnlab plot
 
+@pytest.mark.slow
 def test_cnnlab_plot_writes_a_png_of_every_kind(trained_run, tmp_path, capsys):
     for kind in plots.KINDS:
         out = tmp_path / f"{kind}.png"

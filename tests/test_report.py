@@ -74,6 +74,7 @@ def test_report_is_self_contained_with_every_section(report, trained_run):  # no
     assert REFRESH not in document                # the run finished: no reload
 
 
+@pytest.mark.slow
 def test_report_reloads_while_the_run_goes_on(trained_run, tmp_path):  # noqa: F811
     run_copy = tmp_path / "run"
     run_copy.mkdir()
@@ -106,6 +107,7 @@ def run_chromium(arguments: list[str], user_data: Path, cwd: Path) -> subprocess
                           capture_output=True, text=True, timeout=120, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(report, tmp_path):
     assert Path(CHROMIUM).exists(), "the report test needs Debian's chromium (apt-get install chromium)"
     probed = tmp_path / "probed.html"

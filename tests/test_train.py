@@ -38,6 +38,7 @@ def assert_same_checkpoint(run_a: Path, run_b: Path) -> None:
         assert np.array_equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
 def test_run_folder_has_every_file_with_the_right_content(tiny_fashion, tmp_path, capsys):
     from cnnlab.checkpoint import load_checkpoint, load_model
     from cnnlab.evaluation import evaluate
