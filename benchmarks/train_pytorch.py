@@ -38,7 +38,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from cnnlab.config import MODEL_DEFAULTS, FALLBACK_DEFAULTS
+    from cnnlab.config import FALLBACK_DEFAULTS, MODEL_DEFAULTS, default_lr
     from cnnlab.data import load_dataset
     from cnnlab.data.loader import dataset_mean_std, epoch_order, iterate_batches
     from cnnlab.fileio import write_json
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     defaults = MODEL_DEFAULTS.get(args.model, FALLBACK_DEFAULTS)
     epochs = args.epochs or defaults["epochs"]
-    lr = args.lr or defaults["lr"]
+    lr = args.lr or default_lr(args.model, "adam")
 
     dataset = load_dataset(args.dataset, data_dir=args.data_dir, download=False, progress=False)
     train_images, train_labels = dataset.train_images, dataset.train_labels

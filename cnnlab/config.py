@@ -25,11 +25,21 @@ NORMALIZATIONS = ("unit", "standard")
 
 # Measured on Fashion-MNIST (docs/training.md): the fewest epochs that reach the target accuracy.
 MODEL_DEFAULTS = {
-    "mlp": {"epochs": 10, "lr": 1e-3},
-    "cnn": {"epochs": 10, "lr": 1e-3},
-    "cnn-bn": {"epochs": 10, "lr": 2e-3},
+    "mlp": {"epochs": 10},
+    "cnn": {"epochs": 10},
+    "cnn-bn": {"epochs": 10},
 }
-FALLBACK_DEFAULTS = {"epochs": 10, "lr": 1e-3}
+FALLBACK_DEFAULTS = {"epochs": 10}
+# Peak learning rate by optimizer: SGD (momentum 0.9) needs a step about 50x Adam's, whose
+# update is already scaled by the gradient's running RMS (examples/04 uses 0.05 for SGD).
+OPTIMIZER_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+# Where a model trains better with another rate (docs/training.md): batch norm takes twice Adam's.
+MODEL_LR = {("cnn-bn", "adam"): 2e-3, ("cnn-bn", "adamw"): 2e-3}
+
+
+def default_lr(model: str, optimizer: str) -> float:
+    """The peak learning rate ``cnnlab train`` uses when ``--lr`` is not given."""
+    return MODEL_LR.get((model, optimizer), OPTIMIZER_LR.get(optimizer, OPTIMIZER_LR["adam"]))
 
 
 @dataclasses.dataclass
@@ -38,12 +48,15 @@ class TrainConfig:
 
     Args:
         model: "mlp", "cnn", "cnn-bn" or a model spec string (docs/models.md).
-        dataset: "mnist", "fashion-mnist", "kmnist" or a folder of IDX files.
+        dataset: "mnist", "fashion-mnist", "kmnist" or a folder of IDX files (default
+            fashion-mnist: Debian's dataset-fashion-mnist installs it, and MNIST's training
+            files must be downloaded).
         data_dir: where named datasets are stored (None: cnnlab's default folder).
         epochs: passes over the training set (None: the model's default).
         batch_size: images per optimizer step.
         optimizer: "sgd", "adam" or "adamw".
-        lr: peak learning rate (None: the model's default).
+        lr: peak learning rate (None: :func:`default_lr`, 0.05 for SGD and 1e-3 for Adam and
+            AdamW; 2e-3 for ``cnn-bn`` with Adam or AdamW).
         schedule: learning rate over the run, updated every step: "constant", "step"
             (times ``gamma`` every ``step_epochs`` epochs), "cosine" (to 0 at the end) or
             "linear" (to 0 at the end).
@@ -70,7 +83,7 @@ class TrainConfig:
     """
 
     model: str = "cnn"
-    dataset: str = "mnist"
+    dataset: str = "fashion-mnist"
     data_dir: str | None = None
     epochs: int | None = None
     batch_size: int = 128
@@ -135,6 +148,19 @@ def _check_type(name: str, value):
     return value
 
 
+def _toml_reader():
+    """Python 3.11's tomllib, or on Python 3.10 the same parser as the tomli package."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise ConfigError("reading a TOML config on this Python needs the tomli package: "
+                              "pip install tomli (or give the settings as JSON)") from None
+    return tomllib
+
+
 def load_config_file(path: str | Path) -> dict:
     """Read a JSON or TOML (``.toml``) config file into a dict of known field names.
 
@@ -147,8 +173,7 @@ def load_config_file(path: str | Path) -> dict:
                           "(a run's config.json works)")
     try:
         if path.suffix.lower() == ".toml":
-            import tomllib
-
+            tomllib = _toml_reader()
             with open(path, "rb") as stream:
                 data = tomllib.load(stream)
         else:
@@ -188,7 +213,7 @@ def resolve_config(file_values: dict | None = None, overrides: dict | None = Non
     if config.epochs is None:
         config.epochs = model_defaults["epochs"]
     if config.lr is None:
-        config.lr = model_defaults["lr"]
+        config.lr = default_lr(config.model, config.optimizer)
     if config.step_epochs is None:
         config.step_epochs = max(1, math.ceil(config.epochs / 3))
     validate_config(config)

@@ -114,6 +114,15 @@ def spec_tokens(spec: str) -> list[str]:
     return tokens
 
 
+def spec_num_classes(spec: str) -> int | None:
+    """The class count a size list such as "784-500-11" ends with (None for other specs)."""
+    try:
+        tokens = spec_tokens(spec)
+    except ConfigError:
+        return None
+    return int(tokens[-1]) if len(tokens) >= 2 and all(t.isdigit() for t in tokens) else None
+
+
 def plan_model(spec: str, input_shape=(1, 28, 28), num_classes: int = 10) -> list[LayerPlan]:
     """Parse ``spec`` and work out every layer's output shape, without allocating weights."""
     input_shape = _check_input_shape(input_shape)
@@ -171,7 +180,8 @@ def _plan_layer_sizes(tokens, input_shape, num_classes, original) -> list[LayerP
                           f"write '{features}-{'-'.join(tokens)}' (or 'fc{tokens[0]}')")
     if sizes[-1] != num_classes:
         raise ConfigError(f"spec '{original}': the last size is the number of classes, "
-                          f"{sizes[-1]}, but the dataset has {num_classes}")
+                          f"{sizes[-1]}, but {num_classes} classes are wanted (the dataset's, "
+                          f"or --num-classes); end the list with {num_classes}")
     planner = _Planner(input_shape)
     for position, width in enumerate(sizes[1:-1], start=2):
         planner.add_token(position, f"fc{width}")

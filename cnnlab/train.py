@@ -125,19 +125,10 @@ class _Data:
     normalization: dict
 
 
-def _check_dataset_name(name: str) -> None:
-    """ConfigError suggesting the closest name, unless ``name`` is a dataset or a folder."""
-    from cnnlab.data import get_dataset_info
-
-    if not Path(name).is_dir():
-        get_dataset_info(name)
-
-
 def _load_data(config: TrainConfig) -> _Data:
     from cnnlab.data import load_dataset
     from cnnlab.data.loader import dataset_mean_std, split_validation
 
-    _check_dataset_name(config.dataset)
     dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=True,
                            progress=config.progress)
     train_images, train_labels = dataset.train_images, dataset.train_labels

@@ -56,6 +56,7 @@ class Case:
     finite_differences: bool = True
     naive: Callable | None = None
     naive_backward: Callable | None = None  # (dy, inputs) -> {input name: gradient}
+    float32: bool = True  # False where float32 draws other random numbers (a dropout mask)
 
 
 def _module(name: str):
@@ -316,6 +317,43 @@ def batch_norm_cases(rng, quick):
     return cases
 
 
+def dropout_cases(rng, quick):
+    """Inverted dropout against PyTorch's formula y = x * keep / (1 - p), with the mask the op
+    drew (PyTorch draws its own); p = 0, p = 1 and evaluation mode against F.dropout itself.
+    The same seed for every call gives the same mask, so finite differences see one function."""
+    grid = [((4, 9), 0.5, True), ((2, 3, 4, 4), 0.3, True), ((3, 5), 0.0, True),
+            ((3, 5), 1.0, True), ((2, 3, 4, 4), 0.5, False)]
+    if quick:
+        grid = grid[:4]
+    cases = []
+    for shape, p, training in grid:
+        seed = int(rng.integers(2**31))
+
+        def forward(a, p=p, training=training, seed=seed):
+            return _module("dropout").dropout_forward(a["x"], p, training,
+                                                      np.random.default_rng(seed))
+
+        random_mask = training and 0 < p < 1
+        if random_mask:
+            scaled = forward({"x": np.ones(shape)})[0]
+            keep = scaled != 0
+
+            def torch_forward(F, t, keep=keep, p=p):
+                import torch
+
+                return t["x"] * torch.from_numpy(keep) / (1 - p)
+        else:
+            def torch_forward(F, t, p=p, training=training):
+                return F.dropout(t["x"], p, training)
+        cases.append(Case(
+            label=f"shape {shape}, p={p}" + ("" if training else ", eval"),
+            inputs={"x": _normal(rng, *shape)}, forward=forward,
+            backward=lambda dy, cache: {"x": _module("dropout").dropout_backward(dy, cache)},
+            torch_forward=torch_forward, float32=not random_mask,
+        ))
+    return cases
+
+
 def flatten_cases(rng, quick):
     grid = [((2, 3, 4, 5), 1), ((1, 2, 3, 3), 1), ((2, 3, 4, 5), 2)][: 2 if quick else 3]
     return [Case(
@@ -331,7 +369,8 @@ OPS = {
     "linear": linear_cases, "relu": relu_cases, "leaky_relu": leaky_relu_cases,
     "sigmoid": sigmoid_cases, "tanh": tanh_cases, "softmax": softmax_cases,
     "log_softmax": log_softmax_cases, "cross_entropy": cross_entropy_cases,
-    "mse_loss": mse_loss_cases, "batch_norm": batch_norm_cases, "flatten": flatten_cases,
+    "mse_loss": mse_loss_cases, "batch_norm": batch_norm_cases, "dropout": dropout_cases,
+    "flatten": flatten_cases,
 }
 
 
@@ -350,7 +389,7 @@ def relative_error(actual, expected, scale: float = 0.0) -> float:
     difference = np.abs(actual - expected)
     if not np.all(np.isfinite(difference)):
         return float("inf")
-    scale = max(float(np.abs(expected).max()), scale, np.finfo(np.float64).tiny)
+    scale = max(float(np.abs(expected).max()), scale, float(np.finfo(np.float64).tiny))
     return float(difference.max()) / scale
 
 
@@ -429,7 +468,8 @@ def check_case(case: Case, torch, rng) -> dict[str, float]:
         reference = case.naive_backward(dy, case.inputs)
         errors["fast grads vs naive"] = max(relative_error(gradients.get(name), reference[name])
                                             for name in case.grad_names)
-    errors["float32 vs float64"] = _float32_error(case, y, gradients, dy)
+    if case.float32:
+        errors["float32 vs float64"] = _float32_error(case, y, gradients, dy)
     return errors
 
 
@@ -471,7 +511,10 @@ def select_ops(names: str | None) -> list[str]:
     wanted = [name.strip() for name in names.split(",") if name.strip()]
     unknown = [name for name in wanted if name not in OPS]
     if unknown or not wanted:
-        raise ConfigError(f"unknown op {', '.join(unknown) or repr(names)} for --ops; "
+        from cnnlab.config import suggest
+
+        hint = suggest(unknown[0], OPS) if unknown else ""
+        raise ConfigError(f"unknown op {', '.join(unknown) or repr(names)} for --ops{hint}; "
                           f"choose from {', '.join(OPS)}")
     return [name for name in OPS if name in wanted]
 

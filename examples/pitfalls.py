@@ -13,7 +13,7 @@ for the same number of steps from the same initial weights, and changes ONE thin
 It prints final loss / accuracy for each, the gradient size for double softmax, sample
 coverage for the batches, and the CUDA error. docs/pitfalls.md quotes its output.
 
-Run:  python examples/pitfalls.py --data-dir /work/shared/data [--steps 1000] [--quick]
+Run:  python examples/pitfalls.py [--data-dir DIR] [--steps 1000] [--quick]
 """
 
 from __future__ import annotations
@@ -24,9 +24,14 @@ import warnings
 
 import numpy as np
 
-from cnnlab.lecture import (GPU, Batches, DoubleSoftmaxWarning, acc, cross_entropy, device,
-                            load_lecture_data, randn_trunc, softmax)
-import torch  # noqa: E402  (cnnlab.lecture gave a clear error above if it is missing)
+from cnnlab import lecture
+from cnnlab.lecture import (GPU, TORCH_INSTALL_HINT, Batches, DoubleSoftmaxWarning, acc,
+                            cross_entropy, load_lecture_data, randn_trunc, softmax)
+
+try:
+    import torch
+except ImportError:  # said in one line by main(), as 03_tiny_network_gradients.py does
+    torch = None
 
 LAYER_SIZES = (784, 500, 10)
 
@@ -116,7 +121,7 @@ def show_cuda_pitfall() -> None:
         print(f"   notes' GPU():  {type(error).__name__}: {str(error).splitlines()[0]}")
     tensor = GPU(np.zeros(3))
     print(f"   cnnlab.lecture.GPU(): tensor on {tensor.device}, "
-          f"requires_grad={tensor.requires_grad} (device = {device})")
+          f"requires_grad={tensor.requires_grad} (device = {lecture.device})")
 
 
 def main() -> int:
@@ -132,6 +137,10 @@ def main() -> int:
                         help="default 0.001 for adam (the notes' c.h), 0.1 for sgd")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if torch is None:
+        print(f"PyTorch is not installed: these pitfalls are in the notes' PyTorch code, so "
+              f"there is nothing to measure ({TORCH_INSTALL_HINT})")
+        return 0
     args.steps = args.steps or (20 if args.quick else 1000)
     args.lr = args.lr or (0.001 if args.optimizer == "adam" else 0.1)
     limits = (2000, 500) if args.quick else (None, None)

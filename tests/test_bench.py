@@ -10,10 +10,11 @@ import torch  # noqa: F401  (the benchmark compares against it: CI installs it)
 from cnnlab.cli import main
 
 
-def test_quick_bench_writes_every_figure(tmp_path, shared_data, capsys):
+@pytest.mark.slow
+def test_quick_bench_writes_every_figure(tmp_path, data_root, capsys):
     out = tmp_path / "bench.json"
     status = main(["bench", "--quick", "--repeats", "2", "--epoch-images", "1280",
-                   "--json", str(out), "--data-dir", str(shared_data / "fashion-mnist")])
+                   "--json", str(out), "--data-dir", str(data_root / "fashion-mnist")])
     assert status == 0
     results = json.loads(out.read_text())
     printed = capsys.readouterr().out

@@ -215,8 +215,12 @@ def test_bad_dataset_file_stops_train_and_evaluate(capsys, copy_dataset, workspa
                           "--epochs", "1", "--runs-root", str(runs), "--no-progress"],
                  TRAIN_IMAGES, "truncated", folder=runs)
     before = listing(workspace["run"])
+    # evaluate reads only the test files: the damaged training images do not stop it
+    assert main(["evaluate", str(workspace["run"]), "--dataset", str(folder)]) == 0
+    test_labels = folder / TEST_LABELS
+    test_labels.write_bytes(test_labels.read_bytes()[:20])
     expect_error(capsys, ["evaluate", str(workspace["run"]), "--dataset", str(folder)],
-                 TRAIN_IMAGES, "truncated")
+                 TEST_LABELS, "truncated")
     assert listing(workspace["run"]) == before
 
 
@@ -503,14 +507,24 @@ def test_bad_config_file(capsys, workspace, tmp_path):
     (["data", "download", "fashon-mnist"], ["did you mean 'fashion-mnist'"]),
     (["data"], ["list, info or download"]),
     (["verify", "--ops", "conv2", "--no-torch"], ["conv2", "conv2d"]),
+    (["verify", "--ops", "maxpool", "--no-torch"], ["maxpool", "did you mean 'max_pool2d'"]),
+    (["summary", "784-500-11", "--num-classes", "10"], ["11", "10 classes are wanted",
+                                                        "--num-classes"]),
     (["plot", "confusoin", "."], ["'confusoin'", "did you mean 'confusion'"]),
     (["trian"], ["'trian'", "'train'"]),
 ], ids=["summary-unknown-model", "summary-zero-size", "summary-shape-text",
         "summary-zero-classes", "summary-kernel-too-big", "unknown-dataset",
-        "unknown-download", "data-without-action", "verify-unknown-op", "plot-unknown-kind",
+        "unknown-download", "data-without-action", "verify-unknown-op",
+        "verify-op-suggestion", "summary-classes-mismatch", "plot-unknown-kind",
         "unknown-command"])
 def test_bad_option_elsewhere(capsys, argv, needles):
     expect_error(capsys, argv, *needles)
+
+
+def test_summary_of_a_size_list_takes_its_classes_from_the_list(capsys):
+    assert main(["summary", "784-500-11"]) == 0
+    out = capsys.readouterr().out
+    assert "11 classes" in out and "dataset" not in out
 
 
 def test_evaluate_zero_batch_size_before_any_work(capsys, workspace):

@@ -25,11 +25,11 @@ def clean_env(tmp_path, monkeypatch):
     return tmp_path
 
 
-def link_fashion(shared_data: Path, folder: Path) -> Path:
+def link_fashion(data_root: Path, folder: Path) -> Path:
     """Make ``folder`` hold Fashion-MNIST (symbolic links, so nothing big is copied)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in FILE_NAMES.values():
-        (folder / name).symlink_to(shared_data / "fashion-mnist" / name)
+        (folder / name).symlink_to(data_root / "fashion-mnist" / name)
     return folder
 
 
@@ -65,18 +65,18 @@ def test_unknown_name_suggests_closest():
     assert get_dataset_info("Fashion_MNIST").name == "fashion-mnist"
 
 
-def test_lookup_order(clean_env, shared_data, monkeypatch):
+def test_lookup_order(clean_env, data_root, monkeypatch):
     tmp = clean_env
-    system = link_fashion(shared_data, tmp / "system" / "fashion-mnist")
+    system = link_fashion(data_root, tmp / "system" / "fashion-mnist")
     assert locate("fashion-mnist") == system
-    cache = link_fashion(shared_data, tmp / "cache" / "cnnlab" / "fashion-mnist")
+    cache = link_fashion(data_root, tmp / "cache" / "cnnlab" / "fashion-mnist")
     assert locate("fashion-mnist") == cache
     monkeypatch.setenv("CNNLAB_DATA_DIR", str(tmp / "env"))
-    env = link_fashion(shared_data, tmp / "env" / "fashion-mnist")
+    env = link_fashion(data_root, tmp / "env" / "fashion-mnist")
     assert locate("fashion-mnist") == env
-    flat = link_fashion(shared_data, tmp / "flat")
+    flat = link_fashion(data_root, tmp / "flat")
     assert locate("fashion-mnist", data_dir=flat) == flat
-    named = link_fashion(shared_data, tmp / "flat" / "fashion-mnist")
+    named = link_fashion(data_root, tmp / "flat" / "fashion-mnist")
     assert locate("fashion-mnist", data_dir=flat) == named
     assert search_folders("fashion-mnist", flat) == [named, flat, env, cache, system]
 
@@ -89,8 +89,8 @@ def test_default_cache_is_home_cache(monkeypatch, tmp_path):
     assert Path("/usr/share/datasets/mnist") in search_folders("mnist")
 
 
-def test_system_folder_loads_verified(clean_env, shared_data):
-    folder = link_fashion(shared_data, clean_env / "system" / "fashion-mnist")
+def test_system_folder_loads_verified(clean_env, data_root):
+    folder = link_fashion(data_root, clean_env / "system" / "fashion-mnist")
     data = load_dataset("fashion-mnist", download=False)
     assert data.verified and data.source == str(folder)
     assert data.train_images.shape == (60000, 28, 28) and data.train_images.dtype == np.uint8
@@ -100,11 +100,15 @@ def test_system_folder_loads_verified(clean_env, shared_data):
     assert data.classes[0] == "T-shirt/top"
 
 
-def test_partial_folder_is_skipped_and_named(clean_env, shared_data):
+def test_partial_folder_is_skipped_and_named(clean_env, data_root):
+    partial = clean_env / "data" / "mnist"  # MNIST's two test files only
+    partial.mkdir(parents=True)
+    for key in ("test_images", "test_labels"):
+        (partial / FILE_NAMES[key]).symlink_to(data_root / "fashion-mnist" / FILE_NAMES[key])
     with pytest.raises(DownloadError) as caught:
-        load_dataset("mnist", data_dir=shared_data, download=False)
+        load_dataset("mnist", data_dir=clean_env / "data", download=False)
     message = str(caught.value)
-    assert f"{shared_data / 'mnist'} lacks train-images-idx3-ubyte.gz" in message
+    assert f"{partial} lacks train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz" in message
     assert "https://ossci-datasets.s3.amazonaws.com/mnist/" in message and "--data-dir" in message
 
 
@@ -119,17 +123,22 @@ def test_offline_message_names_folders_urls_and_apt(clean_env):
     assert "raw.githubusercontent.com/zalandoresearch" in message
 
 
-def test_corrupt_named_file_is_refused(clean_env, shared_data):
+def test_corrupt_named_file_is_refused(clean_env, data_root):
     folder = clean_env / "data" / "fashion-mnist"
-    link_fashion(shared_data, folder)
-    source = shared_data / "fashion-mnist" / FILE_NAMES["test_labels"]
+    link_fashion(data_root, folder)
+    source = data_root / "fashion-mnist" / FILE_NAMES["test_labels"]
     labels = gzip.decompress(source.read_bytes())
     altered = bytearray(labels)
     altered[-1] = (altered[-1] + 1) % 10  # still a valid IDX file, just not the published one
     (folder / FILE_NAMES["test_labels"]).unlink()
     (folder / FILE_NAMES["test_labels"]).write_bytes(gzip.compress(bytes(altered)))
-    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz: does not match.*delete it"):
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz: is not the published "
+                                        r"fashion-mnist file") as caught:
         load_dataset("fashion-mnist", data_dir=clean_env / "data", download=False)
+    message = str(caught.value)
+    assert "delete" not in message  # cnnlab did not download it: never advise deleting it
+    assert f"--dataset {folder}" in message and "cnnlab data download fashion-mnist" in message
+    assert (folder / FILE_NAMES["test_labels"]).is_file()
 
 
 def test_user_folder_loads_unverified(clean_env, capsys):
@@ -170,9 +179,9 @@ def test_inconsistent_user_data(clean_env, key, array, pattern):
         load_dataset(folder, progress=False)
 
 
-def test_labels_out_of_class_range_for_named_dataset(clean_env, shared_data):
+def test_labels_out_of_class_range_for_named_dataset(clean_env, data_root):
     folder = clean_env / "data" / "fashion-mnist"
-    link_fashion(shared_data, folder)
+    link_fashion(data_root, folder)
     three_classes = dataclasses.replace(DATASETS["fashion-mnist"], classes=("a", "b", "c"))
     with pytest.raises(DataError, match="has label 9 but dataset fashion-mnist names only 3"):
         load_folder(folder, three_classes)
@@ -190,7 +199,7 @@ def test_missing_files_and_non_folders(clean_env):
         load_dataset(os.path.join(str(clean_env), "nowhere"))
 
 
-def test_cli_info_list_and_errors(clean_env, shared_data, capsys):
+def test_cli_info_list_and_errors(clean_env, data_root, capsys):
     from cnnlab.cli import main
 
     write_user_data(clean_env / "mine", classes=3)
@@ -200,7 +209,7 @@ def test_cli_info_list_and_errors(clean_env, shared_data, capsys):
     assert "NOT verified" in out and "8x6 pixels" in out and "bird" in out
     assert "training     50 images" in out
 
-    link_fashion(shared_data, clean_env / "system" / "fashion-mnist")
+    link_fashion(data_root, clean_env / "system" / "fashion-mnist")
     assert main(["data", "list"]) == 0
     out = capsys.readouterr().out
     assert f"found in {clean_env / 'system' / 'fashion-mnist'}" in out
@@ -213,3 +222,55 @@ def test_cli_info_list_and_errors(clean_env, shared_data, capsys):
     assert "did you mean 'kmnist'" in capsys.readouterr().err
     assert main(["data", "info", "mnist"]) == 2  # info never downloads
     assert "run 'cnnlab data download mnist'" in capsys.readouterr().err
+
+
+def test_missing_dataset_suggests_the_one_on_this_machine(clean_env, data_root):
+    link_fashion(data_root, clean_env / "system" / "fashion-mnist")
+    with pytest.raises(DownloadError) as caught:
+        load_dataset("mnist", download=False)
+    assert str(caught.value).endswith(f"; fashion-mnist is on this machine "
+                                      f"({clean_env / 'system' / 'fashion-mnist'}): "
+                                      f"--dataset fashion-mnist")
+
+
+def test_labels_with_gaps_are_refused_unless_classes_are_named(clean_env):
+    arrays = write_user_data(clean_env / "own", classes=10)
+    labels = arrays["train_labels"].copy()
+    labels[7] = 200  # one stray label among 0-9
+    write_idx(clean_env / "own" / FILE_NAMES["train_labels"], labels)
+    with pytest.raises(DataError) as caught:
+        load_dataset(str(clean_env / "own"), progress=False)
+    message = str(caught.value)
+    assert "the labels found are 0-9, 200, so no image has label 10-199" in message
+    assert "classes.txt" in message
+    (clean_env / "own" / "classes.txt").write_text("\n".join(f"c{k}" for k in range(201)))
+    assert load_dataset(str(clean_env / "own"), progress=False).num_classes == 201
+
+
+def test_test_split_alone_is_enough_for_an_evaluation(clean_env, data_root):
+    folder = clean_env / "data" / "fashion-mnist"  # only the two test files, as for evaluate
+    folder.mkdir(parents=True)
+    for key in ("test_images", "test_labels"):
+        (folder / FILE_NAMES[key]).symlink_to(data_root / "fashion-mnist" / FILE_NAMES[key])
+    data = load_dataset("fashion-mnist", data_dir=clean_env / "data", download=False,
+                        splits=("test",))
+    assert data.verified and len(data.test_labels) == 10000 and len(data.train_labels) == 0
+    assert data.train_images.shape == (0, 28, 28)
+    with pytest.raises(DownloadError, match="lacks train-images-idx3-ubyte.gz"):
+        load_dataset("fashion-mnist", data_dir=clean_env / "data", download=False)
+
+
+def test_data_dir_and_dataset_folder_that_do_not_exist(clean_env, data_root, capsys):
+    from cnnlab.cli import main
+
+    link_fashion(data_root, clean_env / "system" / "fashion-mnist")  # found elsewhere
+    missing = clean_env / "does" / "not" / "exist"
+    with pytest.raises(DataError, match=f"--data-dir {missing}: no such folder"):
+        load_dataset("fashion-mnist", data_dir=missing, download=False)
+    for argv, needle in ((["--dataset", "fashion-mnist", "--data-dir", str(missing)],
+                          f"--data-dir {missing}: no such folder"),
+                         (["--dataset", str(missing)], f"{missing}: no such folder")):
+        assert main(["train", "--model", "mlp", "--epochs", "1", "--no-progress",
+                     "--runs-root", str(clean_env / "runs"), *argv]) == 2
+        error = capsys.readouterr().err
+        assert needle in error and "unknown dataset" not in error

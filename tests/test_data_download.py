@@ -146,14 +146,14 @@ def test_stalled_server_times_out_quickly(tmp_path, server, payload):
     assert time.perf_counter() - start < TIMEOUT * 2.5
 
 
-def serve_fashion(shared_data):
-    Handler.files = {name: (shared_data / "fashion-mnist" / name).read_bytes()
+def serve_fashion(data_root):
+    Handler.files = {name: (data_root / "fashion-mnist" / name).read_bytes()
                      for name in FILE_NAMES.values()}
 
 
-def test_download_dataset_then_load(tmp_path, server, shared_data, monkeypatch):
+def test_download_dataset_then_load(tmp_path, server, data_root, monkeypatch):
     # The shared copies are Debian-recompressed: accepted through the content SHA-256.
-    serve_fashion(shared_data)
+    serve_fashion(data_root)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("CNNLAB_SYSTEM_DATA_DIRS", str(tmp_path / "system"))
     monkeypatch.delenv("CNNLAB_DATA_DIR", raising=False)
@@ -170,12 +170,12 @@ def test_download_dataset_then_load(tmp_path, server, shared_data, monkeypatch):
     assert Handler.hits["good"] == 4
 
 
-def test_download_refills_only_missing_files(tmp_path, server, shared_data):
-    serve_fashion(shared_data)
+def test_download_refills_only_missing_files(tmp_path, server, data_root):
+    serve_fashion(data_root)
     folder = tmp_path / "fashion-mnist"
     folder.mkdir()
     for key in ("train_images", "train_labels", "test_images"):
-        (folder / FILE_NAMES[key]).symlink_to(shared_data / "fashion-mnist" / FILE_NAMES[key])
+        (folder / FILE_NAMES[key]).symlink_to(data_root / "fashion-mnist" / FILE_NAMES[key])
     datasets.download_dataset("fashion-mnist", data_dir=tmp_path, progress=False,
                               mirrors=(f"{server}/good/",), timeout=TIMEOUT)
     assert Handler.hits["good"] == 1

@@ -1,5 +1,5 @@
 """IDX reading/writing: round trips, every malformed file gives a one-line DataError,
-and the real files in ../shared/data load and verify."""
+and the real MNIST and Fashion-MNIST files load and verify."""
 
 from __future__ import annotations
 
@@ -120,39 +120,40 @@ def test_unreadable_file(tmp_path, monkeypatch):
         read_idx(path)
 
 
-def test_truncated_real_file_message(tmp_path, shared_data):
-    raw = gzip.decompress((shared_data / "mnist" / FILE_NAMES["test_images"]).read_bytes())
+def test_truncated_real_file_message(tmp_path, real_mnist):
+    raw = gzip.decompress((real_mnist / FILE_NAMES["test_images"]).read_bytes())
     path = tmp_path / "t10k-images-idx3-ubyte.gz"
     path.write_bytes(gzip.compress(raw[:-1000], compresslevel=1))
     with pytest.raises(DataError) as caught:
         read_idx(path)
     assert str(caught.value) == (
         f"{path}: payload has 7839000 bytes, header promises 7840000 (10000x28x28): "
-        "the file is truncated; delete it and download again")
+        "the file is truncated; replace it with a complete copy (cnnlab data download NAME "
+        "fetches a named dataset)")
 
 
-def test_real_mnist_test_set(shared_data):
-    images = read_idx(shared_data / "mnist" / FILE_NAMES["test_images"])
-    labels = read_idx(shared_data / "mnist" / FILE_NAMES["test_labels"])
+def test_real_mnist_test_set(real_mnist):
+    images = read_idx(real_mnist / FILE_NAMES["test_images"])
+    labels = read_idx(real_mnist / FILE_NAMES["test_labels"])
     assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
     assert labels.shape == (10000,) and set(np.unique(labels)) == set(range(10))
     assert labels[:5].tolist() == [7, 2, 1, 0, 4]  # the famous first test digits
 
 
 @pytest.mark.parametrize("key", ["test_images", "test_labels"])
-def test_real_mnist_files_pass_md5(shared_data, key):
-    assert verify_file(shared_data / "mnist" / FILE_NAMES[key], "mnist", key) == "md5"
+def test_real_mnist_files_pass_md5(real_mnist, key):
+    assert verify_file(real_mnist / FILE_NAMES[key], "mnist", key) == "md5"
 
 
 @pytest.mark.parametrize("key", list(FILE_NAMES))
-def test_real_fashion_files_pass_content_checksum(shared_data, key):
+def test_real_fashion_files_pass_content_checksum(data_root, key):
     # these copies were recompressed (Debian), so only the content SHA-256 matches
-    assert verify_file(shared_data / "fashion-mnist" / FILE_NAMES[key], "fashion-mnist",
+    assert verify_file(data_root / "fashion-mnist" / FILE_NAMES[key], "fashion-mnist",
                        key) == "sha256"
 
 
-def test_recompressed_file_accepted_by_content(tmp_path, shared_data):
-    raw = gzip.decompress((shared_data / "mnist" / FILE_NAMES["test_labels"]).read_bytes())
+def test_recompressed_file_accepted_by_content(tmp_path, real_mnist):
+    raw = gzip.decompress((real_mnist / FILE_NAMES["test_labels"]).read_bytes())
     recompressed = tmp_path / FILE_NAMES["test_labels"]
     recompressed.write_bytes(gzip.compress(raw, compresslevel=1))
     assert verify_file(recompressed, "mnist", "test_labels") == "sha256"
@@ -162,11 +163,11 @@ def test_recompressed_file_accepted_by_content(tmp_path, shared_data):
     altered = bytearray(raw)
     altered[100] = (altered[100] + 1) % 10
     recompressed.write_bytes(gzip.compress(bytes(altered)))
-    with pytest.raises(DataError, match="does not match the published checksum.*delete it"):
+    with pytest.raises(DataError, match="is not the published mnist file t10k-labels"):
         verify_file(recompressed, "mnist", "test_labels")
 
 
-def test_file_of_another_dataset_fails_verification(shared_data):
-    path = shared_data / "fashion-mnist" / FILE_NAMES["test_labels"]
-    with pytest.raises(DataError, match="mnist's t10k-labels-idx1-ubyte.gz"):
+def test_file_of_another_dataset_fails_verification(data_root):
+    path = data_root / "fashion-mnist" / FILE_NAMES["test_labels"]
+    with pytest.raises(DataError, match="published mnist file t10k-labels-idx1-ubyte.gz"):
         verify_file(path, "mnist", "test_labels")

@@ -128,8 +128,8 @@ def test_dataset_mean_std_exact(rng):
     assert std == pytest.approx(scaled.std(), rel=1e-12)
 
 
-def test_fashion_mnist_statistics(shared_data):
+def test_fashion_mnist_statistics(data_root):
     from cnnlab.data.idx import read_idx
-    images = read_idx(shared_data / "fashion-mnist" / "t10k-images-idx3-ubyte.gz")
+    images = read_idx(data_root / "fashion-mnist" / "t10k-images-idx3-ubyte.gz")
     mean, std = dataset_mean_std(images)
     assert mean == pytest.approx(0.2868, abs=1e-3) and std == pytest.approx(0.3524, abs=1e-3)

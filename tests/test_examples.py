@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -55,6 +57,7 @@ def test_convolution_by_hand():
     assert "stride 2, padding 1: output 3x3, cnnlab matches: True" in output
 
 
+@pytest.mark.slow
 def test_tiny_network_gradients_match_torch():
     output = run_example("03_tiny_network_gradients.py", "--seed", "3")
     assert "gradients match torch: True" in output
@@ -62,8 +65,9 @@ def test_tiny_network_gradients_match_torch():
     assert number_after("max |cnnlab - torch| conv.weight", output) < 1e-10
 
 
-def test_fully_connected_numpy_engine(shared_data, tmp_path):
-    output = run_example("04_fully_connected_mnist.py", "--quick", "--data-dir", str(shared_data),
+@pytest.mark.slow
+def test_fully_connected_numpy_engine(data_root, tmp_path):
+    output = run_example("04_fully_connected_mnist.py", "--quick", "--data-dir", str(data_root),
                          "--out-dir", str(tmp_path))
     assert "data: fashion-mnist, 2000 train / 1000 test images (1, 28, 28) in [0, 1]" in output
     assert output.count("SGD  step") == 5 and output.count("Adam step") == 5
@@ -73,9 +77,10 @@ def test_fully_connected_numpy_engine(shared_data, tmp_path):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_fully_connected_torch_version_with_offline_wandb(shared_data, tmp_path):
+@pytest.mark.slow
+def test_fully_connected_torch_version_with_offline_wandb(data_root, tmp_path):
     output = run_example("04_fully_connected_mnist.py", "--quick", "--torch", "--wandb",
-                         "--steps", "20", "--data-dir", str(shared_data),
+                         "--steps", "20", "--data-dir", str(data_root),
                          "--out-dir", str(tmp_path),
                          env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
     assert "torch on cpu" in output
@@ -83,8 +88,9 @@ def test_fully_connected_torch_version_with_offline_wandb(shared_data, tmp_path)
     assert list(tmp_path.glob("wandb/offline-run-*")), "no offline W&B run written"
 
 
-def test_lecture_cnn(shared_data):
-    output = run_example("05_lecture_cnn.py", "--quick", "--data-dir", str(shared_data))
+@pytest.mark.slow
+def test_lecture_cnn(data_root):
+    output = run_example("05_lecture_cnn.py", "--quick", "--data-dir", str(data_root))
     assert "dense 784 -> 512: 401,408 weights + 512 biases" in output
     assert "one 3x3 kernel:   9 weights + 1 bias" in output
     assert "the whole lecture CNN: 50,186 parameters" in output
@@ -93,8 +99,9 @@ def test_lecture_cnn(shared_data):
     assert re.search(r"test accuracy after 10 steps .*: 0\.\d{3} on 500 test images", output)
 
 
-def test_pitfalls_script_measures_each_bug(shared_data):
-    output = run_example("pitfalls.py", "--quick", "--data-dir", str(shared_data))
+@pytest.mark.slow
+def test_pitfalls_script_measures_each_bug(data_root):
+    output = run_example("pitfalls.py", "--quick", "--data-dir", str(data_root))
     for row in ("fixed (cnnlab.lecture)", "double softmax", "ReLU on the output logits",
                 "contiguous windows", "all three (the notes' code)",
                 "contiguous windows, sorted data"):
@@ -103,3 +110,24 @@ def test_pitfalls_script_measures_each_bug(shared_data):
     assert "cnnlab.lecture.GPU(): tensor on cpu, requires_grad=True" in output
     coverage = number_after("windows touch", output)
     assert coverage < 80  # about 1 - 1/e of the samples; shuffling touches them all
+
+
+def test_pitfalls_without_pytorch_says_so_and_exits_0(tmp_path):
+    blocked = tmp_path / "no-torch" / "torch"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('No module named torch')\n")
+    output = run_example("pitfalls.py", "--quick", env={"PYTHONPATH": str(blocked.parent)})
+    assert output.strip() == ("PyTorch is not installed: these pitfalls are in the notes' "
+                              "PyTorch code, so there is nothing to measure "
+                              "(pip install torch==2.13.0)")
+
+
+def test_examples_leave_nothing_for_git_and_need_no_course_folder():
+    import subprocess
+
+    repo = EXAMPLES.parent
+    ignored = subprocess.run(["git", "check-ignore", "-q", "lecture-output/04/w0.png"],
+                             cwd=repo, capture_output=True)
+    assert ignored.returncode == 0, "examples/04's default --out-dir is not in .gitignore"
+    for doc in (repo / "README.md", EXAMPLES / "README.md", repo / "docs" / "pitfalls.md"):
+        assert "--data-dir ../shared" not in doc.read_text(), f"{doc.name}: users have no ../shared"

@@ -220,13 +220,13 @@ def test_missing_torch_is_a_clear_error():
     assert issubclass(ShapeError, CnnlabError)
 
 
-def test_load_mnist_gives_the_notes_shapes_and_falls_back(shared_data):
-    X, Y, X_test, Y_test = lecture.load_mnist(shared_data, name="fashion-mnist", download=False,
+def test_load_mnist_gives_the_notes_shapes_and_falls_back(data_root):
+    X, Y, X_test, Y_test = lecture.load_mnist(data_root, name="fashion-mnist", download=False,
                                               train_limit=100, test_limit=50)
     assert X.shape == (100, 1, 28, 28) and X_test.shape == (50, 1, 28, 28)
     assert X.dtype == np.float32 and 0.0 <= X.min() and X.max() <= 1.0 and X.max() > 0.9
     assert Y.dtype == np.int64 and Y.shape == (100,) and set(Y_test) <= set(range(10))
-    # MNIST's training files are not in shared_data: the examples fall back to Fashion-MNIST
-    name, arrays = lecture.load_lecture_data(shared_data, download=False, train_limit=10,
+    # MNIST's training files are not in data_root: the examples fall back to Fashion-MNIST
+    name, arrays = lecture.load_lecture_data(data_root, download=False, train_limit=10,
                                              test_limit=10)
     assert name in ("mnist", "fashion-mnist") and arrays[0].shape == (10, 1, 28, 28)

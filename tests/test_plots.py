@@ -150,6 +150,27 @@ def test_confusion_matrix_figure_shows_counts_and_class_names(run):
     np.testing.assert_allclose(bars, np.nan_to_num(plots.per_class_accuracy(matrix)))
 
 
+@pytest.mark.slow
+def test_report_figures_show_the_evaluation_of_cnnlab_evaluate(data_root, tmp_path, capsys):
+    """The confusion matrix and mistakes evaluate the whole test set, as summary.json and
+    `cnnlab evaluate` do (2,100 images here: more than any fixed subset of 2,000)."""
+    from conftest import make_tiny_dataset
+
+    data = make_tiny_dataset(data_root, tmp_path / "data", train=256, test=2100)
+    run_dir = tmp_path / "run"
+    assert cli_main(["train", "--model", "784-16-10", "--dataset", str(data), "--epochs", "1",
+                     "--run-dir", str(run_dir), "--no-progress", "--no-report"]) == 0
+    assert cli_main(["evaluate", str(run_dir), "--json", str(tmp_path / "eval.json")]) == 0
+    capsys.readouterr()
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    figure = plots.plot_kind("confusion", plots.Run(run_dir))
+    matrix = image_of(figure.axes[0])
+    np.testing.assert_array_equal(matrix, evaluated["confusion"])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert f"2100 test images, accuracy {summary['test_accuracy']:.1%}" in figure.axes[0].get_title()
+    assert evaluated["accuracy"] == summary["test_accuracy"]
+
+
 def test_mistakes_show_true_and_predicted_classes(run):
     evaluation = run.evaluate(256)
     figure = plots.mistakes(evaluation.images, evaluation.labels, evaluation.probabilities, run.classes, k=5)
@@ -168,7 +189,10 @@ def test_mistakes_show_true_and_predicted_classes(run):
 
 def test_filters_of_the_cnn_one_panel_per_conv_layer(run):
     figure = plots.filters(run.model)
-    first, second = figure.axes
+    first, second, *colour_bars = figure.axes
+    assert len(colour_bars) == 2  # one per panel: tiles are scaled to their own range
+    assert [label.get_text() for label in colour_bars[0].get_yticklabels()] == ["tile's min",
+                                                                                "tile's max"]
     assert "32 filters 3x3, one tile per filter" in first.get_title()
     assert "64 filters 3x3, mean over 32 input channels" in second.get_title()
     assert image_of(first).shape == (6 * 5, 6 * 5)       # 32 tiles of 3x3 padded to 5x5, 6 per row
@@ -183,7 +207,7 @@ def test_filters_of_an_mlp_are_28x28_weight_images():
 
     model = build_model("mlp", np.random.default_rng(0))
     figure = plots.filters(model, max_filters=16)
-    (axes,) = figure.axes
+    axes, _colour_bar = figure.axes
     assert "28x28" in axes.get_title()
     assert image_of(axes).shape == (4 * 30, 4 * 30)
 
@@ -226,7 +250,7 @@ def test_input_gradient_matches_finite_differences_and_leaves_model_alone(run):
 def test_saliency_shows_each_image_beside_its_gradient(run):
     inputs, labels = run.test_inputs([0, 1, 2])
     figure = plots.saliency(run.model, inputs, labels=labels, classes=run.classes)
-    assert len(figure.axes) == 9
+    assert len(figure.axes) == 9 + 6  # three panels per image, two with colour bars
     for row in range(3):
         image_axes, magnitude_axes, _ = figure.axes[3 * row: 3 * row + 3]
         assert f"true: {FASHION_CLASSES[labels[row]]}" in image_axes.get_title()
@@ -249,6 +273,7 @@ def test_weight_histograms_show_weights_and_last_gradients(run):
 
 # ----------------------------------------------------------------------------- cnnlab plot
 
+@pytest.mark.slow
 def test_cnnlab_plot_writes_a_png_of_every_kind(trained_run, tmp_path, capsys):
     for kind in plots.KINDS:
         out = tmp_path / f"{kind}.png"
@@ -281,3 +306,28 @@ def test_cnnlab_plot_list_and_errors(trained_run, capsys):
     assert "ending in .png" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="did you mean 'filters'"):
         plots.resolve_kind("filter")
+
+
+def test_every_figure_is_readable_at_the_reports_width(run):
+    """No text under 10 pt; the wide figures span the report's column (16 in at 72 dpi)."""
+    from matplotlib.text import Text
+
+    wide = {"histogram", "curves", "confusion", "mistakes", "features", "saliency", "weights"}
+    for kind in plots.KINDS:
+        figure = plots.plot_kind(kind, run)
+        figure.canvas.draw()
+        sizes = [text.get_fontsize() for text in figure.findobj(Text)
+                 if text.get_text().strip() and text.get_visible()]
+        assert min(sizes) >= 10, f"{kind}: text of {min(sizes)} pt"
+        if kind in wide:
+            assert figure.get_figwidth() >= 15, f"{kind}: {figure.get_figwidth()} in wide"
+
+
+def test_learning_curves_label_both_axes_and_count_epochs(run):
+    figure = plots.learning_curves(run.metrics)
+    loss_axes, accuracy_axes = figure.axes[:2]
+    assert loss_axes.get_ylabel() == "cross-entropy loss"
+    assert accuracy_axes.get_ylabel().startswith("accuracy")
+    epoch_axes = [child for child in loss_axes.get_children()
+                  if type(child).__name__ == "SecondaryAxis"]
+    assert len(epoch_axes) == 1 and epoch_axes[0].get_xlabel() == "epoch"

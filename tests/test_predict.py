@@ -24,9 +24,9 @@ DIGITS = "0123456789"
 
 
 @pytest.fixture(scope="module")
-def mnist(shared_data):
-    images = read_idx(shared_data / "mnist" / "t10k-images-idx3-ubyte.gz")
-    labels = read_idx(shared_data / "mnist" / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
+def mnist(real_mnist):
+    images = read_idx(real_mnist / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(real_mnist / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
     return images, labels
 
 

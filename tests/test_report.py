@@ -76,6 +76,7 @@ def test_report_is_self_contained_with_every_section(report, trained_run):  # no
     assert '<meta http-equiv="refresh"' not in document
 
 
+@pytest.mark.slow
 def test_report_follows_the_run_live_while_it_goes_on(trained_run, tmp_path):  # noqa: F811
     run_copy = tmp_path / "run"
     run_copy.mkdir()
@@ -112,6 +113,7 @@ def run_chromium(arguments: list[str], user_data: Path, cwd: Path) -> subprocess
                           capture_output=True, text=True, timeout=120, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(report, tmp_path):
     assert Path(CHROMIUM).exists(), "the report test needs Debian's chromium (apt-get install chromium)"
     probed = tmp_path / "probed.html"

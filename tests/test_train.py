@@ -38,6 +38,7 @@ def assert_same_checkpoint(run_a: Path, run_b: Path) -> None:
         assert np.array_equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
 def test_run_folder_has_every_file_with_the_right_content(tiny_fashion, tmp_path, capsys):
     from cnnlab.checkpoint import load_checkpoint, load_model
     from cnnlab.evaluation import evaluate
@@ -124,6 +125,46 @@ def test_toml_config_and_command_line_override(tmp_path):
     config = resolve_config(load_config_file(path), {"lr": 0.5, "epochs": None})
     assert (config.model, config.batch_size, config.lr, config.schedule) == ("mlp", 32, 0.5, "step")
     assert config.epochs > 0 and config.step_epochs >= 1
+
+
+def test_toml_config_on_python_3_10_reads_with_tomli(tmp_path, monkeypatch):
+    import sys
+    import tomllib
+
+    from cnnlab.config import load_config_file
+
+    path = tmp_path / "run.toml"
+    path.write_text('model = "mlp"\n')
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # Python 3.10: no tomllib
+    monkeypatch.setitem(sys.modules, "tomli", tomllib)  # tomli is the same parser
+    assert load_config_file(path) == {"model": "mlp"}
+    monkeypatch.setitem(sys.modules, "tomli", None)
+    with pytest.raises(ConfigError, match="needs the tomli package: pip install tomli"):
+        load_config_file(path)
+
+
+def test_each_optimizer_has_its_own_default_learning_rate(tmp_path, capsys):
+    from cnnlab.config import resolve_config
+
+    lr = {optimizer: resolve_config(overrides={"model": "mlp", "optimizer": optimizer}).lr
+          for optimizer in ("sgd", "adam", "adamw")}
+    assert lr == {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+    assert resolve_config(overrides={"model": "cnn-bn", "optimizer": "adam"}).lr == 2e-3
+    assert resolve_config(overrides={"model": "cnn-bn", "optimizer": "sgd"}).lr == 0.05
+    assert resolve_config(overrides={"optimizer": "sgd", "lr": 0.2}).lr == 0.2
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "default 0.05 for sgd, 0.001 for adam and adamw, 0.002 for cnn-bn" in help_text
+
+
+def test_default_dataset_is_the_one_the_quick_start_installs(capsys):
+    from cnnlab.config import resolve_config
+
+    assert resolve_config().dataset == "fashion-mnist"
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "default fashion-mnist" in " ".join(capsys.readouterr().out.split())
 
 
 def test_learning_rate_schedules_step_every_step():

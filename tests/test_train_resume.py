@@ -53,6 +53,7 @@ def interrupt_at_random_step(options: list[str], run: Path, signum: int, seed: i
     return process.returncode, out + err, after
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, seed", [(signal.SIGINT, 1), (signal.SIGTERM, 2)])
 def test_interrupt_then_resume_equals_an_uninterrupted_run(signum, seed, tiny_fashion, tmp_path,
                                                            capsys):

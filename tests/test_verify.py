@@ -29,7 +29,7 @@ def test_quick_sweep_passes_and_writes_complete_json(tmp_path, capsys):
         assert result["configs"] >= 2, name
         for check in result["checks"].values():
             assert check["worst_error"] <= check["tolerance"], name
-    for name in ("conv2d", "linear", "relu", "cross_entropy", "batch_norm"):
+    for name in ("conv2d", "linear", "relu", "cross_entropy", "batch_norm", "dropout"):
         assert CHECKS_WITH_GRADIENTS <= set(report["ops"][name]["checks"]), name
     assert "fast vs naive" in report["ops"]["conv2d"]["checks"]
     # Pool ties have no derivative, but the tie configurations still face PyTorch.
@@ -86,3 +86,17 @@ def test_unknown_op_is_a_one_line_error(capsys):
 def test_json_into_missing_folder_fails_before_the_sweep(tmp_path, capsys):
     assert main(["verify", "--ops", "relu", "--json", str(tmp_path / "no" / "r.json")]) == 2
     assert "folder does not exist" in capsys.readouterr().err
+
+
+def test_dropout_is_verified_and_a_wrong_scale_is_caught(monkeypatch):
+    import cnnlab.ops.dropout as dropout
+
+    assert cnnlab.verify.run_verify(["dropout"], quick=True)["passed"]
+    original = dropout.dropout_forward
+
+    def unscaled(x, p, training, rng):  # forgets the 1 / (1 - p) of inverted dropout
+        y, mask = original(x, p, training, rng)
+        return (y * (1 - p), mask) if training and 0 < p < 1 else (y, mask)
+    monkeypatch.setattr(dropout, "dropout_forward", unscaled)
+    report = cnnlab.verify.run_verify(["dropout"], quick=True)
+    assert not report["ops"]["dropout"]["checks"]["forward vs PyTorch"]["passed"]

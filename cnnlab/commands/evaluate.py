@@ -38,7 +38,7 @@ def run(args) -> int:
     if not dataset_name:
         raise ConfigError(f"{checkpoint.path} does not say which dataset it was trained on: "
                           "give --dataset NAME")
-    dataset = load_dataset(dataset_name, data_dir=args.data_dir)
+    dataset = load_dataset(dataset_name, data_dir=args.data_dir, splits=("test",))
     input_shape = tuple(meta.get("input_shape", (1, 28, 28)))
     if tuple(dataset.image_shape) != input_shape[-2:]:
         raise ConfigError(f"dataset '{dataset_name}' has {format_shape(dataset.image_shape)} images but "

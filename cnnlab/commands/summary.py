@@ -17,7 +17,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--input-shape", default=None, metavar="C,H,W",
                         help="shape of one input image (default 1,28,28, or the checkpoint's)")
     parser.add_argument("--num-classes", type=int, default=None, metavar="K",
-                        help="number of classes (default 10, or the checkpoint's)")
+                        help="number of classes (default: the last size of a list like "
+                             "784-500-10, the checkpoint's, or 10)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead")
 
 
@@ -38,7 +39,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
 def run(args) -> int:
     import numpy as np
 
-    from cnnlab.models import build_model
+    from cnnlab.models import build_model, spec_num_classes
     from cnnlab.summary import format_summary, summarize, totals
 
     looks_like_path = args.model.endswith(".npz") or os.sep in args.model
@@ -51,7 +52,9 @@ def run(args) -> int:
         title = f"{args.model}: model '{spec}', input {format_shape(input_shape)}"
     else:
         input_shape = parse_shape(args.input_shape) if args.input_shape else (1, 28, 28)
-        num_classes = 10 if args.num_classes is None else args.num_classes
+        num_classes = args.num_classes
+        if num_classes is None:
+            num_classes = spec_num_classes(args.model) or 10
         model = build_model(args.model, np.random.default_rng(0), input_shape, num_classes)
         title = f"model '{args.model}', input {format_shape(input_shape)}, {num_classes} classes"
     rows = summarize(model, input_shape)

@@ -24,6 +24,14 @@ def _default(name: str) -> str:
     return f"default {value:g}" if isinstance(value, float) else f"default {value}"
 
 
+def _default_lr() -> str:
+    """The per-optimizer default learning rates, from cnnlab.config's table."""
+    from cnnlab.config import MODEL_LR, OPTIMIZER_LR
+
+    return (f"default {OPTIMIZER_LR['sgd']:g} for sgd, {OPTIMIZER_LR['adam']:g} for adam and "
+            f"adamw, {MODEL_LR[('cnn-bn', 'adam')]:g} for cnn-bn with adam or adamw")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("what to train")
     what.add_argument("--model", help="mlp, cnn, cnn-bn or a model spec string "
@@ -45,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "(default: the model's, see docs/training.md)")
     how.add_argument("--batch-size", type=int, help=f"images per step ({_default('batch_size')})")
     how.add_argument("--optimizer", help=f"sgd, adam or adamw ({_default('optimizer')})")
-    how.add_argument("--lr", type=float, help="peak learning rate (default: the model's)")
+    how.add_argument("--lr", type=float, help=f"peak learning rate ({_default_lr()})")
     how.add_argument("--schedule", help="constant, step, cosine or linear "
                      f"({_default('schedule')})")
     how.add_argument("--step-epochs", type=int, metavar="N",

@@ -107,6 +107,18 @@ def _candidates(standard_name: str) -> list[str]:
     return [standard_name, raw, dotted + ".gz", dotted]
 
 
+SPLITS = ("train", "test")
+
+
+def split_keys(splits=SPLITS) -> list[str]:
+    """The file keys of ``splits``: ("test",) -> ["test_images", "test_labels"]."""
+    unknown = [split for split in splits if split not in SPLITS]
+    if unknown or not splits:
+        raise ConfigError(f"unknown split {unknown[0] if unknown else '(none)'}: use "
+                          f"{' and/or '.join(SPLITS)}")
+    return [key for key in FILE_NAMES if key.split("_")[0] in splits]
+
+
 def find_files(folder: str | os.PathLike) -> dict[str, Path]:
     """The dataset files present in ``folder``: key -> path (missing keys are absent)."""
     folder = Path(folder)
@@ -120,10 +132,13 @@ def find_files(folder: str | os.PathLike) -> dict[str, Path]:
     return found
 
 
-def locate(name: str, data_dir: str | os.PathLike | None = None) -> Path | None:
-    """The first search folder holding all four files of dataset ``name``, or None."""
+def locate(name: str, data_dir: str | os.PathLike | None = None, splits=SPLITS) -> Path | None:
+    """The first search folder holding the files of ``splits`` (default: all four files) of
+    dataset ``name``, or None."""
+    keys = split_keys(splits)
     for folder in search_folders(name, data_dir):
-        if len(find_files(folder)) == len(FILE_NAMES):
+        found = find_files(folder)
+        if all(key in found for key in keys):
             return folder
     return None
 
@@ -141,12 +156,14 @@ def _verify(content: IdxContent, data: bytes, info: DatasetInfo, key: str, path:
         if digest.hexdigest() == expected.sha256:
             return "sha256"
     if expected.md5 and not content.compressed and not expected.sha256:
-        how = f"{info.name} publishes only the MD5 of the .gz, so keep the file compressed"
-    else:
-        how = "it is corrupt, from another dataset, or altered"
-    raise DataError(f"{path}: does not match the published checksum of {info.name}'s "
-                    f"{expected.name} ({how}); delete it and run "
-                    f"'cnnlab data download {info.name}' again")
+        raise DataError(f"{path}: cannot be checked against {info.name}'s published "
+                        f"{expected.name}: {info.name} publishes only the MD5 of the .gz, so "
+                        f"keep the file compressed as downloaded")
+    raise DataError(f"{path}: is not the published {info.name} file {expected.name} (its "
+                    f"checksum differs: other data, altered or damaged); to train on your own "
+                    f"files give their folder as --dataset {path.parent}; for the published "
+                    f"{info.name}, run 'cnnlab data download {info.name}' (into the cache, or "
+                    f"--data-dir with another folder)")
 
 
 def verify_file(path: str | os.PathLike, name: str, key: str) -> str:
@@ -224,14 +241,47 @@ def _read_classes_file(path: Path) -> list[str]:
         raise DataError(f"{path}: cannot be read as UTF-8 text ({error})") from None
     classes = [line.strip() for line in text.splitlines() if line.strip()]
     if not classes:
-        raise DataError(f"{path}: has no class names; write one name per line, or delete it")
+        raise DataError(f"{path}: has no class names; write one name per line")
     return classes
+
+
+def _check_no_gaps(label_files: dict[str, np.ndarray], folder: Path) -> None:
+    """Class indices taken from the labels must all occur: one stray label 200 among 0-9 would
+    otherwise make a 201-class problem."""
+    found = np.unique(np.concatenate(list(label_files.values())))
+    if len(found) == int(found[-1]) + 1:
+        return
+    missing = np.setdiff1d(np.arange(int(found[-1]) + 1), found)
+    raise DataError(f"{folder}: the labels found are {_ranges(found)}, so no image has label "
+                    f"{_ranges(missing)}; fix the stray labels, or if these really are "
+                    f"{int(found[-1]) + 1} classes, name them in {folder / CLASSES_FILE} "
+                    f"(one name per line, line k for label k)")
+
+
+def _ranges(values: np.ndarray) -> str:
+    """[0 1 2 3 7 200] -> "0-3, 7, 200" (at most 8 runs shown)."""
+    runs, start = [], int(values[0])
+    for previous, value in zip(values[:-1], values[1:]):
+        if value != previous + 1:
+            runs.append((start, int(previous)))
+            start = int(value)
+    runs.append((start, int(values[-1])))
+    text = [f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:8]]
+    return ", ".join(text) + (f", ... ({len(runs) - 8} more runs)" if len(runs) > 8 else "")
 
 
 def _build(name: str, folder: Path, files: dict[str, Path], info: DatasetInfo | None) -> Dataset:
     arrays, verification = _read_split(files, info)
-    for split in ("train", "test"):
+    splits = [split for split in SPLITS if f"{split}_labels" in files]
+    for split in splits:
         _check_split(arrays[f"{split}_images"], arrays[f"{split}_labels"], split, files)
+    if "train_images" not in arrays:  # a test-only load (cnnlab evaluate): an empty train split
+        image_shape = arrays["test_images"].shape[1:]
+        arrays["train_images"] = np.zeros((0, *image_shape), np.uint8)
+        arrays["train_labels"] = np.zeros(0, np.int64)
+    if "test_images" not in arrays:
+        arrays["test_images"] = np.zeros((0, *arrays["train_images"].shape[1:]), np.uint8)
+        arrays["test_labels"] = np.zeros(0, np.int64)
     if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
         raise DataError(f"{folder}: training images are {arrays['train_images'].shape[1:]} but "
                         f"test images are {arrays['test_images'].shape[1:]}; "
@@ -241,9 +291,11 @@ def _build(name: str, folder: Path, files: dict[str, Path], info: DatasetInfo | 
     elif (folder / CLASSES_FILE).is_file():
         classes, origin = _read_classes_file(folder / CLASSES_FILE), str(folder / CLASSES_FILE)
     else:
-        top = max(int(arrays["train_labels"].max()), int(arrays["test_labels"].max()))
+        if "train" in splits:  # a test-only load takes its classes from the model
+            _check_no_gaps({split: arrays[f"{split}_labels"] for split in splits}, folder)
+        top = max(int(arrays[f"{split}_labels"].max()) for split in splits)
         classes, origin = [str(label) for label in range(top + 1)], "the labels"
-    for split in ("train", "test"):
+    for split in splits:
         _check_labels_in_range(arrays[f"{split}_labels"], files[f"{split}_labels"], classes, origin)
     return Dataset(
         name=name, classes=classes,
@@ -256,12 +308,14 @@ def _build(name: str, folder: Path, files: dict[str, Path], info: DatasetInfo | 
     )
 
 
-def load_folder(folder: str | os.PathLike, info: DatasetInfo | None = None) -> Dataset:
-    """Load the four files in ``folder``; verified against ``info`` when given.
+def load_folder(folder: str | os.PathLike, info: DatasetInfo | None = None,
+                splits=SPLITS) -> Dataset:
+    """Load the four files in ``folder`` (or those of ``splits``: ("test",) leaves the training
+    split empty); verified against ``info`` when given.
 
     Without ``info`` (a user's own data) only the structure is checked: valid IDX, images
     3-D uint8, labels 1-D integers, counts agreeing, labels within the classes (from
-    ``classes.txt``, one name per line, or "0".."K-1").
+    ``classes.txt``, one name per line, or "0".."K-1", where every label 0..K-1 must occur).
     """
     folder = Path(folder)
     if not folder.exists():
@@ -270,8 +324,9 @@ def load_folder(folder: str | os.PathLike, info: DatasetInfo | None = None) -> D
     if not folder.is_dir():
         raise DataError(f"{folder}: is not a folder; give a dataset name "
                         f"({', '.join(DATASETS)}) or a folder holding the four IDX files")
-    files = find_files(folder)
-    missing = [FILE_NAMES[key] for key in FILE_NAMES if key not in files]
+    keys = split_keys(splits)
+    files = {key: path for key, path in find_files(folder).items() if key in keys}
+    missing = [FILE_NAMES[key] for key in keys if key not in files]
     if missing:
         raise DataError(f"{folder}: missing {', '.join(missing)} (the .gz or uncompressed); a "
                         f"dataset folder holds {', '.join(FILE_NAMES.values())}")
@@ -285,7 +340,7 @@ def _looks_like_path(text: str) -> bool:
 
 def load_dataset(name_or_folder: str | os.PathLike, data_dir: str | os.PathLike | None = None,
                  download: bool = True, progress: bool = True,
-                 timeout: float | None = None) -> Dataset:
+                 timeout: float | None = None, splits=SPLITS) -> Dataset:
     """Load a named dataset (finding or downloading it) or a folder of MNIST-format files.
 
     Args:
@@ -297,21 +352,25 @@ def load_dataset(name_or_folder: str | os.PathLike, data_dir: str | os.PathLike 
         progress: show download progress, and say on standard error when a folder's data is
             not verified.
         timeout: seconds a download may wait to connect or for data (default 30).
+        splits: the splits needed: ("test",) for an evaluation, which then needs (and
+            downloads) only the test files; the training split is left empty.
 
     Returns:
         A :class:`Dataset`; ``verified`` is True for checksummed named datasets.
 
     Raises:
         ConfigError: unknown dataset name (suggesting the closest).
-        DataError: a file is corrupt, fails its checksum, or the files disagree.
+        DataError: a file is corrupt, fails its checksum, or the files disagree; ``data_dir``
+            is not a folder.
         DownloadError: not found locally and every mirror failed (or ``download=False``).
     """
+    check_data_dir(data_dir)
     text = os.fspath(name_or_folder)
     canonical = None if _looks_like_path(text) else canonical_name(text)
     if canonical is None:
         folder = Path(text).expanduser()
         if folder.is_dir():
-            dataset = load_folder(folder)
+            dataset = load_folder(folder, splits=splits)
             if progress:
                 print(f"cnnlab: {folder}: user data, checked for structure only "
                       f"(no published checksums)", file=sys.stderr)
@@ -320,11 +379,23 @@ def load_dataset(name_or_folder: str | os.PathLike, data_dir: str | os.PathLike 
             load_folder(folder)  # raises the DataError that says what is wrong
         get_dataset_info(text)  # raises ConfigError with the closest name
     info = DATASETS[canonical]
-    folder = locate(info.name, data_dir)
+    folder = locate(info.name, data_dir, splits)
     if folder is None:
         folder = download_dataset(info.name, data_dir=data_dir, progress=progress,
-                                  timeout=timeout, allow=download)
-    return load_folder(folder, info)
+                                  timeout=timeout, allow=download, splits=splits)
+    return load_folder(folder, info, splits)
+
+
+def check_data_dir(data_dir: str | os.PathLike | None) -> None:
+    """DataError unless ``data_dir`` (``--data-dir``) is None or an existing folder: a mistyped
+    folder must not silently fall through to another copy of the data."""
+    if data_dir is None:
+        return
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        what = "is not a folder" if path.exists() else "no such folder"
+        raise DataError(f"--data-dir {path}: {what}; check the path, or create the folder "
+                        f"(mkdir -p {path}) for downloads to go there")
 
 
 # ---------------------------------------------------------------------------- download
@@ -348,17 +419,20 @@ def how_to_get(info: DatasetInfo, data_dir: str | os.PathLike | None = None) -> 
 def download_dataset(name: str, data_dir: str | os.PathLike | None = None, progress: bool = True,
                      timeout: float | None = None, retries: int | None = None,
                      backoff: float | None = None, mirrors: tuple[str, ...] | None = None,
-                     allow: bool = True) -> Path:
-    """Download the missing or unverified files of a named dataset; the folder they are in.
+                     allow: bool = True, splits=SPLITS) -> Path:
+    """Download the missing or unverified files of a named dataset (those of ``splits``); the
+    folder they are in.
 
     Files already in the target folder that pass verification are kept. ``mirrors``
     overrides the registry's (for tests and private mirrors).
     """
     info = get_dataset_info(name)
+    keys = split_keys(splits)
     folder = download_folder(info.name, data_dir)
     present = find_files(folder) if folder.is_dir() else {}
     todo = []
-    for key, file_info in info.files.items():
+    for key in keys:
+        file_info = info.files[key]
         path = present.get(key)
         if path is not None:
             try:
@@ -370,7 +444,8 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None, progr
         todo.append(key)
     if todo and not allow:
         raise DownloadError(f"{info.name} was not found; run 'cnnlab data download {info.name}' "
-                            f"to fetch it, or {how_to_get(info, data_dir)}")
+                            f"to fetch it, or {how_to_get(info, data_dir)}"
+                            f"{_present_instead(info, data_dir)}")
     for key in todo:
         file_info = info.files[key]
         urls = [base + file_info.name for base in (mirrors or info.mirrors)]
@@ -379,8 +454,18 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None, progr
                           retries=retries, backoff=backoff, progress=progress)
         except DownloadError as error:
             raise DownloadError(f"{error}. To use {info.name} offline, "
-                                f"{how_to_get(info, data_dir)}") from None
+                                f"{how_to_get(info, data_dir)}"
+                                f"{_present_instead(info, data_dir)}") from None
     return folder
+
+
+def _present_instead(info: DatasetInfo, data_dir: str | os.PathLike | None) -> str:
+    """``; fashion-mnist is on this machine (FOLDER): --dataset fashion-mnist`` for the other
+    named datasets found locally, or ``""``."""
+    present = [(other, locate(other, data_dir)) for other in DATASETS if other != info.name]
+    present = [(name, folder) for name, folder in present if folder is not None]
+    return "".join(f"; {name} is on this machine ({folder}): --dataset {name}"
+                   for name, folder in present)
 
 
 def _verifier(info: DatasetInfo, key: str):

@@ -46,7 +46,7 @@ MAX_NDIM = 32  # NumPy's limit is 64; no real IDX file comes near either
 # Deflate cannot compress better than about 1032:1, so a header promising more bytes
 # than that is a lie we can reject before allocating memory for it.
 _MAX_DEFLATE_RATIO = 1100
-_REDOWNLOAD = "delete it and download again"
+_REDOWNLOAD = "replace it with a complete copy (cnnlab data download NAME fetches a named dataset)"
 
 
 @dataclass

@@ -156,18 +156,6 @@ def as_pair(value, name: str, minimum: int) -> tuple[int, int]:
     return pair
 
 
-def check_image_batch(x, op: str) -> None:
-    """An (N, C, H, W) float32 or float64 array, or a one-line ShapeError."""
-    if not isinstance(x, np.ndarray):
-        raise ShapeError(f"{op} expects a NumPy array, got {type(x).__name__}")
-    if x.ndim != 4:
-        raise ShapeError(f"{op} expects input of shape (N, C, H, W), got {x.shape}; "
-                         "add the missing batch or channel axis, e.g. x[None] or x[:, None]")
-    if x.dtype not in (np.float32, np.float64):
-        raise ShapeError(f"{op} expects float32 or float64 input, got {x.dtype}; "
-                         "convert it first, e.g. x.astype(np.float32)")
-
-
 def window(padded: np.ndarray, row: int, col: int, stride: tuple[int, int],
            out_hw: tuple[int, int]) -> np.ndarray:
     """The (N, C, H_out, W_out) view of the input pixels that kernel offset (row, col) sees.

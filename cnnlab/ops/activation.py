@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.ops import _kernels
+from cnnlab.validation import check_input
 
 
 def relu_forward(x: np.ndarray):
@@ -20,6 +21,7 @@ def relu_forward(x: np.ndarray):
         - x: any shape, e.g. (N, C, H, W) or (N, F)
         - y: same shape as x
     """
+    check_input(x, "relu")
     loops = _kernels.get()
     if loops is not None and _kernels.contiguous_float(x):
         # One pass for both outputs (cnnlab/_native/loops.c), the same bits as below.
@@ -49,6 +51,7 @@ def leaky_relu_forward(x: np.ndarray, negative_slope: float = 0.01):
     Shape:
         - x: any shape; y: same shape as x
     """
+    check_input(x, "leaky_relu")
     positive = x > 0
     y = np.where(positive, x, x * np.asarray(negative_slope, dtype=x.dtype))
     return y, (positive, negative_slope)
@@ -69,6 +72,7 @@ def sigmoid_forward(x: np.ndarray):
     Shape:
         - x: any shape; y: same shape as x
     """
+    check_input(x, "sigmoid")
     e = np.exp(-np.abs(x))
     denominator = 1 + e
     y = np.where(x >= 0, 1, e)
@@ -88,6 +92,7 @@ def tanh_forward(x: np.ndarray):
     Shape:
         - x: any shape; y: same shape as x
     """
+    check_input(x, "tanh")
     y = np.tanh(x)
     return y, y
 
@@ -109,6 +114,7 @@ def softmax(x: np.ndarray, axis: int = 1) -> np.ndarray:
         - x: (N, C) with the classes along ``axis`` (any shape works)
         - output: same shape as x
     """
+    check_input(x, "softmax")
     shifted = x - x.max(axis=axis, keepdims=True)
     np.exp(shifted, out=shifted)
     shifted /= shifted.sum(axis=axis, keepdims=True)
@@ -124,6 +130,7 @@ def log_softmax(x: np.ndarray, axis: int = 1) -> np.ndarray:
     Shape:
         - x: (N, C) with the classes along ``axis``; output: same shape as x
     """
+    check_input(x, "log_softmax")
     shifted = x - x.max(axis=axis, keepdims=True)
     shifted -= np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
     return shifted

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.errors import ShapeError
+from cnnlab.validation import check_input, optional_float_array
 
 
 def _check_input(x: np.ndarray, num_channels: int) -> None:
@@ -60,6 +61,9 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training,
     Returns:
         ``(y, cache)``; pass the cache to :func:`batch_norm_backward`.
     """
+    check_input(x, "batch_norm")
+    weight = optional_float_array(weight, "batch_norm", "weight", like=x)
+    bias = optional_float_array(bias, "batch_norm", "bias", like=x)
     num_channels = x.shape[1] if x.ndim >= 2 else -1
     _check_input(x, num_channels)
     count = x.size // num_channels

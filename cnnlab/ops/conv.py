@@ -27,7 +27,7 @@ import numpy as np
 from cnnlab.errors import ShapeError
 from cnnlab.ops import _conv_wide, _gemm, _winograd, _workspace
 from cnnlab.ops._workspace import window
-from cnnlab.validation import check_image_batch, int_pair, positive_int
+from cnnlab.validation import array_of, check_image_batch, float_array, int_pair, positive_int
 
 Pads = tuple[int, int, int, int]  # (top, bottom, left, right)
 
@@ -142,22 +142,25 @@ class _ConvSetup:
 
     def __init__(self, x, weight, bias, stride, padding, dilation, groups):
         check_image_batch(x, "conv2d")
-        if not isinstance(weight, np.ndarray) or weight.ndim != 4:
+        float_array(weight, "conv2d", "weight", like=x)
+        if weight.ndim != 4:
             raise ShapeError("conv2d weight must be an array of shape "
-                             f"(C_out, C_in / groups, kH, kW), got {getattr(weight, 'shape', weight)}")
-        if weight.dtype != x.dtype:
-            raise ShapeError(f"conv2d input is {x.dtype} but weight is {weight.dtype}; "
-                             "use one dtype for both, e.g. x.astype(weight.dtype)")
+                             f"(C_out, C_in / groups, kH, kW), got {weight.shape}")
+        if min(weight.shape[2:]) < 1:
+            raise ShapeError(f"conv2d kernel must be at least 1x1, got {weight.shape[2]}x"
+                             f"{weight.shape[3]} (weight {weight.shape}), as in PyTorch")
+        if min(weight.shape[:2]) < 1:
+            raise ShapeError(f"conv2d weight {weight.shape} has no channels; a convolution "
+                             f"needs at least one input and one output channel, as in PyTorch")
         self.batch, self.in_channels = x.shape[0], x.shape[1]
         self.out_channels = weight.shape[0]
         self.groups = positive_int(groups, "groups", error=ShapeError)
         self._check_channels(weight)
         if bias is not None:
-            if not isinstance(bias, np.ndarray) or bias.shape != (self.out_channels,):
+            float_array(bias, "conv2d", "bias", like=x)
+            if bias.shape != (self.out_channels,):
                 raise ShapeError(f"conv2d bias must have shape ({self.out_channels},), "
-                                 f"got {getattr(bias, 'shape', bias)}")
-            if bias.dtype != x.dtype:
-                raise ShapeError(f"conv2d input is {x.dtype} but bias is {bias.dtype}; use one dtype")
+                                 f"got {bias.shape}")
         self.kernel = (weight.shape[2], weight.shape[3])
         self.stride = int_pair(stride, "stride", error=ShapeError)
         self.dilation = int_pair(dilation, "dilation", error=ShapeError)
@@ -210,6 +213,7 @@ def conv2d_naive(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1
     zero outside the input. Same arguments and result as :func:`conv2d_forward`; use that
     one for real work.
     """
+    weight, bias = array_of(weight, "conv2d", "weight"), _optional_array(bias)
     setup = _ConvSetup(x, weight, bias, stride, padding, dilation, groups)
     (s_h, s_w), (d_h, d_w), (p_t, _, p_l, _) = setup.stride, setup.dilation, setup.pads
     out_per_group = setup.out_channels // setup.groups
@@ -436,9 +440,17 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
 
     Raises:
         ShapeError: wrong number of axes, channels that do not fit the weight or ``groups``,
-            mixed dtypes, or a kernel that does not fit the padded input.
+            mixed dtypes or not floats, or a kernel that does not fit the padded input
+            (see cnnlab/validation.py: the rules every op shares).
+
+    ``weight`` and ``bias`` may be ``nn`` Parameters (their ``.data`` is used). A batch of 0
+    images gives an empty output, as in PyTorch. The cache refers to ``x``
+    and ``weight`` themselves: they must not change before the backward.
     """
+    weight, bias = array_of(weight, "conv2d", "weight"), _optional_array(bias)
     setup = _ConvSetup(x, weight, bias, stride, padding, dilation, groups)
+    if setup.batch == 0:
+        return _empty_forward(x, weight, bias, setup)
     layout = _choose_layout(setup)
     y = np.empty((setup.batch, setup.out_channels) + setup.out_hw, dtype=x.dtype)
     if layout == "winograd":
@@ -463,6 +475,23 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
                   product.reshape(setup.out_channels, setup.batch, -1).transpose(1, 0, 2))
         _workspace.give(product, "conv-product")
     return y, _ConvCache(setup, x, weight, bias is not None, layout, cols)
+
+
+def _optional_array(bias):
+    return None if bias is None else array_of(bias, "conv2d", "bias")
+
+
+def _empty_forward(x, weight, bias, setup):
+    """No images: an empty output, as in PyTorch."""
+    y = np.zeros((0, setup.out_channels) + setup.out_hw, dtype=x.dtype)
+    return y, _ConvCache(setup, x, weight, bias is not None, "empty", None)
+
+
+def _empty_backward(dy, cache, input_grad):
+    setup = cache.setup
+    dx = np.zeros(cache.x.shape, dtype=setup.dtype) if input_grad else None
+    dbias = dy.sum(axis=(0, 2, 3), dtype=setup.dtype) if cache.has_bias else None
+    return dx, np.zeros(cache.weight.shape, dtype=setup.dtype), dbias
 
 
 def _grouped_forward(cols, weight, bias, setup, y) -> None:
@@ -504,6 +533,8 @@ def conv2d_backward(dy, cache, input_grad=True):
     if not isinstance(dy, np.ndarray) or dy.shape != expected:
         raise ShapeError(f"conv2d gradient has shape {getattr(dy, 'shape', dy)}, expected {expected} "
                          "(the shape of the forward's output)")
+    if cache.layout == "empty":
+        return _empty_backward(dy, cache, input_grad)
     dy3 = np.ascontiguousarray(dy, dtype=setup.dtype).reshape(setup.batch, setup.out_channels, -1)
     if cache.layout == "winograd":
         dweight, dbias, dx = _winograd.backward(dy3.reshape(expected), cache.x, cache.u, setup,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.errors import ConfigError
+from cnnlab.validation import check_input
 
 
 def dropout_forward(x: np.ndarray, p: float, training: bool, rng: np.random.Generator):
@@ -26,6 +27,7 @@ def dropout_forward(x: np.ndarray, p: float, training: bool, rng: np.random.Gene
     Returns:
         ``(y, cache)``; the cache holds the scaled mask (None when nothing was dropped).
     """
+    check_input(x, "dropout")
     if not 0 <= p <= 1:
         raise ConfigError(f"dropout probability must be in [0, 1], got p={p}")
     if not training or p == 0:

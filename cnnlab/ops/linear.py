@@ -14,6 +14,7 @@ import numpy as np
 
 from cnnlab.errors import ShapeError
 from cnnlab.ops import _gemm
+from cnnlab.validation import check_input, float_array, optional_float_array
 
 
 def _check_linear_shapes(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> None:
@@ -42,8 +43,15 @@ def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = 
         - y: (N, out_features)
 
     Returns:
-        ``(y, cache)``; pass the cache to :func:`linear_backward`.
+        ``(y, cache)``; pass the cache to :func:`linear_backward`. The cache refers to ``x``
+        and ``weight`` themselves: they must not change before the backward.
+
+    The same input rules as every op (cnnlab/validation.py): float32 or float64, one dtype,
+    ``weight`` and ``bias`` may be ``nn`` Parameters; a batch of 0 gives a (0, out) output.
     """
+    check_input(x, "linear")
+    weight = float_array(weight, "linear", "weight", like=x)
+    bias = optional_float_array(bias, "linear", "bias", like=x)
     _check_linear_shapes(x, weight, bias)
     y = _gemm.matmul(x, weight.T)
     if bias is not None:

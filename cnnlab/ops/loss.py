@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.errors import DataError, ShapeError
+from cnnlab.validation import check_input
 from cnnlab.ops.activation import log_softmax
 
 
 def _check_labels(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    check_input(logits, "cross_entropy", "logits")
     labels = np.asarray(labels)
     if logits.ndim != 2:
         raise ShapeError(f"cross_entropy expects logits of shape (N, num_classes), "
@@ -74,6 +76,7 @@ def mse_loss(prediction: np.ndarray, target: np.ndarray):
     Returns:
         ``(loss, dprediction)``: the loss as a Python float and its gradient.
     """
+    check_input(prediction, "mse_loss", "prediction")
     target = np.asarray(target)
     if prediction.shape != target.shape:
         raise ShapeError(f"mse_loss prediction {prediction.shape} and target {target.shape} "

@@ -34,7 +34,9 @@ def pool2d_output_size(input_hw, kernel_size, stride=None, padding=0,
     r"""Output height and width of a max or average pooling (lecture 004).
 
     .. math::
-        H_{out} = \left\lfloor rac{H_{in} + 2p - k}{s} ightfloor + 1
+        H_{out} = \left\lfloor rac{H_{in} + 2p - k}{s} 
+ight
+floor + 1
 
     the convolution's formula with dilation 1 (:func:`cnnlab.ops.conv.output_length`),
     likewise W_out.

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from cnnlab.errors import ShapeError
+from cnnlab.validation import check_input
 
 
 def flatten_forward(x: np.ndarray, start_dim: int = 1):
@@ -23,6 +24,7 @@ def flatten_forward(x: np.ndarray, start_dim: int = 1):
     Returns:
         ``(y, cache)``; y is a view of x when x is contiguous (no copy).
     """
+    check_input(x, "flatten")
     y = x.reshape(flatten_output_shape(x.shape, start_dim))
     return y, x.shape
 

@@ -17,6 +17,12 @@ INSTALL_HINT = "pip install 'cnnlab[plot]'"
 
 # Pixels per inch for saved figures: small files, quick to render, still sharp on a screen.
 DEFAULT_DPI = 80
+# The width of a full-width figure: the report's content column (about 1,150 px at its 72 dpi),
+# so no figure is shrunk in the page and 10-12 pt text stays 10-12 px there.
+FULL_WIDTH = 16.0
+# Font sizes (points) of the smallest text a figure draws: tick labels, counts, panel titles.
+SMALL_FONT = 10
+TITLE_FONT = 12
 
 
 def require_matplotlib():
@@ -41,6 +47,12 @@ def new_figure(width: float, height: float, layout: str | None = "constrained"):
     figure = Figure(figsize=(width, height), layout=layout)
     FigureCanvasAgg(figure)
     return figure
+
+
+def remove_unused(figure, grid, used: int) -> None:
+    """Remove the axes of ``grid`` (a 2-D array of panels, filled row by row) past ``used``."""
+    for axes in grid.ravel()[used:]:
+        figure.delaxes(axes)
 
 
 def figure_to_png(figure, dpi: int = DEFAULT_DPI) -> bytes:

@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from cnnlab.errors import ShapeError
-from cnnlab.plots._backend import new_figure
+from cnnlab.plots._backend import FULL_WIDTH, SMALL_FONT, TITLE_FONT, new_figure, remove_unused
 from cnnlab.plots.tiling import tile
 
 GRAY = "gray"
@@ -58,13 +58,14 @@ def montage(images, labels, classes: Sequence[str], per_class: int = 10):
         row[: len(indices)] = images[indices]
         rows.append(row)
     grid = tile(np.concatenate(rows), columns=per_class, pad=1, value=float(images.min(initial=0)))
-    figure = new_figure(0.55 * per_class + 1.6, 0.55 * len(classes) + 0.6)
+    side = min(0.8, (FULL_WIDTH - 2.0) / per_class)  # inches per image
+    figure = new_figure(side * per_class + 2.0, side * len(classes) + 0.7)
     axes = figure.add_subplot()
     axes.imshow(grid, cmap=GRAY, interpolation="nearest")
     axes.set_yticks([(index + 0.5) * (height + 2) for index in range(len(classes))])
-    axes.set_yticklabels(list(classes))
+    axes.set_yticklabels(list(classes), fontsize=TITLE_FONT)
     axes.set_xticks([])
-    axes.set_title(f"Training samples, {per_class} per class")
+    axes.set_title(f"Training samples, {per_class} per class", fontsize=TITLE_FONT)
     return figure
 
 
@@ -79,7 +80,7 @@ def pixel_histogram(images, bins: int = 50):
         bins: number of bars.
     """
     values = np.asarray(images, dtype=np.float32).ravel()
-    figure = new_figure(6, 3.2)
+    figure = new_figure(FULL_WIDTH, 4.2)
     axes = figure.add_subplot()
     axes.hist(values, bins=bins, color="#4C72B0")
     axes.set_yscale("log")
@@ -114,8 +115,9 @@ def learning_curves(metrics: Sequence[dict]):
     """
     steps = [record for record in metrics if record.get("kind") == "step"]
     epochs = [record for record in metrics if record.get("kind") == "epoch"]
-    figure = new_figure(11, 3.8)
+    figure = new_figure(FULL_WIDTH, 5.2)
     loss_axes, accuracy_axes = figure.subplots(1, 2)
+    y_labels = {"loss": "cross-entropy loss", "accuracy": "accuracy (share correct)"}
     for axes, name in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
         x, y = _series(steps, name)
         if x:
@@ -127,13 +129,43 @@ def learning_curves(metrics: Sequence[dict]):
         for record in epochs:
             axes.axvline(record["step"], color="#BBBBBB", linestyle=":", linewidth=1)
         axes.set_xlabel("step")
+        axes.set_ylabel(y_labels[name])
         axes.set_title(name.capitalize())
         axes.grid(alpha=0.3)
+        _epoch_axis(axes, epochs)
         if axes.get_legend_handles_labels()[0]:
-            axes.legend(fontsize="small")
+            axes.legend(fontsize=SMALL_FONT)
         else:
             axes.text(0.5, 0.5, "no metrics yet", ha="center", va="center", transform=axes.transAxes)
     return figure
+
+
+def _epoch_axis(axes, epochs: Sequence[dict]) -> None:
+    """A second x axis on top counting epochs: epoch e ends at the step of its record."""
+    ends = sorted((record["step"], record["epoch"]) for record in epochs
+                  if record.get("step") is not None and record.get("epoch") is not None)
+    if not ends or ends[0][0] <= 0:
+        return
+    steps = np.array([0.0] + [float(step) for step, _ in ends])
+    numbers = np.array([0.0] + [float(epoch) for _, epoch in ends])
+    if np.any(np.diff(steps) <= 0) or np.any(np.diff(numbers) <= 0):
+        return
+    # Beyond the last epoch end, extend at the last epoch's pace.
+    pace = (steps[-1] - steps[-2]) / (numbers[-1] - numbers[-2])
+
+    def to_epoch(x):
+        x = np.asarray(x, dtype=float)
+        return np.where(x <= steps[-1], np.interp(x, steps, numbers), numbers[-1] + (x - steps[-1]) / pace)
+
+    def to_step(e):
+        e = np.asarray(e, dtype=float)
+        return np.where(e <= numbers[-1], np.interp(e, numbers, steps), steps[-1] + (e - numbers[-1]) * pace)
+
+    top = axes.secondary_xaxis("top", functions=(to_epoch, to_step))
+    top.set_xlabel("epoch")
+    from matplotlib.ticker import MaxNLocator
+
+    top.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def confusion_counts(labels, predictions, num_classes: int) -> np.ndarray:
@@ -168,7 +200,7 @@ def confusion_matrix(matrix, classes: Sequence[str]):
     total = int(matrix.sum())
     accuracy = np.trace(matrix) / total if total else float("nan")
     recall = per_class_accuracy(matrix)
-    figure = new_figure(12, 5.2)
+    figure = new_figure(FULL_WIDTH, 7.4)
     matrix_axes, bar_axes = figure.subplots(1, 2, width_ratios=[1.25, 1])
     matrix_axes.imshow(matrix, cmap="Blues")
     ticks = np.arange(len(classes))
@@ -179,9 +211,10 @@ def confusion_matrix(matrix, classes: Sequence[str]):
     matrix_axes.set_title(f"Confusion matrix ({total} test images, accuracy {accuracy:.1%})")
     if len(classes) <= 20:
         threshold = matrix.max() / 2 if matrix.size else 0
+        count_font = 12 if len(classes) <= 12 else 8
         for (row, column), count in np.ndenumerate(matrix):
-            matrix_axes.text(column, row, str(int(count)), ha="center", va="center", fontsize=7,
-                             color="white" if count > threshold else "black")
+            matrix_axes.text(column, row, str(int(count)), ha="center", va="center",
+                             fontsize=count_font, color="white" if count > threshold else "black")
     bar_axes.barh(ticks, np.nan_to_num(recall), color="#4C72B0")
     bar_axes.set_yticks(ticks, list(classes))
     bar_axes.invert_yaxis()
@@ -189,8 +222,13 @@ def confusion_matrix(matrix, classes: Sequence[str]):
     bar_axes.set_xlabel("accuracy (correct / images of the class)")
     bar_axes.set_title("Per-class accuracy")
     for row, value in enumerate(recall):
-        label = "no images" if np.isnan(value) else f"{value:.1%}"
-        bar_axes.text(min(np.nan_to_num(value), 1.0) + 0.01, row, label, va="center", fontsize=8)
+        if np.isnan(value):
+            bar_axes.text(0.01, row, "no images", va="center", fontsize=SMALL_FONT)
+        elif value >= 0.2:  # inside the bar's end, so "99.0%" never crosses the frame
+            bar_axes.text(value - 0.01, row, f"{value:.1%}", va="center", ha="right",
+                          fontsize=SMALL_FONT, color="white", fontweight="bold")
+        else:
+            bar_axes.text(value + 0.01, row, f"{value:.1%}", va="center", fontsize=SMALL_FONT)
     return figure
 
 
@@ -232,29 +270,40 @@ def mistakes(images, labels, probabilities, classes: Sequence[str], k: int = 8):
         axes.axis("off")
         axes.text(0.5, 0.5, f"no mistakes among {len(images)} images", ha="center", va="center")
         return figure
-    height = 1.55 * len(chosen) + 0.3
-    figure = new_figure(7, height, layout=None)
-    grid = figure.subplots(len(chosen), 2, width_ratios=[1, 3], squeeze=False)
-    figure.subplots_adjust(left=0.03, right=0.97, top=1 - 0.45 / height, bottom=0.3 / height,
-                           wspace=0.35, hspace=0.75)
+    per_row = 2  # mistakes side by side: each an image and its bars
+    rows = -(-len(chosen) // per_row)
+    row_height = max(2.8, 0.28 * len(classes) + 0.6)  # room for every class name
+    height = row_height * rows + 0.3
+    figure = new_figure(FULL_WIDTH, height, layout=None)
+    grid = figure.subplots(rows, 2 * per_row, width_ratios=[1, 2.6] * per_row, squeeze=False)
+    figure.subplots_adjust(left=0.01, right=0.98, top=1 - 0.55 / height, bottom=0.35 / height,
+                           wspace=0.45, hspace=0.55)
+    remove_unused(figure, grid, 2 * len(chosen))
+    panels = grid.ravel()
     ticks = np.arange(len(classes))
-    for row, index in enumerate(chosen):
-        image_axes, bar_axes = grid[row]
+    for position, index in enumerate(chosen):
+        image_axes, bar_axes = panels[2 * position], panels[2 * position + 1]
         truth, predicted = int(labels[index]), int(probabilities[index].argmax())
         image_axes.imshow(images[index], cmap=GRAY)
         image_axes.set_xticks([])
         image_axes.set_yticks([])
         image_axes.set_title(
             f"true: {classes[truth]}\npredicted: {classes[predicted]} "
-            f"({probabilities[index, predicted]:.2f})", fontsize=8,
+            f"({probabilities[index, predicted]:.2f})", fontsize=SMALL_FONT + 1,
         )
         colors = ["#BBBBBB"] * len(classes)
         colors[truth] = "#2CA02C"
         colors[predicted] = "#D62728"
-        bar_axes.barh(ticks, probabilities[index], color=colors)
-        bar_axes.set_yticks(ticks, list(classes), fontsize=7)
+        bar_axes.barh(ticks, probabilities[index], height=0.8, color=colors)
+        bar_axes.set_yticks(ticks, list(classes), fontsize=SMALL_FONT)
         bar_axes.invert_yaxis()
         bar_axes.set_xlim(0, 1)
-        bar_axes.tick_params(axis="x", labelsize=7)
-        bar_axes.set_title(f"test image {index}: probabilities (green true, red predicted)", fontsize=8)
+        bar_axes.tick_params(axis="x", labelsize=SMALL_FONT)
+        for label in (truth, predicted):  # the two that matter, even where the bar is too short
+            value = float(probabilities[index, label])
+            inside = value > 0.8
+            bar_axes.text(value - 0.02 if inside else value + 0.02, label, f"{value:.2f}",
+                          va="center", ha="right" if inside else "left", fontsize=SMALL_FONT,
+                          color="white" if inside else colors[label], fontweight="bold")
+        bar_axes.set_title(f"test image {index}: probability of each class", fontsize=SMALL_FONT + 1)
     return figure

@@ -10,18 +10,13 @@ from cnnlab.errors import ConfigError
 from cnnlab.plots import data_figures, model_figures
 from cnnlab.plots.runs import Run, to_model_input
 
-# Test images evaluated for the confusion matrix and the mistakes: enough for stable counts,
-# few enough to redraw the report after every epoch in about a second.
-EVALUATION_LIMIT = 2000
-
-
 @dataclass
 class PlotOptions:
     """What ``--images N`` and ``--index I ...`` ask for; None means the kind's default."""
 
     images: int | None = None
     indices: list[int] = field(default_factory=list)
-    evaluation_limit: int = EVALUATION_LIMIT
+    evaluation_limit: int | None = None  # test images for confusion and mistakes (None: the run's)
 
 
 def _chosen_indices(options: PlotOptions, default_count: int) -> list[int]:
@@ -46,12 +41,11 @@ def _curves(run: Run, options: PlotOptions):
 
 
 def _evaluation(run: Run, options: PlotOptions):
-    """The model on the run's first test images: at most ``evaluation_limit``, and no more than
-    the run itself tested on (``limit_test``)."""
-    limit = options.evaluation_limit
-    if run.config.get("limit_test"):
-        limit = min(limit, int(run.config["limit_test"]))
-    return run.evaluate(limit)
+    """The model on the test images the run itself tested on: all of them, as summary.json and
+    ``cnnlab evaluate`` count, or the first ``limit_test``; ``evaluation_limit`` caps it."""
+    limits = [int(run.config["limit_test"])] if run.config.get("limit_test") else []
+    limits += [options.evaluation_limit] if options.evaluation_limit else []
+    return run.evaluate(min(limits) if limits else None)
 
 
 def _confusion(run: Run, options: PlotOptions):
@@ -98,7 +92,7 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
     Kind("montage", "training samples, one row per class (--images: per class, default 10)", _montage),
     Kind("histogram", "histogram of the pixel values the network sees (--images: how many, default 1000)", _histogram),
     Kind("curves", "loss and accuracy per step and per epoch: train, test, validation", _curves),
-    Kind("confusion", f"confusion matrix and per-class accuracy (first {EVALUATION_LIMIT} test images)", _confusion),
+    Kind("confusion", "confusion matrix and per-class accuracy (the run's test images, as cnnlab evaluate)", _confusion),
     Kind("mistakes", "the most confident mistakes with their probabilities (--images: how many, default 8)", _mistakes),
     Kind("filters", "conv filters as image grids; an MLP's first-layer weights as 28x28 images", _filters),
     Kind("features", "feature maps after every conv, activation and pool layer (--index: test images)", _features),

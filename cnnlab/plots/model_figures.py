@@ -15,7 +15,7 @@ import numpy as np
 
 from cnnlab.errors import ConfigError, ShapeError
 from cnnlab.formatting import format_shape
-from cnnlab.plots._backend import new_figure
+from cnnlab.plots._backend import FULL_WIDTH, SMALL_FONT, TITLE_FONT, new_figure, remove_unused
 from cnnlab.plots.data_figures import GRAY
 from cnnlab.plots.tiling import normalize_each, tile
 
@@ -95,13 +95,19 @@ def filters(model, max_filters: int = 64):
         tiles = weight[:shown].reshape(shown, side, side)
         count = f"{weight.shape[0]}" if shown == weight.shape[0] else f"first {shown} of {weight.shape[0]}"
         panels.append((tiles, f"first Linear (layer {index}): weights of {count} neurons as {side}x{side} images"))
-    figure = new_figure(5.0 * len(panels), 5.4)
+    figure = new_figure(min(FULL_WIDTH, 7.5 * len(panels)), 7.0)
+    images = []
     for position, (tiles, title) in enumerate(panels):
         axes = figure.add_subplot(1, len(panels), position + 1)
-        axes.imshow(tile(normalize_each(tiles)), cmap=GRAY, interpolation="nearest")
+        images.append(axes.imshow(tile(normalize_each(tiles)), cmap=GRAY, interpolation="nearest",
+                                  vmin=0, vmax=1))
         axes.set_xticks([])
         axes.set_yticks([])
-        axes.set_title(title, fontsize=8, wrap=True)
+        axes.set_title(title, fontsize=SMALL_FONT + 1, wrap=True)
+    for image in images:  # after every panel, so figure.axes starts with the panels
+        bar = figure.colorbar(image, ax=image.axes, shrink=0.8, pad=0.02)
+        bar.set_ticks([0, 1], labels=["tile's min", "tile's max"])
+        bar.ax.tick_params(labelsize=SMALL_FONT)
     return figure
 
 
@@ -143,14 +149,15 @@ def feature_maps(model, images, max_channels: int = 16, titles: Sequence[str] | 
     batch = _as_batch(images)
     outputs = layer_outputs(model, batch)
     columns = 1 + len(outputs)
-    height = 2.3 * len(batch) + 0.3
-    figure = new_figure(2.1 * columns, height, layout=None)
+    side = min(2.6, FULL_WIDTH / columns)  # inches per panel
+    height = (side + 0.35) * len(batch) + 0.45
+    figure = new_figure(side * columns, height, layout=None)
     grid = figure.subplots(len(batch), columns, squeeze=False)
-    figure.subplots_adjust(left=0.01, right=0.99, top=1 - 0.5 / height, bottom=0.05 / height,
-                           wspace=0.08, hspace=0.3)
+    figure.subplots_adjust(left=0.01, right=0.99, top=1 - 0.6 / height, bottom=0.05 / height,
+                           wspace=0.08, hspace=0.35)
     for row in range(len(batch)):
         grid[row][0].imshow(batch[row].mean(axis=0), cmap=GRAY)
-        grid[row][0].set_title(titles[row] if titles else "input", fontsize=8)
+        grid[row][0].set_title(titles[row] if titles else "input", fontsize=SMALL_FONT)
         for column, (index, name, output) in enumerate(outputs, start=1):
             channels = output.shape[1]
             shown = min(channels, max_channels)
@@ -159,7 +166,7 @@ def feature_maps(model, images, max_channels: int = 16, titles: Sequence[str] | 
             if row == 0:
                 count = f"{channels} ch" if shown == channels else f"{shown} of {channels} ch"
                 grid[row][column].set_title(f"{index} {name}\n{count} {output.shape[2]}x{output.shape[3]}",
-                                            fontsize=8)
+                                            fontsize=SMALL_FONT)
     for axes in grid.ravel():
         axes.set_xticks([])
         axes.set_yticks([])
@@ -210,27 +217,37 @@ def saliency(model, images, labels=None, classes: Sequence[str] | None = None):
     gradient, logits = input_gradient(model, batch)
     predicted = logits.argmax(axis=1)
     name = (lambda index: classes[index]) if classes else str
-    height = 2.3 * len(batch) + 0.3
-    figure = new_figure(6.6, height, layout=None)
-    grid = figure.subplots(len(batch), 3, squeeze=False)
-    figure.subplots_adjust(left=0.02, right=0.98, top=1 - 0.45 / height, bottom=0.05 / height,
-                           wspace=0.1, hspace=0.35)
+    per_row = 2 if len(batch) > 1 else 1  # images side by side: image, |gradient|, signed
+    rows = -(-len(batch) // per_row)
+    height = 3.3 * rows + 0.2
+    figure = new_figure(FULL_WIDTH if per_row == 2 else FULL_WIDTH / 2, height, layout=None)
+    grid = figure.subplots(rows, 3 * per_row, squeeze=False)
+    figure.subplots_adjust(left=0.01, right=0.97, top=1 - 0.6 / height, bottom=0.1 / height,
+                           wspace=0.3, hspace=0.4)
+    remove_unused(figure, grid, 3 * len(batch))
+    panels = grid.ravel()
+    shown = []
     for row in range(len(batch)):
-        image_axes, magnitude_axes, signed_axes = grid[row]
+        image_axes, magnitude_axes, signed_axes = panels[3 * row: 3 * row + 3]
         image_axes.imshow(batch[row].mean(axis=0), cmap=GRAY)
         title = f"predicted: {name(int(predicted[row]))}"
         if labels is not None:
             title = f"true: {name(int(labels[row]))}\n{title}"
-        image_axes.set_title(title, fontsize=8)
-        magnitude_axes.imshow(np.abs(gradient[row]).max(axis=0), cmap="hot")
-        magnitude_axes.set_title("|d logit / d pixel|", fontsize=8)
+        image_axes.set_title(title, fontsize=SMALL_FONT + 1)
+        magnitude = magnitude_axes.imshow(np.abs(gradient[row]).max(axis=0), cmap="hot", vmin=0)
+        magnitude_axes.set_title("|d logit / d pixel|", fontsize=SMALL_FONT + 1)
         signed = gradient[row].sum(axis=0)
         limit = float(np.abs(signed).max()) or 1.0
-        signed_axes.imshow(signed, cmap="RdBu_r", vmin=-limit, vmax=limit)
-        signed_axes.set_title("d logit / d pixel (red +, blue -)", fontsize=8)
-        for axes in grid[row]:
+        signed_image = signed_axes.imshow(signed, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        signed_axes.set_title("d logit / d pixel\n(red raises, blue lowers)", fontsize=SMALL_FONT + 1)
+        for axes in (image_axes, magnitude_axes, signed_axes):
             axes.set_xticks([])
             axes.set_yticks([])
+        shown += [magnitude, signed_image]
+    for image in shown:  # after every panel, so figure.axes starts with the panels
+        bar = figure.colorbar(image, ax=image.axes, fraction=0.046, pad=0.03)
+        bar.ax.tick_params(labelsize=SMALL_FONT)
+        bar.formatter.set_powerlimits((-2, 3))
     return figure
 
 
@@ -248,24 +265,25 @@ def weight_histograms(model, grads: Mapping[str, np.ndarray] | None = None, bins
                if parameter.data.ndim >= 2]
     if not weights:
         raise ConfigError("the model has no weight matrices or kernels to show")
-    height = 2.0 * len(weights) + 0.4
-    figure = new_figure(9, height, layout=None)
+    height = 2.8 * len(weights) + 0.5
+    figure = new_figure(FULL_WIDTH, height, layout=None)
     grid = figure.subplots(len(weights), 2, squeeze=False)
-    figure.subplots_adjust(left=0.07, right=0.98, top=1 - 0.35 / height, bottom=0.3 / height,
-                           wspace=0.2, hspace=0.55)
+    figure.subplots_adjust(left=0.05, right=0.98, top=1 - 0.4 / height, bottom=0.45 / height,
+                           wspace=0.15, hspace=0.6)
     for row, (name, values) in enumerate(weights):
         weight_axes, grad_axes = grid[row]
         shape = format_shape(values.shape)
         weight_axes.hist(values.ravel(), bins=bins, color="#4C72B0")
-        weight_axes.set_title(f"{name} ({shape}): weights, std {values.std():.3g}", fontsize=9)
+        weight_axes.set_title(f"{name} ({shape}): weights, std {values.std():.3g}", fontsize=TITLE_FONT)
         gradient = grads.get(name)
         if gradient is None:
             grad_axes.axis("off")
             grad_axes.text(0.5, 0.5, "no gradient saved", ha="center", va="center")
-            grad_axes.set_title(f"{name}: last gradient", fontsize=9)
+            grad_axes.set_title(f"{name}: last gradient", fontsize=TITLE_FONT)
         else:
             grad_axes.hist(np.asarray(gradient).ravel(), bins=bins, color="#DD8452")
-            grad_axes.set_title(f"{name}: last gradient, std {np.std(gradient):.3g}", fontsize=9)
+            grad_axes.set_title(f"{name}: last gradient, std {np.std(gradient):.3g}", fontsize=TITLE_FONT)
+        weight_axes.set_ylabel("count", fontsize=SMALL_FONT)
         for axes in grid[row]:
-            axes.tick_params(labelsize=7)
+            axes.tick_params(labelsize=SMALL_FONT)
     return figure

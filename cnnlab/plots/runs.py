@@ -6,7 +6,7 @@ load the checkpoint and the dataset at most once::
     run = Run("runs/cnn-fashion-mnist-20250101-120000")
     plots.learning_curves(run.metrics)
     model = run.model
-    evaluation = run.evaluate(limit=2000)
+    evaluation = run.evaluate()     # the test set, as `cnnlab evaluate` sees it
     plots.mistakes(evaluation.images, evaluation.labels, evaluation.probabilities, run.classes)
 """
 
@@ -159,16 +159,22 @@ class Run:
             raise ConfigError(f"test image index {int(bad[0])} is out of range: the test set has {count} images (0..{count - 1})")
         return to_model_input(self.dataset.test_images[indices], self.meta), self.dataset.test_labels[indices]
 
-    def evaluate(self, limit: int = 2000) -> Evaluation:
-        """The model on the first ``limit`` test images, with their images, labels and
-        probabilities kept (:func:`cnnlab.evaluation.evaluate`; computed once per limit)."""
+    def evaluate(self, limit: int | None = None) -> Evaluation:
+        """The model on the first ``limit`` test images (None: all of them, as ``cnnlab
+        evaluate``), with their images, labels and probabilities kept
+        (:func:`cnnlab.evaluation.evaluate` with ``cnnlab evaluate``'s batches and threads;
+        computed once per limit)."""
         from cnnlab.evaluation import evaluate
+        from cnnlab.parallel import threads_for
 
         if limit not in self._evaluations:
             normalization = self.meta.get("normalization") or {}
+            batch_size = 256  # cnnlab evaluate's default
+            input_shape = tuple(self.meta.get("input_shape", (1, *self.dataset.image_shape)))
             self._evaluations[limit] = evaluate(
                 self.model, self.dataset.test_images[:limit], self.dataset.test_labels[:limit],
-                batch_size=500, normalization=normalization.get("kind", "unit"),
+                batch_size=batch_size, normalization=normalization.get("kind", "unit"),
                 mean=normalization.get("mean"), std=normalization.get("std"),
-                num_classes=len(self.classes), keep_outputs=True)
+                num_classes=len(self.classes), keep_outputs=True,
+                threads=threads_for(self.model, input_shape, batch_size))
         return self._evaluations[limit]
