@@ -198,7 +198,7 @@ class Collective:
         if not self.active:
             return payload
         size = np.array([-1 if payload is None else len(payload)], dtype=np.int64)
-        self.broadcast_(size)
+        self.broadcast_([size])
         if size[0] < 0:
             return None
         data = (np.frombuffer(payload, dtype=np.uint8).copy() if self.world.is_main

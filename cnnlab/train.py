@@ -177,11 +177,16 @@ def _build_model(config: TrainConfig, input_shape, num_classes: int):
 
 
 def _resolve_threads(config: TrainConfig, model, input_shape) -> None:
-    """Fill in ``config.threads`` (None: one per core, enough work per thread)."""
+    """Fill in ``config.threads`` (None: one per core, enough work per thread; under torchrun
+    the cores are shared by the machine's ranks, each with its part of the batch)."""
+    import os
+
     from cnnlab.parallel import threads_for
 
     if config.threads is None:
-        config.threads = threads_for(model, input_shape, config.batch_size)
+        ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        batch_per_rank = max(1, config.batch_size // config.world_size)
+        config.threads = max(1, threads_for(model, input_shape, batch_per_rank) // ranks_here)
 
 
 def _ignore_overflow():
