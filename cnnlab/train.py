@@ -798,7 +798,8 @@ def print_summary(result: TrainResult, out=None) -> None:
         name = signal.Signals(result.interrupted_by).name
         lines.append(f"stopped by {name} at epoch {summary['epochs'] + 1}, step "
                      f"{summary['steps']}; checkpoint saved.")
-        lines.append(f"  resume:    cnnlab train --resume {folder}")
+        launcher = "torchrun ... -m cnnlab" if summary.get("world_size", 1) > 1 else "cnnlab"
+        lines.append(f"  resume:    {launcher} train --resume {folder}")
     else:
         plural = "s" if summary["epochs"] != 1 else ""
         lines.append(f"finished {summary['epochs']} epoch{plural} of {summary['model']} on "
