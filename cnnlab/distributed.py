@@ -215,16 +215,22 @@ class Collective:
         """Rank 0's file ``path`` copied into a temporary file on every other rank.
 
         For machines that do not share rank 0's disk (resuming on several nodes). The caller
-        deletes the copy. Rank 0 passes None when it could not read the file.
+        deletes the copy. Rank 0 gets ``path`` back; the others get None when rank 0 could not
+        read it (rank 0 then says why, loading it).
         """
         if not self.active:
             return path
-        payload = path.read_bytes() if self.world.is_main and path is not None else None
+        payload = None
+        if self.world.is_main and path is not None:
+            try:
+                payload = path.read_bytes()
+            except OSError:
+                payload = None   # rank 0 reports it when it loads the file itself
         payload = self.broadcast_bytes(payload)
-        if payload is None:
-            return None
         if self.world.is_main:
             return path
+        if payload is None:
+            return None
         handle, name = tempfile.mkstemp(prefix="cnnlab-rank0-", suffix=suffix)
         with os.fdopen(handle, "wb") as stream:
             stream.write(payload)

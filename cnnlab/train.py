@@ -297,6 +297,11 @@ class Trainer:
 
     # ---------------------------------------------------------------- the NumPy engine
 
+    @classmethod
+    def check_engine(cls, config: TrainConfig, world: World) -> None:
+        """Raise ConfigError for an engine setting this machine cannot run, before a run
+        folder is made (the NumPy engine runs anywhere)."""
+
     def _build_engine(self) -> None:
         config = self.config
         self.model = _build_model(config, self.input_shape, self.num_classes)
@@ -342,6 +347,14 @@ class Trainer:
         for grad in grads:
             grad *= share
         self.collective.sum_(grads)
+        return self._step_totals(loss_sum, correct, batch, stop_requested)
+
+    def _step_totals(self, loss_sum: float, correct: int, batch: int, stop_requested: bool
+                     ) -> tuple[float, int, bool]:
+        """This rank's loss sum, correct count and stop flag, summed over the ranks: the
+        batch's mean loss, its correct count, and whether any rank was asked to stop."""
+        if self.world.size == 1:
+            return loss_sum / batch, correct, stop_requested
         loss_sum, correct, stops = self.collective.sum_values(loss_sum, correct, stop_requested)
         return loss_sum / batch, int(correct), bool(stops)
 
@@ -716,6 +729,7 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, runs_root: str
     config.world_size = collective.world.size
     validate_config(config)
     engine = trainer_class(config)
+    engine.check_engine(config, collective.world)
     if run_dir is not None and collective.world.is_main:
         runs.check_run_dir(run_dir)
     spec_tokens(config.model)  # a misspelt model name fails before any data is loaded
@@ -770,6 +784,7 @@ def resume(run: str | Path, overrides: dict | None = None, runs_root: str | None
             raise ConfigError(f"run {folder} already finished its {progress.epochs_done} epochs; "
                               "start a new run to train longer")
         engine = trainer_class(config)
+        engine.check_engine(config, world)
         data = _load_data(config)
         trainer = engine(config, folder, data, progress, wandb_run_id=meta.get("wandb_run_id"),
                          out=out, collective=collective)

@@ -227,6 +227,7 @@ def test_missing_device_is_one_line(requested, cuda, mps, words):
     (["--device", "cuda"], "--device cuda needs --backend torch"),
     (["--backend", "torch", "--device", "tpu"], "unknown device 'tpu'"),
     (["--backend", "jax"], "unknown backend 'jax'"),
+    (["--backend", "torch", "--device", "mps"], "MPS is not available"),   # no folder either
 ])
 def test_bad_backend_or_device_options(options, words, tiny_fashion, tmp_path, capsys):
     assert run_train("--dataset", tiny_fashion, "--run-dir", tmp_path / "run", *options) == 2

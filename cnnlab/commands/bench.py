@@ -25,7 +25,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from cnnlab.bench import format_results, run_benchmark, save_results
+    from cnnlab.bench import format_results, run_benchmark
     from cnnlab.errors import ConfigError
 
     batch_sizes = None
@@ -44,16 +44,21 @@ def run(args) -> int:
     results = run_benchmark(quick=args.quick, threads=args.threads, with_torch=not args.no_torch,
                             repeats=args.repeats, batch_sizes=batch_sizes, epoch_images=args.epoch_images,
                             data_dir=args.data_dir, measure_memory=not args.no_memory)
+    return _show(format_results(results), results, args.json)
+
+
+def _show(text: str, results: dict, json_path: str | None) -> int:
+    from cnnlab.bench import save_results
+
     print()
-    print(format_results(results))
-    if args.json:
-        save_results(args.json, results)
-        print(f"\nwrote {args.json}")
+    print(text)
+    if json_path:
+        save_results(json_path, results)
+        print(f"\nwrote {json_path}")
     return 0
 
 
 def _run_torch_backend(args) -> int:
-    from cnnlab.bench import save_results
     from cnnlab.config import _check_device
     from cnnlab.torch_backend import require_torch
 
@@ -63,9 +68,4 @@ def _run_torch_backend(args) -> int:
 
     results = bench_torch_backend(device=args.device, images=args.epoch_images,
                                   repeats=args.repeats or 3, data_dir=args.data_dir)
-    print()
-    print(format_torch_backend(results))
-    if args.json:
-        save_results(args.json, results)
-        print(f"\nwrote {args.json}")
-    return 0
+    return _show(format_torch_backend(results), results, args.json)

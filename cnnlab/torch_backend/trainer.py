@@ -47,6 +47,13 @@ def dropout_seed(seed: int, rank: int, step: int) -> int:
 class TorchTrainer(Trainer):
     """:class:`cnnlab.train.Trainer` on PyTorch (``cnnlab train --backend torch``)."""
 
+    @classmethod
+    def check_engine(cls, config, world) -> None:
+        device, _ = select_device(config.device, world.local_rank)
+        if world.size > 1 and device.type == "mps":
+            raise ConfigError("torch.distributed has no backend for Apple's MPS; under "
+                              "torchrun use --device cpu (or CUDA GPUs)")
+
     def _build_engine(self) -> None:
         import torch
 
@@ -63,9 +70,6 @@ class TorchTrainer(Trainer):
         self.model = NumpyView(self.module, self.device)
         self.network = self.module
         if world.size > 1:
-            if self.device.type == "mps":
-                raise ConfigError("torch.distributed has no backend for Apple's MPS; under "
-                                  "torchrun use --device cpu (or CUDA GPUs)")
             from torch.nn.parallel import DistributedDataParallel
 
             self.network = DistributedDataParallel(
@@ -98,8 +102,9 @@ class TorchTrainer(Trainer):
         self.optimizer.zero_grad()
         if self._has_dropout:
             torch.manual_seed(dropout_seed(self.config.seed, world.rank, self.progress.global_step))
-        inputs = torch.from_numpy(x[start:stop]).to(self.device, non_blocking=True)
-        labels = torch.from_numpy(y[start:stop]).to(self.device, non_blocking=True)
+        # x is the loader's reused buffer: copied before the next batch overwrites it
+        inputs = torch.from_numpy(x[start:stop]).to(self.device)
+        labels = torch.from_numpy(y[start:stop]).to(self.device)
         logits = self.network(inputs)
         if count:
             loss = F.cross_entropy(logits, labels)
@@ -110,15 +115,7 @@ class TorchTrainer(Trainer):
         else:   # an empty part still takes part in DDP's gradient all-reduce
             (logits.sum() * 0.0).backward()
             loss_sum, correct = 0.0, 0
-        if world.size == 1:
-            return loss_sum / batch, correct, stop_requested
-        loss_sum, correct, stops = self.collective.sum_values(loss_sum, correct, stop_requested)
-        return loss_sum / batch, int(correct), bool(stops)
-
-    def _apply_step(self) -> None:
-        self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
+        return self._step_totals(loss_sum, correct, batch, stop_requested)
 
     def _evaluate_model(self, images, labels) -> tuple[float, float]:
         from cnnlab.train import evaluate_arrays
