@@ -269,3 +269,21 @@ def test_backend_torch_without_torch_is_one_line_naming_the_extra(tiny_fashion, 
     assert result.stderr == ("cnnlab: error: --backend torch needs PyTorch, which is not "
                              "installed: pip install 'cnnlab[torch]'\n")
     assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------- bench
+
+
+@pytest.mark.slow
+def test_bench_torch_backend_times_both_loops(shared_data):
+    from cnnlab.torch_backend.bench import bench_torch_backend, format_torch_backend
+
+    results = bench_torch_backend(device="cpu", images=256, repeats=1, data_dir=str(shared_data),
+                                  log=lambda line: None)
+    assert results["images"] == 256 and results["device"] == "cpu"
+    for name in ("plain", "cnnlab"):
+        assert results[name]["seconds_min"] <= results[name]["seconds_median"] \
+            <= results[name]["seconds_max"]
+    assert results["overhead"] == pytest.approx(
+        results["cnnlab"]["seconds_median"] / results["plain"]["seconds_median"] - 1)
+    assert "cnnlab's overhead" in format_torch_backend(results)
