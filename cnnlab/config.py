@@ -22,6 +22,8 @@ from cnnlab.errors import ConfigError
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "linear")
 NORMALIZATIONS = ("unit", "standard")
+BACKENDS = ("numpy", "torch")
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 # Measured on Fashion-MNIST (docs/training.md): the fewest epochs that reach the target accuracy.
 MODEL_DEFAULTS = {
@@ -80,6 +82,12 @@ class TrainConfig:
         wandb: also log to Weights & Biases.
         wandb_project: the W&B project.
         wandb_name: the W&B run name (None: the run folder's name).
+        backend: "numpy" (cnnlab's own engine) or "torch" (the same model as torch.nn
+            modules, trained by torch.optim; needs ``pip install 'cnnlab[torch]'``).
+        device: where the torch backend runs: "auto" (CUDA, then MPS, then the CPU), "cpu",
+            "cuda", "cuda:N" or "mps". The NumPy engine runs on the CPU only.
+        world_size: processes training together (torchrun's WORLD_SIZE; 1 without torchrun).
+            Recorded, not chosen: ``batch_size`` is the global batch, split over the ranks.
     """
 
     model: str = "cnn"
@@ -106,6 +114,9 @@ class TrainConfig:
     wandb: bool = False
     wandb_project: str = "cnnlab"
     wandb_name: str | None = None
+    backend: str = "numpy"
+    device: str = "auto"
+    world_size: int = 1
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -113,7 +124,7 @@ class TrainConfig:
 
 FIELD_NAMES = tuple(field.name for field in dataclasses.fields(TrainConfig))
 _INT_FIELDS = {"epochs", "batch_size", "step_epochs", "seed", "limit_train", "limit_test",
-               "threads", "log_every"}
+               "threads", "log_every", "world_size"}
 _FLOAT_FIELDS = {"lr", "gamma", "momentum", "weight_decay", "val_fraction"}
 _BOOL_FIELDS = {"progress", "report", "wandb"}
 _OPTIONAL_FIELDS = {"data_dir", "epochs", "lr", "step_epochs", "limit_train", "limit_test",
@@ -234,6 +245,16 @@ def _check_positive(name: str, value, allow_none: bool = False) -> None:
         raise ConfigError(f"{flag} must be greater than 0, got {value}")
 
 
+def _check_device(device: str) -> None:
+    """"auto", "cpu", "mps", "cuda" or "cuda:N" (PyTorch's device strings)."""
+    kind, _, index = device.partition(":")
+    if kind == "cuda" and index and index.isdigit():
+        return
+    if index or kind not in DEVICES:
+        raise ConfigError(f"unknown device '{device}'{suggest(device, DEVICES)}; choose one of: "
+                          f"{', '.join(DEVICES)} (or cuda:N)")
+
+
 def validate_config(config: TrainConfig) -> None:
     """Raise :class:`ConfigError` for values no run can use (the model spec is checked later)."""
     for name in FIELD_NAMES:
@@ -241,7 +262,9 @@ def validate_config(config: TrainConfig) -> None:
     _check_choice("optimizer", config.optimizer, OPTIMIZERS)
     _check_choice("schedule", config.schedule, SCHEDULES)
     _check_choice("normalization", config.normalization, NORMALIZATIONS)
-    for name in ("epochs", "batch_size", "lr", "log_every", "step_epochs", "gamma"):
+    _check_choice("backend", config.backend, BACKENDS)
+    _check_device(config.device)
+    for name in ("epochs", "batch_size", "lr", "log_every", "step_epochs", "gamma", "world_size"):
         _check_positive(name, getattr(config, name))
     for name in ("limit_train", "limit_test", "threads"):
         _check_positive(name, getattr(config, name), allow_none=True)
@@ -257,3 +280,9 @@ def validate_config(config: TrainConfig) -> None:
         raise ConfigError("--model is empty; use mlp, cnn, cnn-bn or a model spec")
     if not config.dataset.strip():
         raise ConfigError("--dataset is empty; use mnist, fashion-mnist, kmnist or a folder")
+    if config.backend == "numpy" and config.device not in ("auto", "cpu"):
+        raise ConfigError(f"--device {config.device} needs --backend torch: the NumPy engine "
+                          "runs on the CPU")
+    if config.batch_size < config.world_size:
+        raise ConfigError(f"--batch-size {config.batch_size} is the global batch and must be at "
+                          f"least the {config.world_size} processes sharing it; raise it")

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab import runs
-from cnnlab.config import TrainConfig, load_config_file, resolve_config
+from cnnlab.config import TrainConfig, load_config_file, resolve_config, validate_config
+from cnnlab.distributed import Collective, World, rank_bounds, world_from_environment
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, TrainingError
 from cnnlab.fileio import write_json
 from cnnlab.parallel import DataParallel
@@ -49,7 +50,8 @@ def _clock() -> float:
 
 EVAL_BATCH_SIZE = 256  # larger batches are no faster, and batch 1000 doubles peak memory (conv2 im2col: 226 MB)
 # Options a resumed run may change: they do not alter what it computes.
-RESUME_OVERRIDABLE = {"progress", "report", "wandb", "wandb_project", "wandb_name"}
+# The device too: a run may go on on another device (or GPU) of the same backend.
+RESUME_OVERRIDABLE = {"progress", "report", "wandb", "wandb_project", "wandb_name", "device"}
 
 
 @dataclasses.dataclass
@@ -87,16 +89,21 @@ class Progress:
 class _StopSignals:
     """While active, SIGINT/SIGTERM only set a flag the loop checks between steps.
 
-    A second signal raises KeyboardInterrupt at once, for a user who cannot wait.
+    A second signal raises KeyboardInterrupt at once, for a user who cannot wait; not under
+    torchrun (``second_aborts=False``), which passes the terminal's Ctrl-C on as a second
+    SIGINT or SIGTERM and kills the ranks itself 30 s later.
     """
 
-    def __init__(self):
+    def __init__(self, second_aborts: bool = True):
         self.signum: int | None = None
+        self.second_aborts = second_aborts
         self._previous: dict = {}
 
     def _handle(self, signum, frame):
         if self.signum is not None:
-            raise KeyboardInterrupt
+            if self.second_aborts:
+                raise KeyboardInterrupt
+            return
         self.signum = signum
 
     def __enter__(self):
@@ -161,11 +168,16 @@ def _build_model(config: TrainConfig, input_shape, num_classes: int):
 
 
 def _resolve_threads(config: TrainConfig, model, input_shape) -> None:
-    """Fill in ``config.threads`` (None: one per core, enough work per thread)."""
+    """Fill in ``config.threads`` (None: one per core, enough work per thread; under torchrun
+    the cores are shared by the machine's ranks, each with its part of the batch)."""
+    import os
+
     from cnnlab.parallel import threads_for
 
     if config.threads is None:
-        config.threads = threads_for(model, input_shape, config.batch_size)
+        ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        batch_per_rank = max(1, config.batch_size // config.world_size)
+        config.threads = max(1, threads_for(model, input_shape, batch_per_rank) // ranks_here)
 
 
 def _ignore_overflow():
@@ -180,25 +192,31 @@ def _attach_dropout_rng(model, generator: np.random.Generator) -> None:
             module.rng = generator
 
 
-def _build_optimizer(config: TrainConfig, parameters):
-    from cnnlab.optim import SGD, Adam, AdamW
+def build_optimizer(config: TrainConfig, parameters, library=None):
+    """``config.optimizer`` over ``parameters``, from ``library``: ``cnnlab.optim`` (default)
+    or ``torch.optim``, whose SGD, Adam and AdamW take the same arguments."""
+    if library is None:
+        import cnnlab.optim as library
 
     if config.optimizer == "sgd":
-        return SGD(parameters, lr=config.lr, momentum=config.momentum,
-                   weight_decay=config.weight_decay)
+        return library.SGD(parameters, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
     if config.optimizer == "adam":
-        return Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    return AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        return library.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    return library.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def build_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
+def build_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int, library=None):
     """The learning-rate scheduler of ``config.schedule``, stepped once per training step.
 
     With T = epochs * steps_per_epoch steps: "cosine" is ``CosineAnnealingLR(T_max=T)``,
     "linear" decays to 0 with ``LinearLR(1, 0, T)``, "step" multiplies by ``gamma`` every
-    ``step_epochs`` epochs (``StepLR``), "constant" is None.
+    ``step_epochs`` epochs (``StepLR``), "constant" is None. ``library`` is ``cnnlab.optim``
+    (default) or ``torch.optim.lr_scheduler``: the same classes and arguments.
     """
-    from cnnlab.optim import CosineAnnealingLR, LinearLR, StepLR
+    if library is None:
+        import cnnlab.optim as library
+    CosineAnnealingLR, LinearLR, StepLR = library.CosineAnnealingLR, library.LinearLR, library.StepLR
 
     total_steps = config.epochs * steps_per_epoch
     if config.schedule == "cosine":
@@ -227,80 +245,145 @@ def evaluate_arrays(model, images, labels, normalization: dict, threads: int = 1
 # --------------------------------------------------------------------------- the trainer
 
 
-def _live_writer(config: TrainConfig, run_dir: Path, data: _Data):
-    """RUN/live.js for the open report's live view (cnnlab/explorer/live.py); off with --no-report."""
-    if not config.report:
+def _live_writer(config: TrainConfig, run_dir: Path, data: _Data, is_main: bool):
+    """RUN/live.js for the open report's live view (cnnlab/explorer/live.py); off with --no-report
+    and on ranks other than 0."""
+    if not config.report or not is_main:
         return None
     from cnnlab.explorer.live import LiveWriter
 
     return LiveWriter(run_dir, data.test_images[0], data.normalization, config.epochs)
 
 
-def _all_finite(model) -> bool:
-    return all(np.isfinite(parameter.data).all() for parameter in model.parameters())
+class _Discard:
+    """The console of ranks other than 0: they train quietly."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
 
 
 class Trainer:
-    """One training run in one run folder (use :func:`train` or :func:`run_training`)."""
+    """One training run in one run folder (use :func:`train` or :func:`run_training`).
+
+    The loop, the records, the run folder and the checkpoints are here, for both backends;
+    the engine is in a few methods a backend overrides (:class:`TorchTrainer
+    <cnnlab.torch_backend.trainer.TorchTrainer>`): ``_build_engine``, ``_forward_backward``,
+    ``_apply_step``, ``_evaluate_model``, ``_broadcast_buffers``, ``_checkpoint_parts``,
+    ``_restore_engine``. Under torchrun each rank runs one; ``collective`` joins them.
+    """
 
     def __init__(self, config: TrainConfig, run_dir: Path, data: _Data, progress: Progress,
-                 wandb_run_id: str | None = None, out=None):
+                 wandb_run_id: str | None = None, out=None, collective: Collective | None = None):
         self.config = config
         self.run_dir = Path(run_dir)
         self.data = data
         self.progress = progress
-        self.out = out if out is not None else sys.stdout
+        self.collective = collective if collective is not None else Collective(World())
+        self.world = self.collective.world
+        self.is_main = self.world.is_main
+        self.out = (out if out is not None else sys.stdout) if self.is_main else _Discard()
         self.input_shape = (1,) + tuple(data.train_images.shape[1:])
         self.num_classes = len(data.classes)
-        self.model = _build_model(config, self.input_shape, self.num_classes)
-        self.dropout_rng = np.random.default_rng([config.seed, 1])
-        _attach_dropout_rng(self.model, self.dropout_rng)
-        self.optimizer = _build_optimizer(config, self.model.parameters())
-        _resolve_threads(config, self.model, self.input_shape)  # a run saved without threads
-        self.parallel = DataParallel(self.model, config.threads, rng=self.dropout_rng)
+        self._build_engine()
         self.steps_per_epoch = math.ceil(len(data.train_labels) / config.batch_size)
-        self.scheduler = build_scheduler(config, self.optimizer, self.steps_per_epoch)
+        self.scheduler = self._build_scheduler()
         self._report_written_at: float | None = None  # _clock() of the last report.html
         self.wandb = None
         self.wandb_run_id = wandb_run_id
         self._report_notice_shown = False
-        self.live = _live_writer(config, self.run_dir, data)
+        self.metrics = None
+        self.live = _live_writer(config, self.run_dir, data, self.is_main)
 
-    # ---------------------------------------------------------------- checkpoints
+    # ---------------------------------------------------------------- the NumPy engine
 
-    def _meta(self) -> dict:
-        return {
-            "model": self.config.model,
-            "input_shape": list(self.input_shape),
-            "num_classes": self.num_classes,
-            "classes": self.data.classes,
-            "normalization": self.data.normalization,
-            "dataset": self.config.dataset,
-            "epoch": self.progress.epochs_done,
-            "step": self.progress.global_step,
-            "config": self.config.to_dict(),
-            "rng_state": self.dropout_rng.bit_generator.state,
-            "progress": dataclasses.asdict(self.progress),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "wandb_run_id": self.wandb_run_id,
-        }
+    @classmethod
+    def check_engine(cls, config: TrainConfig, world: World) -> None:
+        """Raise ConfigError for an engine setting this machine cannot run, before a run
+        folder is made (the NumPy engine runs anywhere)."""
 
-    def save_checkpoint(self) -> None:
-        from cnnlab.checkpoint import save_checkpoint
+    def _build_engine(self) -> None:
+        config = self.config
+        self.model = _build_model(config, self.input_shape, self.num_classes)
+        self.dropout_rng = np.random.default_rng([config.seed, 1])
+        _attach_dropout_rng(self.model, self.dropout_rng)
+        self.optimizer = build_optimizer(config, self.model.parameters())
+        _resolve_threads(config, self.model, self.input_shape)  # a run saved without threads
+        self.parallel = DataParallel(self.model, config.threads, rng=self.dropout_rng)
 
-        if not _all_finite(self.model):
-            raise TrainingError(
-                f"the weights became NaN or infinite at epoch {self.progress.epochs_done + 1}, "
-                f"step {self.progress.global_step}; lower the learning rate (--lr "
-                f"{self.config.lr / 10:g}); {self._checkpoint_note()}")
-        save_checkpoint(self.run_dir / runs.CHECKPOINT_FILE, self.model, self.optimizer,
-                        meta=self._meta())
+    def _build_scheduler(self):
+        return build_scheduler(self.config, self.optimizer, self.steps_per_epoch)
 
-    def restore(self, path: Path) -> None:
-        """Load weights, optimizer state, gradients and dropout rng state from a checkpoint."""
-        from cnnlab.checkpoint import load_checkpoint
+    def _epoch_context(self):
+        """Held over a training epoch: BLAS at one thread per shard (cnnlab/parallel.py)."""
+        return self.parallel.hold_blas()
 
-        checkpoint = load_checkpoint(path)
+    def _learning_rate(self) -> float:
+        return self.optimizer.lr
+
+    def _forward_backward(self, x: np.ndarray, y: np.ndarray, stop_requested: bool
+                          ) -> tuple[float, int, bool]:
+        """Forward and backward of this rank's part of the batch; the gradient of the whole
+        batch's mean loss summed over the ranks. Returns the batch's mean loss, how many it got
+        right, and whether any rank was asked to stop (all over the ranks)."""
+        self.optimizer.zero_grad()
+        world, batch = self.world, len(y)
+        if world.size == 1:
+            loss, logits = self.parallel.forward_backward(x, y)
+            return loss, int(np.count_nonzero(logits.argmax(axis=1) == y)), stop_requested
+        start, stop = rank_bounds(batch, world.rank, world.size)
+        if world.rank > 0:
+            # ranks other than 0 draw their Dropout masks from (seed, rank, step): no state to
+            # checkpoint, and a resumed run draws the same masks
+            self.dropout_rng.bit_generator.state = np.random.default_rng(
+                [self.config.seed, 1, world.rank, self.progress.global_step]).bit_generator.state
+        loss_sum, correct = 0.0, 0
+        if stop > start:
+            loss, logits = self.parallel.forward_backward(x[start:stop], y[start:stop])
+            loss_sum = loss * (stop - start)
+            correct = int(np.count_nonzero(logits.argmax(axis=1) == y[start:stop]))
+        grads = [parameter.grad for parameter in self.model.parameters()]
+        share = (stop - start) / batch   # g = sum_r (n_r / n) g_r; exact for n_r / n = 1/2
+        for grad in grads:
+            grad *= share
+        self.collective.sum_(grads)
+        return self._step_totals(loss_sum, correct, batch, stop_requested)
+
+    def _step_totals(self, loss_sum: float, correct: int, batch: int, stop_requested: bool
+                     ) -> tuple[float, int, bool]:
+        """This rank's loss sum, correct count and stop flag, summed over the ranks: the
+        batch's mean loss, its correct count, and whether any rank was asked to stop."""
+        if self.world.size == 1:
+            return loss_sum / batch, correct, stop_requested
+        loss_sum, correct, stops = self.collective.sum_values(loss_sum, correct, stop_requested)
+        return loss_sum / batch, int(correct), bool(stops)
+
+    def _apply_step(self) -> None:
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+    def _evaluate_model(self, images, labels) -> tuple[float, float]:
+        return evaluate_arrays(self.model, images, labels, self.data.normalization,
+                               self.config.threads)
+
+    def _broadcast_buffers(self) -> None:
+        """Every rank takes rank 0's BatchNorm running statistics (as DDP does)."""
+        self.collective.broadcast_([buffer for _, buffer in self.model.named_buffers()])
+
+    def _weights_finite(self) -> bool:
+        return all(np.isfinite(parameter.data).all() for parameter in self.model.parameters())
+
+    def _parameter_count(self) -> int:
+        return int(sum(p.data.size for p in self.model.parameters()))
+
+    def _checkpoint_parts(self):
+        """The model and optimizer to save: anything with cnnlab's ``state_dict()``."""
+        return self.model, self.optimizer
+
+    def _restore_engine(self, checkpoint) -> None:
         self.model.load_state_dict(checkpoint.model_state)
         if checkpoint.optimizer_state is not None:
             self.optimizer.load_state_dict(checkpoint.optimizer_state)
@@ -312,6 +395,74 @@ class Trainer:
             if name in checkpoint.grads and parameter.grad is not None:
                 parameter.grad[...] = checkpoint.grads[name]
 
+    def _close_engine(self) -> None:
+        self.parallel.close()
+
+    def _evaluate(self, images, labels) -> tuple[float, float]:
+        """Mean loss and accuracy over ``images``, each rank evaluating its part."""
+        world, count = self.world, len(labels)
+        if world.size == 1:
+            return self._evaluate_model(images, labels)
+        start, stop = rank_bounds(count, world.rank, world.size)
+        loss_sum = correct = 0.0
+        if stop > start:
+            loss, accuracy = self._evaluate_model(images[start:stop], labels[start:stop])
+            loss_sum, correct = loss * (stop - start), round(accuracy * (stop - start))
+        loss_sum, correct = self.collective.sum_values(loss_sum, correct)
+        return float(loss_sum / count), float(correct / count)
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def _meta(self) -> dict:
+        rng_state = getattr(self, "dropout_rng", None)
+        return {
+            "model": self.config.model,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "classes": self.data.classes,
+            "normalization": self.data.normalization,
+            "dataset": self.config.dataset,
+            "epoch": self.progress.epochs_done,
+            "step": self.progress.global_step,
+            "config": self.config.to_dict(),
+            "rng_state": rng_state.bit_generator.state if rng_state is not None else None,
+            "progress": dataclasses.asdict(self.progress),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "wandb_run_id": self.wandb_run_id,
+        }
+
+    def save_checkpoint(self) -> None:
+        """Rank 0 writes checkpoint.npz (atomically: a killed run leaves the last one whole)."""
+        from cnnlab.checkpoint import save_checkpoint
+
+        if not self._weights_finite():
+            raise TrainingError(
+                f"the weights became NaN or infinite at epoch {self.progress.epochs_done + 1}, "
+                f"step {self.progress.global_step}; lower the learning rate (--lr "
+                f"{self.config.lr / 10:g}); {self._checkpoint_note()}")
+        if not self.is_main:
+            return
+        model, optimizer = self._checkpoint_parts()
+        save_checkpoint(self.run_dir / runs.CHECKPOINT_FILE, model, optimizer, meta=self._meta())
+
+    def restore(self, path: Path) -> None:
+        """Load weights, optimizer state, gradients and dropout rng state from a checkpoint."""
+        from cnnlab.checkpoint import load_checkpoint
+
+        self._restore_engine(load_checkpoint(path))
+
+    def _explained_model(self):
+        """The model as cnnlab layers, for the live view (the torch backend converts its own)."""
+        return self.model
+
+    def _write_live(self, status: str = "running") -> None:
+        if self.live is not None:
+            self.live.write(self._explained_model(), status=status)
+
+    def _write_summary(self, summary: dict) -> None:
+        if self.is_main:
+            write_json(self.run_dir / runs.SUMMARY_FILE, summary)
+
     def _checkpoint_note(self) -> str:
         path = self.run_dir / runs.CHECKPOINT_FILE
         if path.is_file():
@@ -321,6 +472,8 @@ class Trainer:
     # ---------------------------------------------------------------- records
 
     def _record(self, record: dict) -> None:
+        if self.metrics is None:   # ranks other than 0
+            return
         if self.live is not None:   # first: on its first use it reads the records so far
             self.live.add(record)
         self.metrics.write(record)
@@ -361,8 +514,10 @@ class Trainer:
             "test_images": int(len(self.data.test_labels)),
             "dataset": self.config.dataset,
             "model": self.config.model,
-            "parameters": int(sum(p.data.size for p in self.model.parameters())),
+            "parameters": self._parameter_count(),
             "seed": self.config.seed,
+            "backend": self.config.backend,
+            "world_size": self.world.size,
             "finished": finished,
             "versions": runs.versions(),
             "wandb_run_id": self.wandb_run_id,
@@ -371,7 +526,7 @@ class Trainer:
                 if value is not None or key in ("test_accuracy", "test_loss")}
 
     def _report_possible(self) -> bool:
-        if not self.config.report:
+        if not self.config.report or not self.is_main:
             return False
         import importlib.util
 
@@ -407,38 +562,34 @@ class Trainer:
         """Run the rest of ``epoch``; False if a signal stopped it (after saving a checkpoint)."""
         from cnnlab.data.loader import epoch_order, iterate_batches
         config, progress, data = self.config, self.progress, self.data
-        model, optimizer = self.model, self.optimizer
         order = epoch_order(len(data.train_labels), config.seed, epoch)
         batches = iterate_batches(data.train_images, data.train_labels, config.batch_size,
                                   order=order, normalization=config.normalization,
                                   mean=data.normalization["mean"], std=data.normalization["std"],
                                   start_batch=progress.batch_in_epoch, reuse_buffer=True)
         bar = ProgressBar(len(data.train_labels), f"epoch {epoch}/{config.epochs}", unit="img",
-                          enabled=config.progress)
+                          enabled=config.progress and self.is_main)
         if progress.batch_in_epoch:
             bar.update(min(progress.batch_in_epoch * config.batch_size, len(data.train_labels)))
-        model.train()
+        self.model.train()
         started = window_start = time.perf_counter()
         contexts = contextlib.ExitStack()
         try:
             contexts.enter_context(_ignore_overflow())
-            # BLAS stays at one thread per shard for the whole epoch (cnnlab/parallel.py).
-            contexts.enter_context(self.parallel.hold_blas())
+            contexts.enter_context(self._epoch_context())
             for x, y in batches:
-                lr = optimizer.lr
-                optimizer.zero_grad()
-                # forward, loss and backward, over config.threads shards of the batch
-                loss, logits = self.parallel.forward_backward(x, y)
+                lr = self._learning_rate()
+                # forward, loss and backward (over config.threads shards and the ranks)
+                loss, correct, stopping = self._forward_backward(x, y, stop.signum is not None)
+                if stopping and stop.signum is None:   # another rank was stopped
+                    stop.signum = signal.SIGTERM
                 if not math.isfinite(loss):
                     raise TrainingError(
                         f"the loss became {loss} at epoch {epoch}, step "
                         f"{progress.global_step + 1} (learning rate {lr:.3g}); lower the "
                         f"learning rate, e.g. --lr {config.lr / 10:g}; {self._checkpoint_note()}")
-                optimizer.step()
-                if self.scheduler is not None:
-                    self.scheduler.step()
+                self._apply_step()
                 batch = len(y)
-                correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
                 progress.global_step += 1
                 progress.batch_in_epoch += 1
                 progress.epoch_loss_sum += loss * batch
@@ -452,8 +603,8 @@ class Trainer:
                 if progress.global_step % config.log_every == 0:
                     self._step_record(epoch, lr, window_start)
                     window_start = time.perf_counter()
-                if self.live is not None:
-                    self.live.maybe_write(model)
+                if self.live is not None and self.live.due():
+                    self._write_live()
                 if stop.signum is not None:
                     break
         finally:
@@ -471,13 +622,13 @@ class Trainer:
         record = {"kind": "epoch", "epoch": epoch, "step": progress.global_step,
                   "train_loss": progress.epoch_loss_sum / progress.epoch_seen,
                   "train_accuracy": progress.epoch_correct / progress.epoch_seen}
+        self._broadcast_buffers()
         with _ignore_overflow():  # overflowed weights give a non-finite test loss, reported below
-            record["test_loss"], record["test_accuracy"] = evaluate_arrays(
-                self.model, data.test_images, data.test_labels, data.normalization, self.config.threads)
+            record["test_loss"], record["test_accuracy"] = self._evaluate(
+                data.test_images, data.test_labels)
             if data.val_images is not None:
-                record["val_loss"], record["val_accuracy"] = evaluate_arrays(
-                    self.model, data.val_images, data.val_labels, data.normalization,
-                    self.config.threads)
+                record["val_loss"], record["val_accuracy"] = self._evaluate(
+                    data.val_images, data.val_labels)
         record["seconds"] = seconds
         record["time"] = time.time()
         progress.epochs_done = epoch
@@ -490,9 +641,8 @@ class Trainer:
                 f"learning rate, e.g. --lr {self.config.lr / 10:g}; {self._checkpoint_note()}")
         self._record(record)
         self.save_checkpoint()
-        write_json(self.run_dir / runs.SUMMARY_FILE, self.summary(finished=False))
-        if self.live is not None:
-            self.live.write(self.model)
+        self._write_summary(self.summary(finished=False))
+        self._write_live()
         self._print_epoch(record)
         written_at = self._report_written_at
         if epoch < self.config.epochs and (
@@ -512,35 +662,38 @@ class Trainer:
         from cnnlab.wandb_log import WandbLogger
 
         config = self.config
-        self.metrics = runs.MetricsWriter(self.run_dir / runs.METRICS_FILE)
-        if config.wandb:
+        self.collective.failure_note = (
+            f"the last checkpoint ({self.run_dir / runs.CHECKPOINT_FILE}) is whole: continue with "
+            f"torchrun ... -m cnnlab train --resume {self.run_dir}")
+        if self.is_main:
+            self.metrics = runs.MetricsWriter(self.run_dir / runs.METRICS_FILE)
+        if config.wandb and self.is_main:
             self.wandb = WandbLogger(config.to_dict(), self.run_dir, config.wandb_project,
                                      config.wandb_name or self.run_dir.name, self.wandb_run_id)
             self.wandb_run_id = self.wandb.run_id
         exit_code = 1
         try:
-            with _StopSignals() as stop:
+            with _StopSignals(second_aborts=not self.world.supervised) as stop:
                 for epoch in range(self.progress.epochs_done + 1, config.epochs + 1):
                     if stop.signum is not None or not self._train_epoch(epoch, stop):
                         result = TrainResult(self.run_dir, self.summary(finished=False), stop.signum)
-                        write_json(self.run_dir / runs.SUMMARY_FILE, result.summary)
-                        if self.live is not None:
-                            self.live.write(self.model, status="stopped")
+                        self._write_summary(result.summary)
+                        self._write_live(status="stopped")
                         exit_code = result.exit_code
                         return result
             summary = self.summary(finished=True)
-            write_json(self.run_dir / runs.SUMMARY_FILE, summary)
-            if self.live is not None:
-                self.live.write(self.model, status="finished")
+            self._write_summary(summary)
+            self._write_live(status="finished")
             self._write_report()
             exit_code = 0
             return TrainResult(self.run_dir, summary)
         except TrainingError:
-            write_json(self.run_dir / runs.SUMMARY_FILE, self.summary(finished=False))
+            self._write_summary(self.summary(finished=False))
             raise
         finally:
-            self.parallel.close()
-            self.metrics.close()
+            self._close_engine()
+            if self.metrics is not None:
+                self.metrics.close()
             if self.wandb is not None:
                 self.wandb.finish(exit_code)
 
@@ -548,48 +701,121 @@ class Trainer:
 # --------------------------------------------------------------------------- entry points
 
 
+def trainer_class(config: TrainConfig) -> type:
+    """The Trainer of ``config.backend`` (the torch backend is imported only when chosen)."""
+    if config.backend == "torch":
+        from cnnlab.torch_backend import require_torch
+
+        require_torch()
+        from cnnlab.torch_backend.trainer import TorchTrainer
+
+        return TorchTrainer
+    return Trainer
+
+
+def _on_main_rank(collective: Collective, make_text):
+    """``make_text()`` run on rank 0 alone, its result given to every rank.
+
+    If it fails on rank 0, the error is raised there and the other ranks stop with a line
+    pointing to rank 0's message (instead of waiting for a rank that has given up).
+    """
+    if collective.world.is_main:
+        try:
+            text = make_text()
+        except BaseException:
+            collective.broadcast_text(None)
+            raise
+        return collective.broadcast_text(text)
+    text = collective.broadcast_text(None)
+    if text is None:
+        raise TrainingError(f"rank {collective.world.rank}: rank 0 could not start the run; "
+                            "its message says why")
+    return text
+
+
 def train(config: TrainConfig, run_dir: str | Path | None = None, runs_root: str | None = None,
-          out=None) -> TrainResult:
-    """Train ``config`` into a new run folder (Python API of ``cnnlab train``)."""
+          out=None, collective: Collective | None = None) -> TrainResult:
+    """Train ``config`` into a new run folder (Python API of ``cnnlab train``).
+
+    Under torchrun (``collective`` over several ranks) rank 0 makes the run folder and writes
+    it; every rank trains.
+    """
     from cnnlab.models import spec_tokens
 
-    if run_dir is not None:
+    collective = collective if collective is not None else Collective(World())
+    config.world_size = collective.world.size
+    validate_config(config)
+    engine = trainer_class(config)
+    engine.check_engine(config, collective.world)
+    if run_dir is not None and collective.world.is_main:
         runs.check_run_dir(run_dir)
     spec_tokens(config.model)  # a misspelt model name fails before any data is loaded
     data = _load_data(config)
     # Build once before making the folder, so a bad model spec leaves no empty run folder.
     input_shape = (1,) + tuple(data.train_images.shape[1:])
     model = _build_model(config, input_shape, len(data.classes))
-    _resolve_threads(config, model, input_shape)
-    folder = runs.make_run_dir(config.model, config.dataset, run_dir, runs_root)
-    write_json(folder / runs.CONFIG_FILE, config.to_dict())
-    (folder / runs.METRICS_FILE).touch()
-    trainer = Trainer(config, folder, data, Progress(), out=out)
+    if config.backend == "numpy":
+        _resolve_threads(config, model, input_shape)
+
+    def make_folder() -> str:
+        folder = runs.make_run_dir(config.model, config.dataset, run_dir, runs_root)
+        write_json(folder / runs.CONFIG_FILE, config.to_dict())
+        (folder / runs.METRICS_FILE).touch()
+        return str(folder)
+
+    folder = Path(_on_main_rank(collective, make_folder))
+    trainer = engine(config, folder, data, Progress(), out=out, collective=collective)
     return trainer.run()
 
 
 def resume(run: str | Path, overrides: dict | None = None, runs_root: str | None = None,
-           out=None) -> TrainResult:
-    """Continue the run folder ``run`` from its last checkpoint, to its last epoch."""
+           out=None, collective: Collective | None = None) -> TrainResult:
+    """Continue the run folder ``run`` from its last checkpoint, to its last epoch.
+
+    Under torchrun rank 0 reads the run folder and sends its checkpoint to the other ranks,
+    so machines that do not share rank 0's disk can resume too. The number of ranks may
+    differ from the run's: ``--batch-size`` is the global batch.
+    """
     from cnnlab.checkpoint import load_checkpoint
 
-    folder = runs.find_run(str(run), runs_root)
-    checkpoint = load_checkpoint(folder / runs.CHECKPOINT_FILE)
-    meta = checkpoint.meta
-    if "progress" not in meta or "config" not in meta:
-        raise CheckpointError(f"{folder / runs.CHECKPOINT_FILE} was not written by cnnlab train; "
-                              "it cannot be resumed")
-    config = resolve_config(meta["config"], {k: v for k, v in (overrides or {}).items()
-                                             if k in RESUME_OVERRIDABLE})
-    progress = Progress(**meta["progress"])
-    if progress.epochs_done >= config.epochs:
-        raise ConfigError(f"run {folder} already finished its {progress.epochs_done} epochs; "
-                          "start a new run to train longer")
-    data = _load_data(config)
-    trainer = Trainer(config, folder, data, progress, wandb_run_id=meta.get("wandb_run_id"),
-                      out=out)
-    trainer.restore(folder / runs.CHECKPOINT_FILE)
-    runs.truncate_metrics(folder / runs.METRICS_FILE, progress.epochs_done, progress.global_step)
+    collective = collective if collective is not None else Collective(World())
+    world = collective.world
+    folder = Path(_on_main_rank(collective, lambda: str(runs.find_run(str(run), runs_root))))
+    copy = collective.broadcast_file(folder / runs.CHECKPOINT_FILE if world.is_main else None,
+                                     suffix=".npz")
+    if copy is None:
+        raise TrainingError(f"rank {world.rank}: rank 0 could not read "
+                            f"{folder / runs.CHECKPOINT_FILE}")
+    try:
+        checkpoint = load_checkpoint(copy)
+        meta = checkpoint.meta
+        if "progress" not in meta or "config" not in meta:
+            raise CheckpointError(f"{folder / runs.CHECKPOINT_FILE} was not written by cnnlab "
+                                  "train; it cannot be resumed")
+        config = resolve_config(meta["config"], {k: v for k, v in (overrides or {}).items()
+                                                 if k in RESUME_OVERRIDABLE})
+        config.world_size = world.size
+        validate_config(config)
+        progress = Progress(**meta["progress"])
+        if progress.epochs_done >= config.epochs:
+            raise ConfigError(f"run {folder} already finished its {progress.epochs_done} epochs; "
+                              "start a new run to train longer")
+        engine = trainer_class(config)
+        engine.check_engine(config, world)
+        data = _load_data(config)
+        trainer = engine(config, folder, data, progress, wandb_run_id=meta.get("wandb_run_id"),
+                         out=out, collective=collective)
+        trainer.restore(copy)
+    finally:
+        if copy != folder / runs.CHECKPOINT_FILE:
+            copy.unlink(missing_ok=True)
+    if world.is_main:
+        runs.truncate_metrics(folder / runs.METRICS_FILE, progress.epochs_done,
+                              progress.global_step)
+        if meta["config"].get("world_size", 1) != world.size:
+            print(f"cnnlab: the run was trained on {meta['config'].get('world_size', 1)} "
+                  f"process(es) and goes on on {world.size}: the same global batch, the same "
+                  "steps", file=trainer.out, flush=True)
     print(f"resuming {folder} at epoch {progress.epochs_done + 1}, step {progress.global_step}",
           file=trainer.out, flush=True)
     return trainer.run()
@@ -604,7 +830,8 @@ def print_summary(result: TrainResult, out=None) -> None:
         name = signal.Signals(result.interrupted_by).name
         lines.append(f"stopped by {name} at epoch {summary['epochs'] + 1}, step "
                      f"{summary['steps']}; checkpoint saved.")
-        lines.append(f"  resume:    cnnlab train --resume {folder}")
+        launcher = "torchrun ... -m cnnlab" if summary.get("world_size", 1) > 1 else "cnnlab"
+        lines.append(f"  resume:    {launcher} train --resume {folder}")
     else:
         plural = "s" if summary["epochs"] != 1 else ""
         lines.append(f"finished {summary['epochs']} epoch{plural} of {summary['model']} on "
@@ -628,7 +855,24 @@ def print_summary(result: TrainResult, out=None) -> None:
 def run_training(overrides: dict, config_file: str | None = None, run_dir: str | None = None,
                  runs_root: str | None = None, resume_run: str | None = None,
                  out=None) -> TrainResult:
-    """``cnnlab train``: resolve the config, train (or resume), print the summary."""
+    """``cnnlab train``: resolve the config, train (or resume), print the summary.
+
+    Started by torchrun, every rank runs this; they meet in torch.distributed first.
+    """
+    collective = Collective(world_from_environment())
+    try:
+        collective.join()
+        result = _train_or_resume(overrides, config_file, run_dir, runs_root, resume_run, out,
+                                  collective)
+    finally:
+        collective.close()
+    if collective.world.is_main:
+        print_summary(result, out)
+    return result
+
+
+def _train_or_resume(overrides, config_file, run_dir, runs_root, resume_run, out,
+                     collective) -> TrainResult:
     if resume_run is not None:
         given = sorted(name for name, value in overrides.items()
                        if value is not None and name not in RESUME_OVERRIDABLE)
@@ -637,10 +881,7 @@ def run_training(overrides: dict, config_file: str | None = None, run_dir: str |
                 ("--config" if config_file is not None else "--run-dir")
             raise ConfigError(f"{options} cannot be combined with --resume: a resumed run keeps "
                               "its config (only progress, report and wandb options may change)")
-        result = resume(resume_run, overrides, runs_root, out=out)
-    else:
-        file_values = load_config_file(config_file) if config_file is not None else {}
-        config = resolve_config(file_values, overrides)
-        result = train(config, run_dir, runs_root, out=out)
-    print_summary(result, out)
-    return result
+        return resume(resume_run, overrides, runs_root, out=out, collective=collective)
+    file_values = load_config_file(config_file) if config_file is not None else {}
+    config = resolve_config(file_values, overrides)
+    return train(config, run_dir, runs_root, out=out, collective=collective)

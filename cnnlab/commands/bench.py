@@ -17,10 +17,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-torch", action="store_true", help="measure cnnlab alone")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory training run")
     parser.add_argument("--data-dir", help="where Fashion-MNIST is, for the memory run")
+    parser.add_argument("--backend", choices=("numpy", "torch"), default="numpy",
+                        help="torch: time cnnlab's torch backend against a plain PyTorch loop "
+                        "(epochs of cnn on Fashion-MNIST, batch 128) instead")
+    parser.add_argument("--device", default="auto", help="--backend torch: auto, cpu, cuda, "
+                        "cuda:N or mps (default auto)")
 
 
 def run(args) -> int:
-    from cnnlab.bench import format_results, run_benchmark, save_results
+    from cnnlab.bench import format_results, run_benchmark
     from cnnlab.errors import ConfigError
 
     batch_sizes = None
@@ -34,12 +39,33 @@ def run(args) -> int:
                         ("--epoch-images", args.epoch_images), *(("--batch-sizes", b) for b in batch_sizes or ())):
         if value is not None and value <= 0:
             raise ConfigError(f"{name} must be a positive number, got {value}")
+    if args.backend == "torch":
+        return _run_torch_backend(args)
     results = run_benchmark(quick=args.quick, threads=args.threads, with_torch=not args.no_torch,
                             repeats=args.repeats, batch_sizes=batch_sizes, epoch_images=args.epoch_images,
                             data_dir=args.data_dir, measure_memory=not args.no_memory)
+    return _show(format_results(results), results, args.json)
+
+
+def _show(text: str, results: dict, json_path: str | None) -> int:
+    from cnnlab.bench import save_results
+
     print()
-    print(format_results(results))
-    if args.json:
-        save_results(args.json, results)
-        print(f"\nwrote {args.json}")
+    print(text)
+    if json_path:
+        save_results(json_path, results)
+        print(f"\nwrote {json_path}")
     return 0
+
+
+def _run_torch_backend(args) -> int:
+    from cnnlab.config import _check_device
+    from cnnlab.torch_backend import require_torch
+
+    require_torch("cnnlab bench --backend torch")
+    _check_device(args.device)
+    from cnnlab.torch_backend.bench import bench_torch_backend, format_torch_backend
+
+    results = bench_torch_backend(device=args.device, images=args.epoch_images,
+                                  repeats=args.repeats or 3, data_dir=args.data_dir)
+    return _show(format_torch_backend(results), results, args.json)

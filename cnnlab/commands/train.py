@@ -10,7 +10,8 @@ HELP = "train a model (mlp, cnn, cnn-bn or a spec) and save a run folder"
 CONFIG_OPTIONS = ("model", "dataset", "data_dir", "epochs", "batch_size", "optimizer", "lr",
                   "schedule", "step_epochs", "gamma", "momentum", "weight_decay", "seed",
                   "normalization", "val_fraction", "limit_train", "limit_test", "threads", "log_every",
-                  "wandb", "wandb_project", "wandb_name", "progress", "report")
+                  "wandb", "wandb_project", "wandb_name", "progress", "report", "backend",
+                  "device")
 
 
 def _default(name: str) -> str:
@@ -51,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     how = parser.add_argument_group("how to train")
     how.add_argument("--epochs", type=int, help="passes over the training set "
                      "(default: the model's, see docs/training.md)")
-    how.add_argument("--batch-size", type=int, help=f"images per step ({_default('batch_size')})")
+    how.add_argument("--batch-size", type=int, help=f"images per step ({_default('batch_size')}); "
+                     "under torchrun the global batch, split over the processes")
     how.add_argument("--optimizer", help=f"sgd, adam or adamw ({_default('optimizer')})")
     how.add_argument("--lr", type=float, help=f"peak learning rate ({_default_lr()})")
     how.add_argument("--schedule", help="constant, step, cosine or linear "
@@ -66,6 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--threads", type=int, metavar="N",
                      help="threads sharing each batch, one shard each (default: one per CPU "
                      "core, at least 32 images each); recorded in config.json")
+    how.add_argument("--backend", help="numpy (cnnlab's own engine) or torch (the same model in "
+                     f"PyTorch; pip install 'cnnlab[torch]') ({_default('backend')})")
+    how.add_argument("--device", help="torch backend: auto (CUDA, then MPS, then CPU), cpu, "
+                     f"cuda, cuda:N or mps ({_default('device')})")
     how.add_argument("--config", metavar="FILE", help="JSON or TOML file of settings "
                      "(a run's config.json re-runs it); options given here override it")
     where = parser.add_argument_group("run folder and logging")

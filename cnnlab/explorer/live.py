@@ -104,8 +104,8 @@ def read_live(run_dir: str | os.PathLike) -> dict:
 class LiveWriter:
     """Keeps ``RUN/live.js`` current while a run trains, at most every ``every`` seconds.
 
-    The trainer hands it each metrics record (:meth:`add`), calls :meth:`maybe_write` after
-    each step and :meth:`write` at the end of an epoch and of the run. Drawing the state runs
+    The trainer hands it each metrics record (:meth:`add`), calls :meth:`maybe_write` (or
+    :meth:`due`, then :meth:`write`) after each step and :meth:`write` at the end of an epoch and of the run. Drawing the state runs
     the model in eval mode on one image (no dropout draw, no batch-norm update), between steps.
     """
 
@@ -131,8 +131,12 @@ class LiveWriter:
     def add(self, record: dict) -> None:
         self._records().append(record)
 
+    def due(self) -> bool:
+        """Whether ``every`` seconds have passed since the last write (or none was made)."""
+        return self.written_at is None or self.clock() - self.written_at >= self.every
+
     def maybe_write(self, model) -> None:
-        if self.written_at is None or self.clock() - self.written_at >= self.every:
+        if self.due():
             self.write(model)
 
     def write(self, model, status: str = "running") -> None:
