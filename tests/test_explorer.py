@@ -117,8 +117,8 @@ def test_live_writer_keeps_a_bounded_rate_and_round_trips(tmp_path, rng):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_the_live_view_does_not_change_what_training_computes(tmp_path, shared_data):
-    data = make_tiny_dataset(shared_data, tmp_path / "data", train=256, test=64)
+def test_the_live_view_does_not_change_what_training_computes(tmp_path, data_root):
+    data = make_tiny_dataset(data_root, tmp_path / "data", train=256, test=64)
     common = ["train", "--model", "c4k3p1-bn-p2-drop0.3-fc16", "--dataset", str(data),
               "--epochs", "2", "--batch-size", "64", "--log-every", "1", "--no-progress",
               "--threads", "2"]

@@ -453,13 +453,13 @@ def test_every_layer_kind_and_colour_inputs_of_any_size(browser, rng, tmp_path):
 
 
 @pytest.mark.slow
-def test_an_open_report_follows_a_real_training_run_to_its_end(browser, shared_data, tmp_path):
+def test_an_open_report_follows_a_real_training_run_to_its_end(browser, data_root, tmp_path):
     import subprocess
     import sys
 
     from conftest import make_tiny_dataset
 
-    data = make_tiny_dataset(shared_data, tmp_path / "data", train=2048, test=200)
+    data = make_tiny_dataset(data_root, tmp_path / "data", train=2048, test=200)
     run = tmp_path / "run"
     trainer = subprocess.Popen([sys.executable, "-m", "cnnlab", "train", "--model", "cnn",
                                 "--dataset", str(data), "--epochs", "4", "--log-every", "2",

@@ -111,10 +111,10 @@ def test_one_epoch_on_each_backend_agrees(model, tiny_fashion, tmp_path):
 
 
 @pytest.mark.slow
-def test_torch_checkpoint_works_with_every_command(shared_data, tmp_path, capsys):
+def test_torch_checkpoint_works_with_every_command(data_root, tmp_path, capsys):
     from conftest import make_tiny_dataset
 
-    data = make_tiny_dataset(shared_data, tmp_path / "data", train=256, test=200)
+    data = make_tiny_dataset(data_root, tmp_path / "data", train=256, test=200)
     run = tmp_path / "run"
     assert main(["train", "--backend", "torch", "--device", "cpu", "--model", "cnn-bn",
                  "--dataset", str(data), "--epochs", "1", "--no-progress", "--val-fraction", "0.25",
@@ -275,10 +275,10 @@ def test_backend_torch_without_torch_is_one_line_naming_the_extra(tiny_fashion, 
 
 
 @pytest.mark.slow
-def test_bench_torch_backend_times_both_loops(shared_data):
+def test_bench_torch_backend_times_both_loops(data_root):
     from cnnlab.torch_backend.bench import bench_torch_backend, format_torch_backend
 
-    results = bench_torch_backend(device="cpu", images=256, repeats=1, data_dir=str(shared_data),
+    results = bench_torch_backend(device="cpu", images=256, repeats=1, data_dir=str(data_root),
                                   log=lambda line: None)
     assert results["images"] == 256 and results["device"] == "cpu"
     for name in ("plain", "cnnlab"):
