@@ -67,6 +67,9 @@ class TrainConfig:
         wandb: also log to Weights & Biases.
         wandb_project: the W&B project.
         wandb_name: the W&B run name (None: the run folder's name).
+        init_from: start from these weights instead of random ones (fine-tuning): a run
+            folder, a checkpoint ``.npz`` or a ``.safetensors`` file (from PyTorch or ``cnnlab
+            export``) whose keys and shapes fit ``model``. The optimizer starts afresh.
     """
 
     model: str = "cnn"
@@ -93,6 +96,7 @@ class TrainConfig:
     wandb: bool = False
     wandb_project: str = "cnnlab"
     wandb_name: str | None = None
+    init_from: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -104,7 +108,7 @@ _INT_FIELDS = {"epochs", "batch_size", "step_epochs", "seed", "limit_train", "li
 _FLOAT_FIELDS = {"lr", "gamma", "momentum", "weight_decay", "val_fraction"}
 _BOOL_FIELDS = {"progress", "report", "wandb"}
 _OPTIONAL_FIELDS = {"data_dir", "epochs", "lr", "step_epochs", "limit_train", "limit_test",
-                    "threads", "wandb_name"}
+                    "threads", "wandb_name", "init_from"}
 
 
 def suggest(value: str, choices) -> str:

@@ -119,7 +119,8 @@ def save_safetensors(path: str | os.PathLike, state: dict, meta: dict | None = N
     from cnnlab.fileio import atomic_write
 
     safetensors_numpy = _safetensors_numpy()
-    tensors = {key: np.ascontiguousarray(value) for key, value in state.items()}
+    # (np.ascontiguousarray would turn the 0-d num_batches_tracked into shape (1,))
+    tensors = {key: np.asarray(value, order="C") for key, value in state.items()}
     metadata = {"format": "pt"}  # what transformers and safetensors.torch expect to find
     if meta is not None:
         metadata[META_KEY] = json.dumps(meta, default=_json_default)

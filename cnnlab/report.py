@@ -151,12 +151,12 @@ def _figure_html(kind: str, run, options) -> str:
     return f'<img alt="{_escape(kind)}" src="data:image/png;base64,{data}">'
 
 
-def build_report(run_dir: str | os.PathLike) -> str:
-    """The report of the run folder ``run_dir`` as one HTML string (see :func:`write_report`)."""
+def build_report(run_dir) -> str:
+    """The report of the run folder ``run_dir`` (or a ``plots.Run``) as one HTML string."""
     from cnnlab.plots import PlotOptions, Run, require_matplotlib
 
     require_matplotlib()
-    run = Run(run_dir)
+    run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
     options = PlotOptions()
     refresh = "" if run.finished else f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'
     navigation = " ".join(f'<a href="#{section.anchor}">{_escape(section.title)}</a>'
@@ -177,12 +177,19 @@ def build_report(run_dir: str | os.PathLike) -> str:
     )
 
 
+def default_report_path(source: str | os.PathLike) -> Path:
+    """``RUN/report.html`` for a run folder, ``NAME.report.html`` beside a weights file."""
+    source = Path(source)
+    return source.with_suffix(".report.html") if source.is_file() else source / REPORT_NAME
+
+
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write the self-contained HTML report of ``run_dir``, atomically.
 
     Args:
-        run_dir: a run folder made by ``cnnlab train``.
-        out: the HTML file to write (default ``run_dir/report.html``).
+        run_dir: a run folder made by ``cnnlab train``, or a ``plots.Run`` (a
+            ``plots.WeightsRun`` for a weights file without a run folder).
+        out: the HTML file to write (default :func:`default_report_path`).
 
     Returns:
         the path written.
@@ -193,7 +200,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
             dataset not on this machine) becomes a note in the page instead.
     """
     document = build_report(run_dir)
-    path = Path(out) if out is not None else Path(run_dir) / REPORT_NAME
+    path = Path(out) if out is not None else default_report_path(getattr(run_dir, "path", run_dir))
     with atomic_write(path, "wb") as stream:
         stream.write(document.encode("utf-8"))
     return path
