@@ -77,6 +77,10 @@ def check_state_fits(model, state: dict, source: str) -> None:
             keys = ", ".join(list(model.state_dict())[:4])
             hint = (f"; the model's keys are those of an nn.Sequential of the same layers "
                     f"({keys}, ...: see 'cnnlab summary SPEC' and docs/export.md)")
+            if any(not key.split(".")[0].isdigit() for key in state):
+                # named submodules, like the lecture's SimpleCNN(features, classifier)
+                hint += ("; for a model built of named parts save torch.nn.Sequential("
+                         "*model.features, *model.classifier).state_dict()")
         raise CheckpointError(f"state of {source} does not fit the model "
                               f"({len(problems)} mismatched): {'; '.join(problems)}{hint}")
 

@@ -389,3 +389,53 @@ def test_export_help_imports_no_optional_package():
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                check=True)
     assert completed.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_lectures_simple_cnn_with_named_parts_comes_in_flattened(tmp_path, capsys):
+    """Lecture 004's SimpleCNN keeps its layers in features and classifier Sequentials."""
+    torch = require("torch")
+    safetensors_torch = require("safetensors.torch")
+
+    class SimpleCNN(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = torch.nn.Sequential(
+                torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2))
+            self.classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3136, 10))
+
+        def forward(self, x):
+            return self.classifier(self.features(x))
+
+    simple = SimpleCNN()
+    safetensors_torch.save_file(simple.state_dict(), str(tmp_path / "named.safetensors"))
+    assert main(["export", str(tmp_path / "named.safetensors"), "--model", "cnn",
+                 "--format", "onnx"]) == 2
+    error = capsys.readouterr().err
+    assert "unexpected features.0.weight" in error and "missing 7.weight" in error
+    assert "torch.nn.Sequential(*model.features, *model.classifier).state_dict()" in error
+    flat = torch.nn.Sequential(*simple.features, *simple.classifier)
+    safetensors_torch.save_file(flat.state_dict(), str(tmp_path / "flat.safetensors"))
+    checkpoint = load_weights(tmp_path / "flat.safetensors", "cnn")
+    model = model_from_checkpoint(checkpoint)
+    x = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
+    with torch.no_grad():
+        expected = simple(torch.from_numpy(x)).numpy()
+    assert _close(model(x), expected) <= RELATIVE
+
+
+@pytest.mark.parametrize("opset", [18, 21])
+def test_newer_opsets_export_and_run(tmp_path, opset):
+    onnx = require("onnx")
+    onnxruntime = require("onnxruntime")
+    from cnnlab.export.onnx import to_onnx
+
+    model = build_model("cnn-bn", np.random.default_rng(0))
+    model.eval()
+    proto = to_onnx(model, opset=opset)
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.opset_import[0].version == opset
+    session = onnxruntime.InferenceSession(proto.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).random((3, 1, 28, 28), dtype=np.float32)
+    assert _close(session.run(None, {"input": x})[0], model(x)) <= RELATIVE

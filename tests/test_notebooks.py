@@ -38,12 +38,12 @@ def test_notebook_is_paired_with_its_text_form_and_stripped(source):
     text = jupytext.read(source)
     assert [(cell.cell_type, cell.source) for cell in notebook.cells] == \
         [(cell.cell_type, cell.source) for cell in text.cells], \
-        f"{source.name} and its .ipynb differ: run 'jupytext --sync {source.relative_to(REPO)}'"
+        f"{source.name} and its .ipynb differ: run 'jupytext --to ipynb {source.relative_to(REPO)}'"
     assert notebook.metadata["jupytext"]["formats"] == "ipynb,py:percent"
     for cell in notebook.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, \
-                f"{source.name}: outputs are stored; strip them (jupytext --sync rewrites it)"
+                f"{source.name}: outputs are stored; write it afresh: jupytext --to ipynb NAME.py"
     first_code = next(cell for cell in notebook.cells if cell.cell_type == "code")
     assert "pip" in first_code.source and 'find_spec("cnnlab")' in first_code.source
 

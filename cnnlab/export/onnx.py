@@ -152,7 +152,8 @@ def to_onnx(model, meta: dict | None = None, opset: int = OPSET):
 
     onnx = _onnx()
     if opset < OPSET:
-        raise ConfigError(f"ONNX opset {opset} is older than cnnlab exports ({OPSET} or newer)")
+        raise ConfigError(f"--opset {opset} is older than cnnlab exports: give --opset {OPSET} "
+                          "or newer")
     meta = dict(meta or {})
     meta.setdefault("model", getattr(model, "spec", None))
     meta.setdefault("input_shape", list(getattr(model, "input_shape", (1, 28, 28))))
