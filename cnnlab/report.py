@@ -109,7 +109,8 @@ def _summary_rows(run) -> list[tuple[str, object]]:
     rows = [
         ("model", summary.get("model", config.get("model"))),
         ("dataset", summary.get("dataset", config.get("dataset"))),
-        ("epochs done", f"{len(epochs)} of {summary.get('epochs') or config.get('epochs') or '?'}"),
+        ("epochs done", f"{len(epochs)} of {summary.get('epochs') or config.get('epochs') or '?'}"
+         if run.has_history else None),
         ("test accuracy", summary.get("test_accuracy", last_epoch.get("test_accuracy"))),
         ("test loss", summary.get("test_loss", last_epoch.get("test_loss"))),
         ("train accuracy (last epoch)", last_epoch.get("train_accuracy")),

@@ -352,8 +352,8 @@ def test_a_torch_pickle_is_refused_without_unpickling(tmp_path, no_unpickling, c
 @pytest.mark.parametrize("content, phrase", [
     (b"", "not a safetensors file"),
     (b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": 1}", "not a safetensors file"),
-    (b"\x20\x00\x00\x00\x00\x00\x00\x00" + json.dumps({"w": {"dtype": "F32", "shape": [4, 4],
-     "data_offsets": [0, 64]}}).encode().ljust(32) + b"\x00" * 10, "not a valid safetensors"),
+    (b"\x48\x00\x00\x00\x00\x00\x00\x00" + json.dumps({"w": {"dtype": "F32", "shape": [4, 4],
+     "data_offsets": [0, 64]}}).encode().ljust(72) + b"\x00" * 10, "not a valid safetensors"),
 ])
 def test_broken_safetensors_files_are_one_line_errors(tmp_path, content, phrase, capsys):
     require("safetensors")
@@ -371,6 +371,14 @@ def test_a_pytorch_file_without_model_says_to_give_model(tmp_path, capsys):
     save_safetensors(tmp_path / "w.safetensors", build_model("mlp", np.random.default_rng(0)).state_dict())
     assert main(["evaluate", str(tmp_path / "w.safetensors"), "--dataset", "mnist"]) == 2
     assert "give the architecture with --model SPEC" in capsys.readouterr().err
+
+
+def test_safetensors_is_optional(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    path = save_checkpoint(tmp_path / "m.npz", build_model("mlp", np.random.default_rng(0)))
+    assert main(["export", str(path), "--format", "safetensors"]) == 2
+    assert "pip install 'cnnlab[safetensors]'" in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 def test_onnx_is_optional(tmp_path, monkeypatch, capsys):

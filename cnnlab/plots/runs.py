@@ -74,6 +74,8 @@ def predict_probabilities(model, x: np.ndarray, batch_size: int = 500) -> np.nda
 class Run:
     """A run folder's files, each read on first use."""
 
+    has_history = True   # metrics.jsonl: learning curves (a WeightsRun has none)
+
     def __init__(self, run: str | os.PathLike):
         self.path = resolve_run(run)
         self._evaluations: dict[int, Evaluation] = {}
@@ -201,13 +203,16 @@ class WeightsRun(Run):
         # what Run reads from the folder's files, filled in from the weights file
         self.__dict__.update({
             "_model_and_meta": (model_from_checkpoint(checkpoint), meta),
-            "config": {"model": meta.get("model"), "dataset": meta.get("dataset"),
-                       "data_dir": data_dir, "weights": str(self.path)},
+            "config": {key: value for key, value in (
+                ("model", meta.get("model")), ("dataset", meta.get("dataset")),
+                ("data_dir", data_dir), ("weights", str(self.path))) if value is not None},
             "summary": None, "metrics": [], "gradients": dict(checkpoint.grads)})
 
     @property
     def checkpoint_path(self) -> Path:
         return self.path
+
+    has_history = False
 
     @property
     def finished(self) -> bool:
