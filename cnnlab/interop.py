@@ -120,6 +120,7 @@ def save_safetensors(path: str | os.PathLike, state: dict, meta: dict | None = N
     ``safetensors.torch.load_file(path)`` gives a state_dict ``torch_model.load_state_dict``
     takes.
     """
+    from cnnlab.checkpoint import _json_default
     from cnnlab.fileio import atomic_write
 
     safetensors_numpy = _safetensors_numpy()
@@ -134,14 +135,6 @@ def save_safetensors(path: str | os.PathLike, state: dict, meta: dict | None = N
     with atomic_write(path, "wb") as stream:
         stream.write(data)
     return path
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:

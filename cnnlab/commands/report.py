@@ -25,10 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from cnnlab.report import write_report
-
     from cnnlab.errors import ConfigError
     from cnnlab.interop import is_safetensors
+    from cnnlab.report import write_report
     from cnnlab.runs import CONFIG_FILE
 
     source = args.run
