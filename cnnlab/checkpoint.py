@@ -30,6 +30,8 @@ import numpy as np
 from cnnlab.errors import CheckpointError, CnnlabError
 from cnnlab.formatting import format_shape
 from cnnlab.fileio import atomic_write
+# the one comparison of a state with a model, for checkpoints and safetensors files alike
+from cnnlab.interop import cast_to_model, check_state_fits  # noqa: F401 (check_state_fits re-exported)
 
 FORMAT = "cnnlab-checkpoint"
 VERSION = 1
@@ -409,7 +411,6 @@ def load_model(path: str | os.PathLike):
 
 def model_from_checkpoint(checkpoint: Checkpoint):
     """Build the model described by ``checkpoint.meta`` and load ``checkpoint.model_state``."""
-    from cnnlab.interop import cast_to_model
     from cnnlab.models import build_model
 
     meta = checkpoint.meta
@@ -428,13 +429,6 @@ def model_from_checkpoint(checkpoint: Checkpoint):
     model.load_state_dict(cast_to_model(model, checkpoint.model_state))
     model.eval()
     return model
-
-
-def check_state_fits(model, state: dict, source: str) -> None:
-    """Raise one CheckpointError listing every key and shape that differs (see cnnlab.interop)."""
-    from cnnlab.interop import check_state_fits as check
-
-    check(model, state, source)
 
 
 # weights from any file: a checkpoint, or a safetensors file (exported, or saved by PyTorch)
