@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import CheckpointError, CnnlabError
-from cnnlab.formatting import format_shape
 from cnnlab.fileio import atomic_write
 # the one comparison of a state with a model, for checkpoints and safetensors files alike
 from cnnlab.interop import cast_to_model, check_state_fits  # noqa: F401 (check_state_fits re-exported)

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import CheckpointError, CnnlabError
+from cnnlab.formatting import format_shape
 
 SAFETENSORS_SUFFIX = ".safetensors"
 META_KEY = "cnnlab"   # the __metadata__ entry holding cnnlab's checkpoint meta as JSON
@@ -39,27 +40,31 @@ _HEADER_LIMIT = 100_000_000  # safetensors' own limit on the JSON header
 # --------------------------------------------------------------------------- keys and shapes
 
 
-def state_shapes(state: dict) -> dict[str, tuple[int, ...]]:
-    """state_dict key -> shape, for arrays, tensors or anything with ``.shape``."""
-    return {key: tuple(int(size) for size in np.shape(value)) for key, value in state.items()}
+def state_mismatches(own: dict, state: dict) -> list[str]:
+    """Every difference between a model's ``state_dict()`` and a file's state, one phrase each.
 
-
-def state_mismatches(expected: dict, given: dict) -> list[str]:
-    """Every difference between two key -> shape maps, one phrase each, in the model's order.
-
-    Args:
-        expected: key -> shape of the model (``state_shapes(model.state_dict())``).
-        given: key -> shape of the file.
+    The comparison is :func:`cnnlab.nn.module.state_differences` (the one under
+    ``Module.load_state_dict`` too); this lists all of it, in the model's order.
 
     Returns:
         ``["missing 3.weight", "unexpected fc.weight", "7.weight (10,1568) in file vs
-        (10,3136) in model", ...]``; empty when every key is there with its shape.
+        (10,3136) in model", "0.weight complex64 in file vs float32 in model", ...]``;
+        empty when every key is there with its shape and a dtype that casts.
     """
-    problems = [f"missing {key}" for key in expected if key not in given]
-    problems += [f"unexpected {key}" for key in given if key not in expected]
-    problems += [f"{key} {format_shape(given[key])} in file vs {format_shape(expected[key])} "
-                 "in model" for key in expected if key in given and given[key] != expected[key]]
+    from cnnlab.nn.module import state_differences
+
+    differences = state_differences(own, state)
+    problems = [f"missing {key}" for key in differences.missing]
+    problems += [f"unexpected {key}" for key in differences.unexpected]
+    problems += [f"{key} {_shape(theirs)} in file vs {_shape(ours)} in model"
+                 for key, theirs, ours in differences.shapes]
+    problems += [f"{key} {theirs} in file vs {ours} in model"
+                 for key, theirs, ours in differences.dtypes]
     return problems
+
+
+def _shape(shape) -> str:
+    return format_shape(shape, ",", brackets=True)
 
 
 def check_state_fits(model, state: dict, source: str) -> None:
@@ -70,7 +75,7 @@ def check_state_fits(model, state: dict, source: str) -> None:
         state: key -> array (a checkpoint's ``model/`` arrays, a safetensors file's tensors).
         source: names the file (and spec) in the message.
     """
-    problems = state_mismatches(state_shapes(model.state_dict()), state_shapes(state))
+    problems = state_mismatches(model.state_dict(), state)
     if problems:
         hint = ""
         if any(problem.startswith(("missing", "unexpected")) for problem in problems):
@@ -83,10 +88,6 @@ def check_state_fits(model, state: dict, source: str) -> None:
                          "*model.features, *model.classifier).state_dict()")
         raise CheckpointError(f"state of {source} does not fit the model "
                               f"({len(problems)} mismatched): {'; '.join(problems)}{hint}")
-
-
-def format_shape(shape) -> str:
-    return "(" + ",".join(str(size) for size in shape) + ")"
 
 
 def cast_to_model(model, state: dict) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ four decimals), so the line does not jitter as it redraws.
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 import time
@@ -85,7 +86,7 @@ class ProgressBar:
         self.count = 0
         self.fields: dict[str, object] = {}
         self.start = time.perf_counter()
-        self._last_draw = 0.0
+        self._last_draw = -math.inf   # the first update draws, whatever the clock reads
         self._drawn_count = -1   # the count shown by the last line drawn
         self._notebook = _is_notebook_stream(self.stream)
         self._terminal = not self._notebook and bool(

@@ -26,10 +26,10 @@ from export_helpers import (fashion_source, randomize_batch_norm, real_dataset, 
 from conftest import FASHION_CLASSES
 
 # every layer kind and alias of the spec language (docs/models.md): conv with stride, dilation
-# and 'same' padding, batch norm after a conv and after a linear layer, every activation, both
+# and 'same' padding (an even kernel's too), batch norm after a conv and after a linear layer, every activation, both
 # pools with strides and padding, flatten, dropout
-EVERY_KIND = ("c8k3s2p1-bn-lrelu0.1-conv8k3d2psame-tanh-ap3s2p1-c8k3p1-sigmoid-maxpool3s1p1-"
-              "p2-flatten-drop0.2-fc32-bn-relu-linear16-tanh-dropout-fc12-lrelu")
+EVERY_KIND = ("c8k3s2p1-bn-lrelu0.1-conv8k3d2psame-tanh-c8k2psame-ap3s2p1-c8k3p1-sigmoid-"
+              "maxpool3s1p1-p2-flatten-drop0.2-fc32-bn-relu-linear16-tanh-dropout-fc12-lrelu")
 MODELS = ["mlp", "cnn", "cnn-bn", EVERY_KIND]
 REAL_IMAGES = 1000
 RELATIVE = 1e-5

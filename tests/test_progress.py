@@ -73,7 +73,7 @@ def test_a_file_gets_plain_lines_at_most_every_log_every_seconds():
     bar.close()
     text = stream.getvalue()
     assert "\r" not in text and "\033" not in text
-    assert text.count("\n") == 1      # within log_every: only the finished line
+    assert text.count("\n") == 2      # the first update, then (within log_every) the last
     assert " 100/100" in text.splitlines()[-1]
 
 

@@ -9,7 +9,8 @@ state_dict key, so a model viewer (Netron) shows the network as the lecture draw
 =================  =========================================================================
 cnnlab layer       ONNX operator (opset :data:`OPSET`)
 =================  =========================================================================
-Conv2d             Conv (pads, strides, dilations, group; the bias as third input)
+Conv2d             Conv (pads, also 'same' with an even kernel's extra zero at the
+                   bottom/right, strides, dilations, group; the bias as third input)
 Linear             Gemm with transB=1: y = x W^T + b, W kept in PyTorch's (out, in) layout
 MaxPool2d          MaxPool (padding never wins the max, as in PyTorch)
 AvgPool2d          AveragePool with count_include_pad=1 (PyTorch's default)
@@ -55,7 +56,7 @@ def _pair(value) -> list[int]:
 
 
 def _pads(padding) -> list[int]:
-    """PyTorch's symmetric (pad_h, pad_w) as ONNX's [top, left, bottom, right]."""
+    """A pool's symmetric (pad_h, pad_w) as ONNX's [top, left, bottom, right]."""
     pad_h, pad_w = _pair(padding)
     return [pad_h, pad_w, pad_h, pad_w]
 
@@ -84,13 +85,16 @@ class _GraphBuilder:
 
 def _add_layer(builder: _GraphBuilder, name: str, layer) -> None:
     """The ONNX node of one cnnlab layer (see the table in the module docstring)."""
+    from cnnlab.ops.conv import conv2d_padding
     kind = type(layer).__name__
     if kind == "Conv2d":
         inputs = [builder.constant(f"{name}.weight", layer.weight.data)]
         if layer.bias is not None:
             inputs.append(builder.constant(f"{name}.bias", layer.bias.data))
+        top, bottom, left, right = conv2d_padding(layer.padding, layer.kernel_size, layer.stride,
+                                                  layer.dilation)
         builder.node("Conv", name, inputs, kernel_shape=list(layer.kernel_size),
-                     strides=list(layer.stride), pads=_pads(layer._op_padding),
+                     strides=list(layer.stride), pads=[top, left, bottom, right],
                      dilations=list(layer.dilation), group=int(layer.groups))
     elif kind == "Linear":
         inputs = [builder.constant(f"{name}.weight", layer.weight.data)]
