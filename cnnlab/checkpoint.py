@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import CheckpointError, CnnlabError
-from cnnlab.fileio import atomic_write
+from cnnlab.fileio import atomic_write, read_start
 # the one comparison of a state with a model, for checkpoints and safetensors files alike
 from cnnlab.interop import cast_to_model, check_state_fits  # noqa: F401 (check_state_fits re-exported)
 
@@ -287,12 +287,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     """Every array of the npz at ``path``, after checking each member's header."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as stream:
-            start = stream.read(4)
-    except OSError as error:
-        raise CheckpointError(f"{path}: cannot read ({error.strerror or error})") from None
+    size, start = read_start(path, 4, CheckpointError)
     if not start.startswith(b"PK"):
         raise CheckpointError(_not_npz_message(path, start, size))
     try:

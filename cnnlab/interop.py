@@ -170,12 +170,9 @@ def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
 
 def _check_safetensors_header(path: Path) -> None:
     """A one-line reason for the commonest wrong files, before safetensors sees them."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as stream:
-            start = stream.read(9)
-    except OSError as error:
-        raise CheckpointError(f"{path}: cannot read ({error.strerror or error})") from None
+    from cnnlab.fileio import read_start
+
+    size, start = read_start(path, 9, CheckpointError)
     if start[:1] == b"\x80" or start.startswith(b"PK"):
         raise CheckpointError(f"{path} is a PyTorch pickle (torch.save), not safetensors: refused "
                               "(cnnlab never unpickles); in PyTorch, save it with "
