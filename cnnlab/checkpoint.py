@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import CheckpointError, CnnlabError
-from cnnlab.formatting import format_shape
-from cnnlab.fileio import atomic_write
+from cnnlab.fileio import atomic_write, read_start
+# the one comparison of a state with a model, for checkpoints and safetensors files alike
+from cnnlab.interop import cast_to_model, check_state_fits  # noqa: F401 (check_state_fits re-exported)
 
 FORMAT = "cnnlab-checkpoint"
 VERSION = 1
@@ -286,12 +287,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     """Every array of the npz at ``path``, after checking each member's header."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as stream:
-            start = stream.read(4)
-    except OSError as error:
-        raise CheckpointError(f"{path}: cannot read ({error.strerror or error})") from None
+    size, start = read_start(path, 4, CheckpointError)
     if not start.startswith(b"PK"):
         raise CheckpointError(_not_npz_message(path, start, size))
     try:
@@ -424,30 +420,102 @@ def model_from_checkpoint(checkpoint: Checkpoint):
         raise CheckpointError(f"{checkpoint.path}: cannot rebuild model '{spec}' from meta: "
                               f"{error}") from None
     check_state_fits(model, checkpoint.model_state, f"{checkpoint.path} (model '{spec}')")
-    model.load_state_dict(checkpoint.model_state)
+    model.load_state_dict(cast_to_model(model, checkpoint.model_state))
     model.eval()
     return model
 
 
-def check_state_fits(model, state: dict, source: str) -> None:
-    """Raise one compact CheckpointError listing keys and shapes that differ."""
-    from cnnlab.nn.module import state_differences
+# weights from any file: a checkpoint, or a safetensors file (exported, or saved by PyTorch)
 
-    differences = state_differences(model.state_dict(), state)
-    problems = [f"missing {key}" for key in differences.missing]
-    problems += [f"unexpected {key}" for key in differences.unexpected]
-    problems += [f"{key} {_shape(theirs)} in file vs {_shape(ours)} in model"
-                 for key, theirs, ours in differences.shapes]
-    problems += [f"{key} {theirs} in file vs {ours} in model"
-                 for key, theirs, ours in differences.dtypes]
-    if problems:
-        shown = "; ".join(problems[:4])
-        more = f" (+{len(problems) - 4} more)" if len(problems) > 4 else ""
-        raise CheckpointError(f"state of {source} does not fit the model: {shown}{more}")
+def load_weights(path: str | os.PathLike, model: str | None = None) -> Checkpoint:
+    """A checkpoint (``.npz`` or run folder) or a ``.safetensors`` file, as a :class:`Checkpoint`.
+
+    Args:
+        path: the file or run folder.
+        model: the model spec the weights belong to. A safetensors file exported by cnnlab
+            names its own; one saved by PyTorch needs it. Given with a checkpoint, it must be
+            the checkpoint's own spec.
+
+    Returns:
+        A Checkpoint whose meta has at least ``model``, ``input_shape`` and ``num_classes``
+        (for a plain PyTorch file: input (1, 28, 28), the classes from the last linear
+        layer, ``x / 255`` inputs as in the lecture notes); load it with
+        :func:`model_from_checkpoint`.
+
+    Raises:
+        CheckpointError: unreadable or unsafe file, no model spec, or weights that do not fit
+            the spec (every mismatched key listed).
+    """
+    from cnnlab.interop import is_safetensors, load_safetensors
+
+    if not is_safetensors(path):
+        checkpoint = load_checkpoint(path)
+        saved = checkpoint.meta.get("model")
+        if model is not None and saved is not None and model.strip() != str(saved).strip():
+            raise CheckpointError(f"{checkpoint.path} holds model '{saved}', not '{model}': drop "
+                                  "--model (a checkpoint names its own model)")
+        return checkpoint
+    state, meta = load_safetensors(path)
+    meta = dict(meta)
+    if model is not None:
+        meta["model"] = model.strip()
+    if not isinstance(meta.get("model"), str):
+        raise CheckpointError(f"{path} does not say which model it holds (no cnnlab metadata): "
+                              "give the architecture with --model SPEC (mlp, cnn, cnn-bn or a "
+                              "spec, docs/export.md)")
+    meta.setdefault("format", FORMAT)
+    meta.setdefault("version", VERSION)
+    meta.setdefault("input_shape", [1, 28, 28])
+    meta.setdefault("normalization", {"kind": "unit"})   # the lecture notes' X / 255
+    if "num_classes" not in meta:
+        meta["num_classes"] = _classifier_width(state, path)
+    return Checkpoint(model_state=state, optimizer_state=None, meta=meta, path=str(path))
 
 
-def _shape(shape) -> str:
-    return format_shape(shape, ",", brackets=True)
+def _classifier_width(state: dict, path) -> int:
+    """The output width of the last 2-D weight: the classifier Linear(features, K)."""
+    weights = [key for key, value in state.items()
+               if key.endswith("weight") and np.ndim(value) == 2]
+    if not weights:
+        raise CheckpointError(f"{path} has no linear layer weight (a 2-D '...weight'): it does "
+                              "not hold a classifier cnnlab can build")
+    return int(np.shape(state[max(weights, key=_natural_key)])[0])
+
+
+def input_preparation(meta: dict) -> dict:
+    """How a raw image becomes the model's input, from a checkpoint's meta (JSON-able).
+
+    The one description exports carry (ONNX metadata_props, safetensors metadata):
+    ``{"input_shape": [1, 28, 28], "layout": "NCHW", "dtype": "float32", "pixels":
+    "uint8 0..255, grayscale", "normalization": {"kind": "standard", "mean": m, "std": s},
+    "formula": "x = (pixel / 255 - mean) / std"}``, plus the preparation of image files
+    (``meta["preprocess"]``) when the checkpoint records one.
+    """
+    normalization = dict(meta.get("normalization") or {"kind": "unit"})
+    normalization = {key: value for key, value in normalization.items() if value is not None}
+    if normalization.get("kind") == "standard":
+        formula = (f"x = (pixel / 255 - {normalization.get('mean')}) / "
+                   f"{normalization.get('std')}")
+    else:
+        formula = "x = pixel / 255"
+    preparation = {
+        "input_shape": [int(size) for size in meta.get("input_shape", (1, 28, 28))],
+        "layout": "NCHW",
+        "dtype": "float32",
+        "pixels": "uint8 0..255, grayscale, light ink on a dark background (MNIST's polarity)",
+        "normalization": normalization,
+        "formula": formula,
+    }
+    if meta.get("preprocess") is not None:
+        preparation["preprocess"] = meta["preprocess"]
+    return preparation
+
+
+def class_names(meta: dict) -> list[str]:
+    """The checkpoint's class names, or "0".."K-1" when it has none that fit."""
+    num_classes = int(meta.get("num_classes", 10))
+    classes = [str(name) for name in (meta.get("classes") or [])]
+    return classes if len(classes) == num_classes else [str(index) for index in range(num_classes)]
 
 
 # PyTorch interchange

@@ -23,6 +23,7 @@ COMMANDS = {
     "train": "train",
     "evaluate": "evaluate",
     "predict": "predict",
+    "export": "export",
     "summary": "summary",
     "data": "data",
     "report": "report",

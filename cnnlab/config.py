@@ -88,6 +88,9 @@ class TrainConfig:
             "cuda", "cuda:N" or "mps". The NumPy engine runs on the CPU only.
         world_size: processes training together (torchrun's WORLD_SIZE; 1 without torchrun).
             Recorded, not chosen: ``batch_size`` is the global batch, split over the ranks.
+        init_from: start from these weights instead of random ones (fine-tuning): a run
+            folder, a checkpoint ``.npz`` or a ``.safetensors`` file (from PyTorch or ``cnnlab
+            export``) whose keys and shapes fit ``model``. The optimizer starts afresh.
     """
 
     model: str = "cnn"
@@ -117,6 +120,7 @@ class TrainConfig:
     backend: str = "numpy"
     device: str = "auto"
     world_size: int = 1
+    init_from: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -128,7 +132,7 @@ _INT_FIELDS = {"epochs", "batch_size", "step_epochs", "seed", "limit_train", "li
 _FLOAT_FIELDS = {"lr", "gamma", "momentum", "weight_decay", "val_fraction"}
 _BOOL_FIELDS = {"progress", "report", "wandb"}
 _OPTIONAL_FIELDS = {"data_dir", "epochs", "lr", "step_epochs", "limit_train", "limit_test",
-                    "threads", "wandb_name"}
+                    "threads", "wandb_name", "init_from"}
 
 
 def suggest(value: str, choices) -> str:

@@ -60,3 +60,14 @@ def write_json(path: str | os.PathLike, data) -> None:
     with atomic_write(path, "w") as stream:
         json.dump(data, stream, indent=2, sort_keys=False)
         stream.write("\n")
+
+
+def read_start(path: Path, count: int, error=None) -> tuple[int, bytes]:
+    """(size in bytes, the first ``count`` bytes) of ``path``, to tell a file's format by its
+    start; an OSError becomes ``error`` (a CnnlabError class) naming the file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as stream:
+            return size, stream.read(count)
+    except OSError as problem:
+        raise (error or ConfigError)(f"{path}: cannot read ({problem.strerror or problem})") from None

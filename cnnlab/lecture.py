@@ -461,8 +461,10 @@ def _image_2d(x) -> np.ndarray:
 def plot(x, path: str | os.PathLike | None = None, size_inches: float = 10.0):
     """Show one grayscale image (the notes' ``plot``); returns the matplotlib Figure.
 
-    Uses matplotlib's Agg canvas, so no display is needed; in a notebook the
-    returned figure is drawn. Tensors are moved to the CPU and detached first.
+    Uses matplotlib's Agg canvas, so no display is needed. In a Jupyter notebook it
+    shows the image in the cell's output right away, as the notes' ``plt.show()`` does,
+    and returns None (so the image is not shown twice). Tensors are moved to the CPU and
+    detached first.
 
     Args:
         x: the image, a tensor or array.
@@ -472,6 +474,8 @@ def plot(x, path: str | os.PathLike | None = None, size_inches: float = 10.0):
     Shape:
         - x: :math:`(H, W)`, or anything that squeezes to it such as :math:`(1, H, W)`.
     """
+    from cnnlab.notebook import show_now
+
     image = _image_2d(x)
     figure = _figure_class()(figsize=(size_inches, size_inches))
     axes = figure.add_subplot()
@@ -479,7 +483,8 @@ def plot(x, path: str | os.PathLike | None = None, size_inches: float = 10.0):
     axes.axis("off")
     if path is not None:
         save_figure(figure, path)
-    return figure
+    # in a notebook the notes' plot() shows the image at once (plt.show()) and returns None
+    return None if show_now(figure) else figure
 
 
 def save_figure(figure, path: str | os.PathLike) -> None:

@@ -110,7 +110,8 @@ def _summary_rows(run) -> list[tuple[str, object]]:
     rows = [
         ("model", summary.get("model", config.get("model"))),
         ("dataset", summary.get("dataset", config.get("dataset"))),
-        ("epochs done", f"{len(epochs)} of {summary.get('epochs') or config.get('epochs') or '?'}"),
+        ("epochs done", f"{len(epochs)} of {summary.get('epochs') or config.get('epochs') or '?'}"
+         if run.has_history else None),
         ("test accuracy", summary.get("test_accuracy", last_epoch.get("test_accuracy"))),
         ("test loss", summary.get("test_loss", last_epoch.get("test_loss"))),
         ("train accuracy (last epoch)", last_epoch.get("train_accuracy")),
@@ -163,14 +164,15 @@ def _explorer_html(run) -> str:
                 f"({_escape(error)})</p></section>")
 
 
-def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> str:
-    """The report of the run folder ``run_dir`` as one HTML string (see :func:`write_report`);
-    ``out``, where it will be written, places the live view's link to ``RUN/live.js``."""
+def build_report(run_dir, out: str | os.PathLike | None = None) -> str:
+    """The report of the run folder ``run_dir`` (or a ``plots.Run``) as one HTML string (see
+    :func:`write_report`); ``out``, where it will be written, places the live view's link to
+    ``RUN/live.js``."""
     from cnnlab.explorer.page import live_section, live_src_for
     from cnnlab.plots import PlotOptions, Run, require_matplotlib
 
     require_matplotlib()
-    run = Run(run_dir)
+    run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
     options = PlotOptions()
     navigation = " ".join(f'<a href="#{section.anchor}">{_escape(section.title)}</a>'
                           for section in SECTIONS) + ' <a href="#explorer">Explorer</a>'
@@ -194,12 +196,19 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     )
 
 
+def default_report_path(source: str | os.PathLike) -> Path:
+    """``RUN/report.html`` for a run folder, ``NAME.report.html`` beside a weights file."""
+    source = Path(source)
+    return source.with_suffix(".report.html") if source.is_file() else source / REPORT_NAME
+
+
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write the self-contained HTML report of ``run_dir``, atomically.
 
     Args:
-        run_dir: a run folder made by ``cnnlab train``.
-        out: the HTML file to write (default ``run_dir/report.html``).
+        run_dir: a run folder made by ``cnnlab train``, or a ``plots.Run`` (a
+            ``plots.WeightsRun`` for a weights file without a run folder).
+        out: the HTML file to write (default :func:`default_report_path`).
 
     Returns:
         the path written.
@@ -209,7 +218,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
             folder does not exist. A figure whose inputs are not there yet (no checkpoint, the
             dataset not on this machine) becomes a note in the page instead.
     """
-    path = Path(out) if out is not None else Path(run_dir) / REPORT_NAME
+    path = Path(out) if out is not None else default_report_path(getattr(run_dir, "path", run_dir))
     document = build_report(run_dir, path)
     with atomic_write(path, "wb") as stream:
         stream.write(document.encode("utf-8"))

@@ -167,6 +167,21 @@ def _build_model(config: TrainConfig, input_shape, num_classes: int):
                        input_shape=input_shape, num_classes=num_classes)
 
 
+def _initialize_from(config: TrainConfig, model) -> None:
+    """Load ``config.init_from``'s weights into ``model`` (every mismatched key in one error)."""
+    from cnnlab.checkpoint import check_state_fits, load_weights
+    from cnnlab.interop import cast_to_model, is_safetensors
+
+    if config.init_from is None:
+        return
+    # a PyTorch safetensors file names no model: it is taken to be the one being trained
+    checkpoint = load_weights(config.init_from,
+                              config.model if is_safetensors(config.init_from) else None)
+    check_state_fits(model, checkpoint.model_state,
+                     f"--init-from {checkpoint.path} (for model '{config.model}')")
+    model.load_state_dict(cast_to_model(model, checkpoint.model_state))
+
+
 def _resolve_threads(config: TrainConfig, model, input_shape) -> None:
     """Fill in ``config.threads`` (None: one per core, enough work per thread; under torchrun
     the cores are shared by the machine's ranks, each with its part of the batch)."""
@@ -304,9 +319,17 @@ class Trainer:
         """Raise ConfigError for an engine setting this machine cannot run, before a run
         folder is made (the NumPy engine runs anywhere)."""
 
+    def _initial_model(self):
+        """The cnnlab model a run starts from: the seed's weights, or ``--init-from``'s (a
+        resumed run restores its own weights later)."""
+        model = _build_model(self.config, self.input_shape, self.num_classes)
+        if self.progress.global_step == 0:
+            _initialize_from(self.config, model)
+        return model
+
     def _build_engine(self) -> None:
         config = self.config
-        self.model = _build_model(config, self.input_shape, self.num_classes)
+        self.model = self._initial_model()
         self.dropout_rng = np.random.default_rng([config.seed, 1])
         _attach_dropout_rng(self.model, self.dropout_rng)
         self.optimizer = build_optimizer(config, self.model.parameters())
@@ -754,6 +777,7 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, runs_root: str
     # Build once before making the folder, so a bad model spec leaves no empty run folder.
     input_shape = (1,) + tuple(data.train_images.shape[1:])
     model = _build_model(config, input_shape, len(data.classes))
+    _initialize_from(config, model)  # weights that do not fit fail before the folder is made
     if config.backend == "numpy":
         _resolve_threads(config, model, input_shape)
 

@@ -113,7 +113,9 @@ def test_state_from_another_architecture_lists_keys_and_shapes(tmp_path, rng):
                                               r"\(64,32,5,5\) in model"):
         load_model(path)
     path = save_checkpoint(tmp_path / "b.npz", model, meta={"model": "mlp"})
-    with pytest.raises(CheckpointError, match=r"missing 1.weight.*more\)") as error:
+    # every mismatched key is listed (issue 17), not the first few and a count
+    with pytest.raises(CheckpointError, match=r"\(8 mismatched\): missing 1.weight.*unexpected "
+                                              r"7.bias; .*3.bias \(64\) in file vs \(10\) in model") as error:
         load_model(path)
     assert "\n" not in str(error.value)
 

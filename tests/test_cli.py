@@ -5,7 +5,7 @@ import sys
 
 from cnnlab.cli import COMMANDS, main
 
-HEAVY = ("torch", "matplotlib", "wandb", "PIL")
+HEAVY = ("torch", "matplotlib", "wandb", "PIL", "onnx", "onnxruntime", "safetensors")
 
 
 def _modules_after(code: str) -> set[str]:
@@ -20,7 +20,8 @@ def test_help_imports_neither_numpy_nor_optional_dependencies():
 
 
 def test_import_cnnlab_and_its_engine_never_imports_optional_dependencies():
-    loaded = _modules_after("import cnnlab\nfrom cnnlab import ops, nn, optim, data, models, checkpoint")
+    loaded = _modules_after("import cnnlab\nfrom cnnlab import ops, nn, optim, data, models, checkpoint\n"
+                            "import cnnlab.export, cnnlab.interop, cnnlab.commands.export")
     assert not set(HEAVY) & loaded, sorted(set(HEAVY) & loaded)
 
 

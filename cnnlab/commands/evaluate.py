@@ -9,7 +9,12 @@ HELP = "test accuracy, loss, per-class accuracy and confusion matrix of a traine
 
 def add_arguments(parser) -> None:
     parser.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT",
-                        help="a run folder (uses its checkpoint.npz) or a checkpoint .npz file")
+                        help="a run folder (uses its checkpoint.npz), a checkpoint .npz file, or "
+                             "a .safetensors file (from PyTorch: give --model)")
+    parser.add_argument("--model", default=None, metavar="SPEC",
+                        help="the architecture of a .safetensors file saved by PyTorch (mlp, "
+                             "cnn, cnn-bn or a spec; its inputs are taken as x / 255, as in the "
+                             "lecture notes)")
     parser.add_argument("--dataset", default=None, metavar="NAME",
                         help="dataset name or folder of IDX files (default: the one it was "
                              "trained on)")
@@ -22,7 +27,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from cnnlab.checkpoint import load_checkpoint, model_from_checkpoint
+    from cnnlab.checkpoint import load_weights, model_from_checkpoint
     from cnnlab.data import load_dataset
     from cnnlab.errors import ConfigError
     from cnnlab.evaluation import evaluate
@@ -31,7 +36,7 @@ def run(args) -> int:
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}: give the evaluation batch size, e.g. 256")
-    checkpoint = load_checkpoint(args.checkpoint)
+    checkpoint = load_weights(args.checkpoint, args.model)
     model = model_from_checkpoint(checkpoint)
     meta = checkpoint.meta
     dataset_name = args.dataset or _dataset_name(meta.get("dataset"))

@@ -7,12 +7,14 @@ HELP = "classify images (PNG, JPEG, IDX) with a trained model: top-k classes and
 
 def add_arguments(parser) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
-                        help="a checkpoint .npz file or a run folder")
+                        help="a checkpoint .npz file, a run folder or a .safetensors file")
     parser.add_argument("images", metavar="IMAGE", nargs="+",
                         help="image files: PNG/JPEG/... (prepared like MNIST: dark background, "
                              "centred, 20-pixel box) or IDX files (each image used as it is)")
     parser.add_argument("--top-k", type=int, default=3, metavar="K",
                         help="how many classes to show per image (default 3)")
+    parser.add_argument("--model", default=None, metavar="SPEC",
+                        help="the architecture of a .safetensors file saved by PyTorch")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -21,7 +23,7 @@ def run(args) -> int:
 
     import numpy as np
 
-    from cnnlab.checkpoint import load_model
+    from cnnlab.checkpoint import load_weights, model_from_checkpoint
     from cnnlab.errors import ConfigError
     from cnnlab.evaluation import predict_logits
     from cnnlab.images import load_inputs, to_model_input
@@ -29,7 +31,8 @@ def run(args) -> int:
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
-    model, meta = load_model(args.checkpoint)
+    checkpoint = load_weights(args.checkpoint, args.model)
+    model, meta = model_from_checkpoint(checkpoint), checkpoint.meta
     input_shape = tuple(meta.get("input_shape", (1, 28, 28)))
     if len(input_shape) != 3 or input_shape[0] != 1:
         raise ConfigError(f"this model takes inputs of shape {input_shape}; predict reads "

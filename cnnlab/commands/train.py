@@ -11,7 +11,7 @@ CONFIG_OPTIONS = ("model", "dataset", "data_dir", "epochs", "batch_size", "optim
                   "schedule", "step_epochs", "gamma", "momentum", "weight_decay", "seed",
                   "normalization", "val_fraction", "limit_train", "limit_test", "threads", "log_every",
                   "wandb", "wandb_project", "wandb_name", "progress", "report", "backend",
-                  "device")
+                  "device", "init_from")
 
 
 def _default(name: str) -> str:
@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       f"({_default('val_fraction')})")
     what.add_argument("--normalization", help="unit (x/255) or standard (training-set mean/std); "
                       f"{_default('normalization')}")
+    what.add_argument("--init-from", metavar="FILE",
+                      help="start from these weights (fine-tune): a run folder, checkpoint .npz "
+                      "or .safetensors file (e.g. from PyTorch) that fits --model")
     how = parser.add_argument_group("how to train")
     how.add_argument("--epochs", type=int, help="passes over the training set "
                      "(default: the model's, see docs/training.md)")

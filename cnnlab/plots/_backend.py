@@ -44,8 +44,11 @@ def new_figure(width: float, height: float, layout: str | None = "constrained"):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from cnnlab.notebook import show_figures_inline
+
     figure = Figure(figsize=(width, height), layout=layout)
     FigureCanvasAgg(figure)
+    show_figures_inline()   # in a Jupyter kernel, a cell ending in a figure shows it
     return figure
 
 

@@ -6,7 +6,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Callable
 
-from cnnlab.errors import ConfigError
+from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.plots import data_figures, model_figures
 from cnnlab.plots.runs import Run, to_model_input
 
@@ -37,6 +37,8 @@ def _histogram(run: Run, options: PlotOptions):
 
 
 def _curves(run: Run, options: PlotOptions):
+    if not run.has_history:
+        raise CheckpointError(f"{run.path.name} holds weights only, no training history")
     return data_figures.learning_curves(run.metrics)
 
 

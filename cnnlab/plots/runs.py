@@ -74,6 +74,8 @@ def predict_probabilities(model, x: np.ndarray, batch_size: int = 500) -> np.nda
 class Run:
     """A run folder's files, each read on first use."""
 
+    has_history = True   # metrics.jsonl: learning curves (a WeightsRun has none)
+
     def __init__(self, run: str | os.PathLike):
         self.path = resolve_run(run)
         self._evaluations: dict[int, Evaluation] = {}
@@ -178,3 +180,46 @@ class Run:
                 num_classes=len(self.classes), keep_outputs=True,
                 threads=threads_for(self.model, input_shape, batch_size))
         return self._evaluations[limit]
+
+
+class WeightsRun(Run):
+    """The figures of weights without a run folder: a ``.safetensors`` file (trained in PyTorch,
+    or exported) or a checkpoint ``.npz``, with the dataset to show them on.
+
+    There is no training history, so the learning curves and gradient figures are left out;
+    everything computed from the weights and the test set is there::
+
+        run = WeightsRun("lecture-cnn.safetensors", model="cnn", dataset="mnist")
+        plots.filters(run.model)
+    """
+
+    def __init__(self, path: str | os.PathLike, model: str | None = None,
+                 dataset: str | None = None, data_dir: str | None = None):
+        from cnnlab.checkpoint import load_weights, model_from_checkpoint
+
+        checkpoint = load_weights(path, model)
+        meta = dict(checkpoint.meta)
+        if dataset is not None:
+            meta["dataset"] = dataset
+        if not meta.get("dataset"):
+            raise ConfigError(f"{path} does not say which dataset it was trained on: give "
+                              "--dataset NAME")
+        self.path = Path(checkpoint.path)
+        self._evaluations = {}
+        # what Run reads from the folder's files, filled in from the weights file
+        self.__dict__.update({
+            "_model_and_meta": (model_from_checkpoint(checkpoint), meta),
+            "config": {key: value for key, value in (
+                ("model", meta.get("model")), ("dataset", meta.get("dataset")),
+                ("data_dir", data_dir), ("weights", str(self.path))) if value is not None},
+            "summary": None, "metrics": [], "gradients": dict(checkpoint.grads)})
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path
+
+    has_history = False
+
+    @property
+    def finished(self) -> bool:
+        return True   # nothing is training: the report does not reload itself

@@ -63,8 +63,8 @@ class TorchTrainer(Trainer):
             torch.cuda.set_device(self.device)   # NCCL and DDP use the current device
         elif config.threads is not None:
             torch.set_num_threads(config.threads)
-        # the NumPy engine's initial weights for this seed: both backends start from one point
-        initial = _build_model(config, self.input_shape, self.num_classes).state_dict()
+        # the NumPy engine's initial weights (the seed's, or --init-from's): one starting point
+        initial = self._initial_model().state_dict()
         self.module = build_torch_model(config.model, self.input_shape, self.num_classes,
                                         initial).to(self.device)
         self.model = NumpyView(self.module, self.device)
