@@ -12,7 +12,6 @@ taken against the better of the two.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import math
 import os
@@ -27,32 +26,18 @@ from typing import Callable
 import numpy as np
 
 from cnnlab.fileio import write_json
-from cnnlab.ops import _gemm, _kernels, _winograd
+from cnnlab import backend
 
 
 # ---------------------------------------------------------------------------
 # Environment: CPU, BLAS library, the kernel it chose, threads
 # ---------------------------------------------------------------------------
 
-def _cpuinfo_field(name: str) -> str | None:
-    """The first value of field ``name`` in /proc/cpuinfo (None elsewhere)."""
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as stream:
-            for line in stream:
-                if line.startswith(name):
-                    return line.split(":", 1)[1].strip()
-    return None
-
-
-def _cpu_name() -> str:
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
-
-
 def _cpu_has_avx512() -> bool:
-    return "avx512f" in (_cpuinfo_field("flags") or "").split()
+    return backend.dispatch.cpu().can_run("avx512")
 
 
-# OpenBLAS kernels (get_corename, lower case) that use AVX-512.
+# OpenBLAS kernels (its core types, any case) that use AVX-512.
 _AVX512_KERNELS = ("skylakex", "cooperlake", "sapphirerapids", "zen4", "zen5")
 
 
@@ -67,63 +52,15 @@ def blas_kernel_note(blas: dict) -> str | None:
     return None
 
 
-def _openblas_library() -> ctypes.CDLL | None:
-    """The OpenBLAS that NumPy loaded, found among this process's mapped libraries."""
-    with contextlib.suppress(OSError):
-        with open("/proc/self/maps") as stream:
-            paths = {line.split()[-1] for line in stream if "openblas" in line.lower() and "/" in line}
-        for path in sorted(paths):
-            with contextlib.suppress(OSError):
-                return ctypes.CDLL(path)
-    return None
-
-
-def _openblas_call(library, names: tuple[str, ...], restype):
-    for name in names:
-        function = getattr(library, name, None)
-        if function is not None:
-            function.restype = restype
-            return function()
-    return None
-
-
-def blas_info() -> dict:
-    """Which BLAS NumPy uses, the kernel OpenBLAS picked for this CPU, and its threads."""
-    info: dict = {"numpy": np.__version__}
-    with contextlib.suppress(Exception):
-        config = np.show_config(mode="dicts")
-        blas = config.get("Build Dependencies", {}).get("blas", {})
-        info["library"] = blas.get("name")
-        info["library_version"] = blas.get("version")
-    library = _openblas_library()
-    if library is not None:
-        prefixes = ("scipy_openblas", "openblas")
-        suffixes = ("64_", "")
-        corename = _openblas_call(library, tuple(f"{p}_get_corename{s}" for p in prefixes for s in suffixes),
-                                  ctypes.c_char_p)
-        config = _openblas_call(library, tuple(f"{p}_get_config{s}" for p in prefixes for s in suffixes),
-                                ctypes.c_char_p)
-        threads = _openblas_call(library, tuple(f"{p}_get_num_threads{s}" for p in prefixes for s in suffixes),
-                                 ctypes.c_int)
-        info["kernel"] = corename.decode() if corename else None
-        info["config"] = config.decode() if config else None
-        info["threads"] = threads
-    info["env"] = {name: os.environ.get(name) for name in
-                   ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE")
-                   if os.environ.get(name) is not None}
-    return info
-
-
 def environment(torch_module=None) -> dict:
+    details = backend.info()
     env = {
-        "cpu": _cpu_name(),
+        "cpu": details["cpu"],
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "blas": blas_info(),
-        "kernels": _kernels.describe(),
-        "conv_gemm": _gemm.describe(),
-        "winograd": _winograd.describe(),
+        "blas": details["blas"],
+        "backend": details,
     }
     if torch_module is not None:
         env["torch"] = {
@@ -289,7 +226,7 @@ def _flops_per_image(model, kind: str) -> int:
 def _data_parallel(model, threads: int, batch_size: int):
     """The batch split over threads as `cnnlab train` and `cnnlab evaluate` split it (as many
     as their default would use: enough work per thread), at most ``threads``."""
-    from cnnlab.parallel import DataParallel, default_threads
+    from cnnlab.backend.parallel import DataParallel, default_threads
 
     flops = _flops_per_image(model, "inference")
     return DataParallel(model, max(1, min(threads, default_threads(batch_size, flops))))
@@ -668,11 +605,13 @@ def format_results(results: dict) -> str:
     blas = env["blas"]
     lines = [
         f"cnnlab bench  {results['date']}  {env['cpu']}  ({env['cores']} cores, {results['threads']} threads)",
-        f"NumPy {blas.get('numpy')}  BLAS {blas.get('library')} {blas.get('library_version') or ''}  "
+        f"NumPy {blas.get('numpy')}  BLAS {blas.get('library')} {blas.get('version') or ''}  "
         f"kernel {blas.get('kernel')}  BLAS threads {blas.get('threads')}  env {blas.get('env') or '{}'}",
     ]
-    lines.append(f"compiled kernels: {env.get('kernels', '-')}; convolution GEMM: {env.get('conv_gemm', '-')}")
-    lines.append(f"Winograd: {env.get('winograd', '-')}")
+    if "backend" in env:
+        lines.append(f"kernel level {env['backend']['level']} (runnable: "
+                     f"{', '.join(env['backend']['runnable_levels'])})")
+        lines += [f"  {family:<9} {text}" for family, text in env["backend"]["families"].items()]
     note = blas_kernel_note(blas)
     if note:
         lines.append(note)

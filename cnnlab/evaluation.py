@@ -21,7 +21,7 @@ from cnnlab.validation import positive_int
 def _eval_forward(model, threads: int):
     """``model``'s forward in eval mode, each batch split over ``threads`` threads
     (cnnlab.parallel.DataParallel); the model's mode is restored afterwards."""
-    from cnnlab.parallel import DataParallel
+    from cnnlab.backend.parallel import DataParallel
 
     parallel = DataParallel(model, threads)
     was_training = model.training
@@ -67,7 +67,7 @@ def predict_logits(model, x: np.ndarray, batch_size: int = 256, threads: int = 1
         model: an ``nn.Module`` (usually the ``Sequential`` from ``build_model``).
         x: (N, C, H, W) or (N, F) float inputs, normalised as the model was trained.
         batch_size: images per forward pass; larger is faster and uses more memory.
-        threads: each batch split over this many threads (``cnnlab.parallel.threads_for``
+        threads: each batch split over this many threads (``cnnlab.backend.parallel.threads_for``
             picks a good number for a model).
 
     Returns:

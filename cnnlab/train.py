@@ -6,7 +6,7 @@ One step is the lecture's minibatch gradient descent::
     model.backward(dlogits);  optimizer.step()
 
 with the forward and backward split over ``config.threads`` shards of the batch
-(cnnlab/parallel.py): one thread and model replica per shard, gradients summed.
+(cnnlab/backend/parallel.py): one thread and model replica per shard, gradients summed.
 
 Everything random is drawn from generators seeded by ``config.seed``: the
 weights (``default_rng(seed)``), the data order (``epoch_order(n, seed, epoch)``)
@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab import runs
+from cnnlab import backend, runs
+from cnnlab.backend.parallel import DataParallel
 from cnnlab.config import TrainConfig, load_config_file, resolve_config
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, TrainingError
 from cnnlab.fileio import write_json
-from cnnlab.parallel import DataParallel
 from cnnlab.progress import ProgressBar
 
 #: While a run goes on, report.html is redrawn after the first epoch and then at most this
@@ -171,7 +171,7 @@ def _build_model(config: TrainConfig, input_shape, num_classes: int):
 
 def _resolve_threads(config: TrainConfig, model, input_shape) -> None:
     """Fill in ``config.threads`` (None: one per core, enough work per thread)."""
-    from cnnlab.parallel import threads_for
+    from cnnlab.backend.parallel import threads_for
 
     if config.threads is None:
         config.threads = threads_for(model, input_shape, config.batch_size)
@@ -362,6 +362,7 @@ class Trainer:
             "seed": self.config.seed,
             "finished": finished,
             "versions": runs.versions(),
+            "backend": {**backend.summary(), "threads": self.parallel.threads},
             "wandb_run_id": self.wandb_run_id,
         }
         return {key: value for key, value in summary.items()
@@ -419,7 +420,7 @@ class Trainer:
         contexts = contextlib.ExitStack()
         try:
             contexts.enter_context(_ignore_overflow())
-            # BLAS stays at one thread per shard for the whole epoch (cnnlab/parallel.py).
+            # BLAS stays at one thread per shard for the whole epoch (cnnlab/backend/parallel.py).
             contexts.enter_context(self.parallel.hold_blas())
             for x, y in batches:
                 lr = optimizer.lr

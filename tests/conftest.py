@@ -15,6 +15,36 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
+def _compiled_levels() -> list[str]:
+    from cnnlab.backend import dispatch
+
+    return [level for level in dispatch.runnable_levels() if level != "numpy"]
+
+
+#: The compiled kernel levels this CPU runs (portable included wherever it is compiled).
+COMPILED_LEVELS = _compiled_levels()
+_NO_COMPILED_LEVEL = pytest.param(None, marks=pytest.mark.skip(
+    reason="no compiled kernel level runs on this CPU (see `cnnlab info`)"))
+
+
+@pytest.fixture(params=COMPILED_LEVELS or [_NO_COMPILED_LEVEL])
+def compiled_level(request):
+    """Runs the test at each compiled kernel level this CPU can run (cnnlab.backend.use)."""
+    from cnnlab import backend
+
+    with backend.use(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=["numpy"] + COMPILED_LEVELS)
+def kernel_level(request):
+    """Runs the test at every level this CPU can run, NumPy included."""
+    from cnnlab import backend
+
+    with backend.use(request.param):
+        yield request.param
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

@@ -20,7 +20,9 @@ def test_quick_bench_writes_every_figure(tmp_path, shared_data, capsys):
     assert "GEMM" in printed and "speedup" in printed
 
     assert results["gemm"]["gflops_median"] > 0
-    assert results["environment"]["kernels"] == "cnnlab._loops (C)"
+    chosen = results["environment"]["backend"]
+    assert chosen["level"] == chosen["runnable_levels"][-1]  # the best this CPU runs
+    assert f"kernel level {chosen['level']}" in printed
     blas = results["environment"]["blas"]
     assert blas["library"] and "threads" in blas
     assert results["environment"]["torch"]["threads"] >= 1

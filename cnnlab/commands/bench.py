@@ -34,6 +34,9 @@ def run(args) -> int:
                         ("--epoch-images", args.epoch_images), *(("--batch-sizes", b) for b in batch_sizes or ())):
         if value is not None and value <= 0:
             raise ConfigError(f"{name} must be a positive number, got {value}")
+    from cnnlab.backend.workspace import keep_freed_memory
+
+    keep_freed_memory()  # as `cnnlab train` does, so the steps timed are the ones it runs
     results = run_benchmark(quick=args.quick, threads=args.threads, with_torch=not args.no_torch,
                             repeats=args.repeats, batch_sizes=batch_sizes, epoch_images=args.epoch_images,
                             data_dir=args.data_dir, measure_memory=not args.no_memory)
