@@ -65,6 +65,16 @@ def _machine_busy_seconds(path: str = "/proc/stat") -> float | None:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
+def others_busy_cores(previous: Sample, current: Sample) -> float:
+    """Cores other processes kept busy, on average, between two samples."""
+    elapsed = current.wall - previous.wall
+    if current.busy is None or previous.busy is None or elapsed <= 0:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        return max(0.0, load - 1.0)  # ourselves: about one runnable thread
+    used = (current.busy - previous.busy) - (current.own - previous.own)
+    return max(0.0, used / elapsed)
+
+
 def free_cores(others: float, cores: int) -> int:
     """Whole cores left for this process when other processes use ``others`` cores."""
     # Rounded to the nearest core: two threads against a process using half a core still
@@ -72,7 +82,9 @@ def free_cores(others: float, cores: int) -> int:
     return max(1, min(cores, int(cores - others + 0.5)))
 
 
-class _Sample:
+class Sample:
+    """Wall time, this process's CPU time and the machine's busy CPU time, now."""
+
     __slots__ = ("wall", "own", "busy")
 
     def __init__(self) -> None:
@@ -86,20 +98,13 @@ class Policy:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._last: _Sample | None = None
+        self._last: Sample | None = None
         self._free: int | None = None
         self.others = 0.0  # cores other processes used in the last interval
 
-    def _measure(self, previous: _Sample, current: _Sample) -> int:
-        cores = affinity_cores()
-        elapsed = current.wall - previous.wall
-        if current.busy is None or previous.busy is None or elapsed <= 0:
-            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-            self.others = max(0.0, load - 1.0)  # ourselves, about one runnable thread
-        else:
-            used = (current.busy - previous.busy) - (current.own - previous.own)
-            self.others = max(0.0, used / elapsed)
-        return free_cores(self.others, cores)
+    def _measure(self, previous: Sample, current: Sample) -> int:
+        self.others = others_busy_cores(previous, current)
+        return free_cores(self.others, affinity_cores())
 
     def free(self, refresh: bool = False) -> int:
         """Cores this process can use now (cached for :data:`RECHECK_SECONDS`)."""
@@ -109,11 +114,11 @@ class Policy:
             return self._free
         with self._lock:
             if self._last is None:
-                self._last = _Sample()
+                self._last = Sample()
                 time.sleep(FIRST_SAMPLE_SECONDS)
             elif not refresh and self._free is not None and now - self._last.wall < RECHECK_SECONDS:
                 return self._free
-            current = _Sample()
+            current = Sample()
             self._free = self._measure(self._last, current)
             self._last = current
         return self._free
