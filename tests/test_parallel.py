@@ -256,3 +256,35 @@ def test_shards_on_one_free_core_give_the_same_bits_as_on_two(monkeypatch):
     np.testing.assert_array_equal(logits_one, logits_two)
     for one, two in zip(grads_one, grads_two):
         np.testing.assert_array_equal(one, two)
+
+
+def test_the_python_api_runs_the_same_shards_as_cnnlab_train():
+    """model(x) + model.backward on a batch big enough for several cores gives the data-parallel
+    step's result bit for bit (issue 13: the README's snippet gets train's speed)."""
+    from cnnlab.ops.loss import cross_entropy
+
+    x, y = batch(128, 7)
+    api, trained = build_model("cnn", np.random.default_rng(3)), build_model("cnn", np.random.default_rng(3))
+    loss, dlogits = cross_entropy(api(x), y)
+    api.backward(dlogits)
+    parallel = DataParallel(trained, default_threads(128, 7.7e6))
+    train_loss, logits = parallel.forward_backward(x, y)
+    parallel.close()
+    assert loss == train_loss
+    for ours, theirs in zip(api.parameters(), trained.parameters()):
+        np.testing.assert_array_equal(ours.grad, theirs.grad)
+    api.requires_input_grad = True  # the input gradient comes back through the shards too
+    api.zero_grad()
+    dx = api.backward(cross_entropy(api(x), y)[1])
+    assert dx.shape == x.shape
+
+
+def test_models_with_batch_statistics_or_dropout_are_never_split_by_the_api():
+    from cnnlab.backend.parallel import shards_for_call
+
+    x = np.zeros((128, 1, 28, 28), dtype=np.float32)
+    assert shards_for_call(build_model("mlp", np.random.default_rng(0)), x) == 1  # too little work
+    with_batch_norm = build_model("cnn-bn", np.random.default_rng(0))
+    assert shards_for_call(with_batch_norm, x) == 1  # BatchNorm's statistics, Dropout's masks
+    plain = build_model("cnn", np.random.default_rng(0))
+    assert shards_for_call(plain, x) == default_threads(128, 7.7e6)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor, wait
 
@@ -67,6 +68,44 @@ def shard_bounds(batch: int, shards: int) -> list[tuple[int, int]]:
     shards = max(1, min(shards, batch))
     edges = [round(index * batch / shards) for index in range(shards + 1)]
     return list(zip(edges[:-1], edges[1:]))
+
+
+def in_step() -> bool:
+    """True inside a data-parallel call (on its calling thread or a shard's)."""
+    return gemm.in_one_thread_region() or getattr(_local, "stepping", False)
+
+
+def shards_for_call(model, x: np.ndarray) -> int:
+    """How many shards a plain ``model(x)`` runs over (1: the plain single call).
+
+    The same split as ``cnnlab train`` for models whose shards compute what one call computes
+    (up to float rounding): none inside a shard, and in training mode none for models with
+    buffers (BatchNorm's batch statistics) or random layers (Dropout's masks).
+    """
+    if in_step() or x.ndim < 2 or len(x) < 2 * MIN_SHARD:
+        return 1
+    if model.training and (model.named_buffers() or _random_layers(model)):
+        return 1
+    flops = _flops_per_image(model, tuple(x.shape[1:]))
+    return default_threads(len(x), flops) if flops else 1
+
+
+_FLOPS: dict = {}
+_local = threading.local()  # .stepping: inside a DataParallel call on this thread
+
+
+def _flops_per_image(model, image_shape: tuple) -> float | None:
+    """The forward FLOPs of one image (cnnlab.summary), cached per model structure and shape."""
+    key = (repr(model), image_shape)
+    if key not in _FLOPS:
+        from cnnlab.errors import CnnlabError
+        from cnnlab.summary import summarize, totals
+
+        try:
+            _FLOPS[key] = totals(summarize(model, image_shape))["flops"]
+        except (CnnlabError, ValueError, TypeError):
+            _FLOPS[key] = None  # shapes that do not fit: the plain call reports the error
+    return _FLOPS[key]
 
 
 def replicate(model):
@@ -124,6 +163,7 @@ class DataParallel:
         # Each shard borrows its own scratch buffers of each shape; keep them all pooled.
         self._reservation = workspace.keep_per_key(2 * threads)
         self._finalizer = weakref.finalize(self, self._reservation.release)
+        self._last_forward: tuple | None = None
         self._blas_limit: contextlib.ExitStack | None = None
         self._blas_threads: int | None = None
         self._holding = False
@@ -158,9 +198,11 @@ class DataParallel:
         yields how many shards run at once."""
         workers = thread_policy.workers(limit=shards) if shards > 1 else 1
         self._limit_blas(1 if shards > 1 else thread_policy.workers())
+        outer, _local.stepping = getattr(_local, "stepping", False), True  # no shards in shards
         try:
             yield workers
         finally:
+            _local.stepping = outer
             if not self._holding:
                 self._release_blas()
 
@@ -191,6 +233,8 @@ class DataParallel:
             self._replicas.append(replicate(self.model))
         for replica in self._replicas[1:]:
             replica.train(self.model.training)
+            for ours, theirs in zip(self.model.modules(), replica.modules()):
+                theirs.requires_input_grad = ours.requires_input_grad
         return self._replicas[:shards]
 
     def forward_backward(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
@@ -229,7 +273,32 @@ class DataParallel:
         with self._step(len(bounds)) as workers:
             outputs = self._run_shards(_shard_forward, [(replica, x[start:stop]) for replica, (start, stop)
                                                          in zip(replicas, bounds)], workers)
+        self._last_forward = (bounds, replicas)
         return np.concatenate(outputs)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        """The backward of the last :meth:`forward` (in training mode), shard by shard: adds the
+        whole batch's gradient into the model's ``.grad``; returns dx, or None where the model
+        returns None (no input gradient wanted)."""
+        bounds, replicas = self._last_forward
+        if len(dy) != bounds[-1][1]:
+            raise ValueError(f"backward got a gradient for {len(dy)} images, the forward had "
+                             f"{bounds[-1][1]}")
+        work = [(replica, dy[start:stop]) for replica, (start, stop) in zip(replicas, bounds)]
+        with self._step(len(bounds)) as workers:
+            grads = self._run_shards(_shard_backward, work, workers)
+        self._reduce_gradients(replicas)
+        return None if grads[0] is None else np.concatenate(grads)
+
+    def clear_cache(self) -> None:
+        """Forget the replicas' caches (the model's own are the caller's)."""
+        self._last_forward = None
+        for replica in self._replicas[1:]:
+            replica.clear_cache()
+
+    def __deepcopy__(self, memo):
+        # Threads and replicas belong to one model in one process: a copy starts without.
+        return None
 
     def _seed_random_layers(self, replicas: list) -> None:
         """Shard 0 (the model) draws its Dropout masks as usual; every other shard gets a
@@ -276,6 +345,11 @@ def _shard_step(replica, x: np.ndarray, y: np.ndarray, weight: float,
         if np.isfinite(loss):
             replica.backward(dlogits)
     return loss, logits
+
+
+def _shard_backward(replica, dy: np.ndarray, errors: dict) -> np.ndarray | None:
+    with np.errstate(**errors):
+        return replica.backward(dy)
 
 
 def _shard_forward(replica, x: np.ndarray, errors: dict) -> np.ndarray:

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from cnnlab.backend import parallel
 from cnnlab.errors import CheckpointError, ShapeError
 from cnnlab.nn import fusion
 
@@ -344,6 +345,19 @@ class Sequential(Module):
         return shape
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        shards = parallel.shards_for_call(self, x)
+        if shards > 1:
+            # A batch big enough for several cores runs as `cnnlab train` runs it: shards on
+            # replicas (cnnlab/backend/parallel.py); backward then goes through them too.
+            runner = self.__dict__.get("_runner")
+            if runner is None or runner.threads != shards:
+                runner = parallel.DataParallel(self, shards)
+                object.__setattr__(self, "_runner", runner)
+            y = runner.forward(x)  # shard 0 runs this model's own plain forward, below
+            self._sharded = True
+            return y
+        if not parallel.in_step():
+            self._sharded = False
         # Runs of layers that fuse into one op (cnnlab/nn/fusion.py); backward replays the plan.
         self._steps = fusion.plan(list(self._modules.values()))
         for step in self._steps:
@@ -351,6 +365,8 @@ class Sequential(Module):
         return x
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        if self.__dict__.get("_sharded") and not parallel.in_step():
+            return self._runner.backward(dy)
         steps = self.__dict__.get("_steps")
         if steps is None:
             raise RuntimeError("Sequential.backward() called before forward(): call the model on "
@@ -368,7 +384,10 @@ class Sequential(Module):
         return self.__dict__.get("_steps")
 
     def cached(self) -> list:
-        return list(self.__dict__.get("_steps", []))
+        return list(self.__dict__.get("_steps") or [])
 
     def _forget_cache(self) -> None:
         self.__dict__.pop("_steps", None)
+        self.__dict__.pop("_sharded", None)
+        if self.__dict__.get("_runner") is not None:
+            self._runner.clear_cache()
