@@ -270,7 +270,7 @@ def test_the_python_api_runs_the_same_shards_as_cnnlab_train():
     parallel = DataParallel(trained, default_threads(128, 7.7e6))
     train_loss, logits = parallel.forward_backward(x, y)
     parallel.close()
-    assert loss == train_loss
+    assert loss == pytest.approx(train_loss, rel=1e-6)  # one mean against a weighted sum of two
     for ours, theirs in zip(api.parameters(), trained.parameters()):
         np.testing.assert_array_equal(ours.grad, theirs.grad)
     api.requires_input_grad = True  # the input gradient comes back through the shards too
