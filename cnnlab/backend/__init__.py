@@ -21,6 +21,7 @@ nothing faster applies::
     max_pool2d_forward / max_pool2d_backward
     relu_forward / relu_backward
     adam_step
+    shards_for_call(model, x) / DataParallel / in_step()   # the data-parallel step
 
 Inspect or choose::
 
@@ -40,12 +41,14 @@ from cnnlab.backend.dispatch import (LEVELS, CpuDescription, KernelLevelError, l
 from cnnlab.backend.fused import conv2d_relu_maxpool2d_backward, conv2d_relu_maxpool2d_forward
 from cnnlab.backend.kernels import (adam_step, linear_backward, linear_forward, max_pool2d_backward,
                                     max_pool2d_forward, relu_backward, relu_forward)
+from cnnlab.backend.parallel import DataParallel, in_step, shards_for_call
 
 __all__ = [
     "LEVELS", "CpuDescription", "KernelLevelError", "level", "runnable_levels", "use", "info",
     "format_info", "summary", "conv2d_forward", "conv2d_backward", "conv2d_relu_maxpool2d_forward",
     "conv2d_relu_maxpool2d_backward", "linear_forward", "linear_backward", "max_pool2d_forward",
-    "max_pool2d_backward", "relu_forward", "relu_backward", "adam_step",
+    "max_pool2d_backward", "relu_forward", "relu_backward", "adam_step", "DataParallel",
+    "shards_for_call", "in_step",
 ]
 
 

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cnnlab.backend import parallel
+from cnnlab import backend
 from cnnlab.errors import CheckpointError, ShapeError
 from cnnlab.nn import fusion
 
@@ -345,18 +345,18 @@ class Sequential(Module):
         return shape
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        shards = parallel.shards_for_call(self, x)
+        shards = backend.shards_for_call(self, x)
         if shards > 1:
             # A batch big enough for several cores runs as `cnnlab train` runs it: shards on
             # replicas (cnnlab/backend/parallel.py); backward then goes through them too.
             runner = self.__dict__.get("_runner")
             if runner is None or runner.threads != shards:
-                runner = parallel.DataParallel(self, shards)
+                runner = backend.DataParallel(self, shards)
                 object.__setattr__(self, "_runner", runner)
             y = runner.forward(x)  # shard 0 runs this model's own plain forward, below
             self._sharded = True
             return y
-        if not parallel.in_step():
+        if not backend.in_step():
             self._sharded = False
         # Runs of layers that fuse into one op (cnnlab/nn/fusion.py); backward replays the plan.
         self._steps = fusion.plan(list(self._modules.values()))
@@ -365,7 +365,7 @@ class Sequential(Module):
         return x
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
-        if self.__dict__.get("_sharded") and not parallel.in_step():
+        if self.__dict__.get("_sharded") and not backend.in_step():
             return self._runner.backward(dy)
         steps = self.__dict__.get("_steps")
         if steps is None:
