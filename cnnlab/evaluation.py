@@ -20,7 +20,7 @@ from cnnlab.validation import positive_int
 @contextlib.contextmanager
 def _eval_forward(model, threads: int):
     """``model``'s forward in eval mode, each batch split over ``threads`` threads
-    (cnnlab.parallel.DataParallel); the model's mode is restored afterwards."""
+    (cnnlab.backend.parallel.DataParallel); the model's mode is restored afterwards."""
     from cnnlab.backend.parallel import DataParallel
 
     parallel = DataParallel(model, threads)
