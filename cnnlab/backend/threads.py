@@ -10,7 +10,8 @@ under heavier load (issue 13). So the policy counts the cores this process may u
 
 read from ``/proc/stat`` and ``time.process_time`` (no sampling thread: the interval is
 the time between two checks, at most :data:`RECHECK_SECONDS` apart while training runs;
-the first check waits :data:`FIRST_SAMPLE_SECONDS`). ``free = cores - others``, rounded to
+the first check, with no interval behind it, counts the runnable threads of
+``/proc/loadavg`` other than the caller, or waits :data:`FIRST_SAMPLE_SECONDS`). ``free = cores - others``, rounded to
 whole cores, at least 1. Without
 ``/proc/stat`` (macOS, Windows) the 1-minute load average stands in for ``others``.
 
@@ -26,7 +27,7 @@ import os
 import threading
 import time
 
-#: Wait this long for the first measurement (a process that just started has no history).
+#: Without /proc/loadavg, wait this long for the first measurement (no history yet).
 FIRST_SAMPLE_SECONDS = 0.05
 #: Re-measure when the last measurement is older than this.
 RECHECK_SECONDS = 2.0
@@ -75,6 +76,15 @@ def others_busy_cores(previous: Sample, current: Sample) -> float:
     return max(0.0, used / elapsed)
 
 
+def _runnable_now(path: str = "/proc/loadavg") -> int | None:
+    """Threads runnable on the machine at this instant (the 4th field "R/T"), or None."""
+    try:
+        with open(path, encoding="ascii") as handle:
+            return int(handle.read().split()[3].split("/")[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def free_cores(others: float, cores: int) -> int:
     """Whole cores left for this process when other processes use ``others`` cores."""
     # Rounded to the nearest core: two threads against a process using half a core still
@@ -115,6 +125,11 @@ class Policy:
         with self._lock:
             if self._last is None:
                 self._last = Sample()
+                runnable = _runnable_now()
+                if runnable is not None:
+                    self.others = max(0.0, runnable - 1.0)  # all but the caller
+                    self._free = free_cores(self.others, affinity_cores())
+                    return self._free
                 time.sleep(FIRST_SAMPLE_SECONDS)
             elif not refresh and self._free is not None and now - self._last.wall < RECHECK_SECONDS:
                 return self._free
