@@ -244,3 +244,14 @@ def test_module_clear_cache_forgets_every_forward(rng):
     assert model.plan is None and not any(module.cached() for module in model.modules())
     with pytest.raises(RuntimeError, match="before forward"):
         model.backward(np.ones_like(logits))
+
+
+def test_the_first_estimate_counts_the_other_runnable_threads(tmp_path, monkeypatch):
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("0.52 0.58 0.59 3/812 12345\n")
+    assert threads._runnable_now(str(loadavg)) == 3
+    assert threads._runnable_now(str(tmp_path / "missing")) is None
+    policy = threads.Policy()
+    monkeypatch.setattr(threads, "_runnable_now", lambda: 2)  # the caller and one busy process
+    monkeypatch.setattr(threads, "affinity_cores", lambda: 2)
+    assert policy.free() == 1 and policy.others == 1.0
