@@ -45,7 +45,7 @@ def iterate_logits(model, inputs: np.ndarray, batch_size: int = 256, threads: in
         model: an ``nn.Module``.
         inputs: (N, ...) array, sliced along the first axis.
         batch_size: inputs per forward pass.
-        threads: threads sharing each batch (``cnnlab.parallel.threads_for``).
+        threads: threads sharing each batch (``cnnlab.backend.parallel.threads_for``).
         prepare: applied to each slice before the forward, e.g. uint8 images -> normalised
             floats (so only one batch is ever converted at a time); None: the slice as it is.
 
