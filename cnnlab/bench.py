@@ -12,7 +12,6 @@ taken against the better of the two.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import math
 import os
@@ -27,32 +26,19 @@ from typing import Callable
 import numpy as np
 
 from cnnlab.fileio import write_json
-from cnnlab.ops import _gemm, _kernels, _winograd
+from cnnlab import backend
+from cnnlab.backend import threads as thread_policy
 
 
 # ---------------------------------------------------------------------------
 # Environment: CPU, BLAS library, the kernel it chose, threads
 # ---------------------------------------------------------------------------
 
-def _cpuinfo_field(name: str) -> str | None:
-    """The first value of field ``name`` in /proc/cpuinfo (None elsewhere)."""
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as stream:
-            for line in stream:
-                if line.startswith(name):
-                    return line.split(":", 1)[1].strip()
-    return None
-
-
-def _cpu_name() -> str:
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
-
-
 def _cpu_has_avx512() -> bool:
-    return "avx512f" in (_cpuinfo_field("flags") or "").split()
+    return backend.dispatch.cpu().can_run("avx512")
 
 
-# OpenBLAS kernels (get_corename, lower case) that use AVX-512.
+# OpenBLAS kernels (its core types, any case) that use AVX-512.
 _AVX512_KERNELS = ("skylakex", "cooperlake", "sapphirerapids", "zen4", "zen5")
 
 
@@ -67,63 +53,15 @@ def blas_kernel_note(blas: dict) -> str | None:
     return None
 
 
-def _openblas_library() -> ctypes.CDLL | None:
-    """The OpenBLAS that NumPy loaded, found among this process's mapped libraries."""
-    with contextlib.suppress(OSError):
-        with open("/proc/self/maps") as stream:
-            paths = {line.split()[-1] for line in stream if "openblas" in line.lower() and "/" in line}
-        for path in sorted(paths):
-            with contextlib.suppress(OSError):
-                return ctypes.CDLL(path)
-    return None
-
-
-def _openblas_call(library, names: tuple[str, ...], restype):
-    for name in names:
-        function = getattr(library, name, None)
-        if function is not None:
-            function.restype = restype
-            return function()
-    return None
-
-
-def blas_info() -> dict:
-    """Which BLAS NumPy uses, the kernel OpenBLAS picked for this CPU, and its threads."""
-    info: dict = {"numpy": np.__version__}
-    with contextlib.suppress(Exception):
-        config = np.show_config(mode="dicts")
-        blas = config.get("Build Dependencies", {}).get("blas", {})
-        info["library"] = blas.get("name")
-        info["library_version"] = blas.get("version")
-    library = _openblas_library()
-    if library is not None:
-        prefixes = ("scipy_openblas", "openblas")
-        suffixes = ("64_", "")
-        corename = _openblas_call(library, tuple(f"{p}_get_corename{s}" for p in prefixes for s in suffixes),
-                                  ctypes.c_char_p)
-        config = _openblas_call(library, tuple(f"{p}_get_config{s}" for p in prefixes for s in suffixes),
-                                ctypes.c_char_p)
-        threads = _openblas_call(library, tuple(f"{p}_get_num_threads{s}" for p in prefixes for s in suffixes),
-                                 ctypes.c_int)
-        info["kernel"] = corename.decode() if corename else None
-        info["config"] = config.decode() if config else None
-        info["threads"] = threads
-    info["env"] = {name: os.environ.get(name) for name in
-                   ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE")
-                   if os.environ.get(name) is not None}
-    return info
-
-
 def environment(torch_module=None) -> dict:
+    details = backend.info()
     env = {
-        "cpu": _cpu_name(),
+        "cpu": details["cpu"],
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "blas": blas_info(),
-        "kernels": _kernels.describe(),
-        "conv_gemm": _gemm.describe(),
-        "winograd": _winograd.describe(),
+        "blas": details["blas"],
+        "backend": details,
     }
     if torch_module is not None:
         env["torch"] = {
@@ -289,7 +227,7 @@ def _flops_per_image(model, kind: str) -> int:
 def _data_parallel(model, threads: int, batch_size: int):
     """The batch split over threads as `cnnlab train` and `cnnlab evaluate` split it (as many
     as their default would use: enough work per thread), at most ``threads``."""
-    from cnnlab.parallel import DataParallel, default_threads
+    from cnnlab.backend.parallel import DataParallel, default_threads
 
     flops = _flops_per_image(model, "inference")
     return DataParallel(model, max(1, min(threads, default_threads(batch_size, flops))))
@@ -344,11 +282,10 @@ def _with_ratio(result: dict) -> dict:
 
 def bench_ops(torch_module, repeats: int, batch_size: int = 128) -> dict:
     """Each op of the lecture CNN at its shape in that network, forward and forward+backward."""
-    from cnnlab.ops.activation import relu_backward, relu_forward
-    from cnnlab.ops.conv import conv2d_backward, conv2d_forward
-    from cnnlab.ops.linear import linear_backward, linear_forward
+    # what the layers run: the backend's ops
+    from cnnlab.backend import (conv2d_backward, conv2d_forward, linear_backward, linear_forward,
+                                max_pool2d_backward, max_pool2d_forward, relu_backward, relu_forward)
     from cnnlab.ops.loss import cross_entropy
-    from cnnlab.ops.pool import max_pool2d_backward, max_pool2d_forward
 
     rng = np.random.default_rng(0)
 
@@ -630,6 +567,7 @@ def run_benchmark(quick: bool = False, threads: int | None = None, with_torch: b
     batch_sizes = batch_sizes or ((128,) if quick else (64, 128, 256))
     epoch_images = epoch_images or (6400 if quick else 60000)
 
+    started = thread_policy.Sample()
     log("measuring the float32 GEMM rate ...")
     gemm = gemm_rate(1024 if quick else 2048, repeats=5 if quick else 9)
     log(f"  {gemm['gflops_median']:.0f} GFLOP/s median, {gemm['gflops_max']:.0f} best")
@@ -652,11 +590,57 @@ def run_benchmark(quick: bool = False, threads: int | None = None, with_torch: b
         "ops": ops,
         "models": models,
         "epoch": epoch,
+        "load": machine_load(started, thread_policy.Sample()),
     }
     if measure_memory:
         log("measuring peak memory of a training run ...")
         results["train_memory"] = bench_train_memory(2048 if quick else 60000, data_dir)
     return results
+
+
+#: Samples of one measurement whose slowest is more than this times its fastest: noise.
+MAX_SPREAD = 2.0
+#: Other processes using more than this many cores during the run make the machine busy.
+BUSY_CORES = 0.5
+
+
+def machine_load(start, end) -> dict:
+    """How many cores other processes used between two samples (cnnlab/backend/threads.py)."""
+    return {"others_busy_cores": thread_policy.others_busy_cores(start, end),
+            "cores": thread_policy.affinity_cores()}
+
+
+def _timings(entry: dict) -> list[dict]:
+    return [value for value in entry.values() if isinstance(value, dict) and "min_s" in value]
+
+
+def is_noisy(entry: dict) -> bool:
+    """True when one of the entry's measurements spread by more than MAX_SPREAD."""
+    return any(timing["max_s"] > MAX_SPREAD * timing["min_s"] for timing in _timings(entry))
+
+
+def busy_note(results: dict) -> str | None:
+    """One line saying the machine was busy (other processes, or noisy samples), or None."""
+    load = results.get("load") or {}
+    others = load.get("others_busy_cores")
+    noisy = [name for section in ("ops", "models") for name, entry in results.get(section, {}).items()
+             if is_noisy(entry)]
+    if others is not None and others > BUSY_CORES:
+        return (f"warning: the machine was busy: other processes used {others:.1f} of "
+                f"{load['cores']} cores during the run; ratios marked 'busy' are unreliable, "
+                "rerun on an idle machine")
+    if noisy:
+        return (f"warning: {len(noisy)} measurements spread by more than {MAX_SPREAD:g}x (another "
+                "process competed for the CPU); ratios marked 'busy' are unreliable")
+    return None
+
+
+def _ratio(entry: dict, busy: bool) -> str:
+    if "speedup_vs_torch" not in entry:
+        return "-"
+    if busy and is_noisy(entry) or entry["speedup_vs_torch"] <= 0:
+        return "busy"
+    return f"{entry['speedup_vs_torch']:.2f}x"
 
 
 def _spread(entry: dict) -> str:
@@ -668,14 +652,19 @@ def format_results(results: dict) -> str:
     blas = env["blas"]
     lines = [
         f"cnnlab bench  {results['date']}  {env['cpu']}  ({env['cores']} cores, {results['threads']} threads)",
-        f"NumPy {blas.get('numpy')}  BLAS {blas.get('library')} {blas.get('library_version') or ''}  "
+        f"NumPy {blas.get('numpy')}  BLAS {blas.get('library')} {blas.get('version') or ''}  "
         f"kernel {blas.get('kernel')}  BLAS threads {blas.get('threads')}  env {blas.get('env') or '{}'}",
     ]
-    lines.append(f"compiled kernels: {env.get('kernels', '-')}; convolution GEMM: {env.get('conv_gemm', '-')}")
-    lines.append(f"Winograd: {env.get('winograd', '-')}")
+    if "backend" in env:
+        lines.append(f"kernel level {env['backend']['level']} (runnable: "
+                     f"{', '.join(env['backend']['runnable_levels'])})")
+        lines += [f"  {family:<9} {text}" for family, text in env["backend"]["families"].items()]
     note = blas_kernel_note(blas)
     if note:
         lines.append(note)
+    busy = busy_note(results)
+    if busy:
+        lines.append(busy)
     if "torch" in env:
         lines.append(f"PyTorch {env['torch']['version']}  threads {env['torch']['threads']}  "
                      f"cpu capability {env['torch']['cpu_capability']}")
@@ -689,7 +678,7 @@ def format_results(results: dict) -> str:
     for name, entry in results["ops"].items():
         cells = [_spread(entry[key]) if key in entry else "-" for key in
                  ("cnnlab", "torch_nchw", "torch_channels_last")]
-        ratio = f"{entry['speedup_vs_torch']:.2f}x" if "speedup_vs_torch" in entry else "-"
+        ratio = _ratio(entry, busy is not None)
         lines.append(f"{name:38s} {cells[0]:>22s} {cells[1]:>22s} {cells[2]:>22s} {ratio:>8s}")
     lines.append("")
     lines.append("throughput, images/s (median); GEMM bound = FLOPs / best measured GEMM rate")
@@ -700,7 +689,7 @@ def format_results(results: dict) -> str:
     for name, entry in results["models"].items():
         cells = [f"{entry[key]['images_per_second']:,.0f}" if key in entry else "-" for key in
                  ("cnnlab", "torch_nchw", "torch_channels_last")]
-        ratio = f"{entry['speedup_vs_torch']:.2f}x" if "speedup_vs_torch" in entry else "-"
+        ratio = _ratio(entry, busy is not None)
         lines.append(f"{name:32s} {entry.get('cnnlab_threads', '-'):>3} {cells[0]:>9s} {cells[1]:>11s} "
                      f"{cells[2]:>11s} {ratio:>8s} {entry['fraction_of_gemm_bound']:>8.0%}")
     epoch = results["epoch"]

@@ -31,6 +31,7 @@ COMMANDS = {
     "plot": "plot",
     "verify": "verify",
     "bench": "bench",
+    "info": "info",
 }
 
 
@@ -65,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        # A CNNLAB_KERNELS the CPU cannot run is refused before anything is read or written.
+        from cnnlab.backend import dispatch
+
+        dispatch.level()
         return int(args._run(args) or 0)
     except CnnlabError as error:
         message = " ".join(str(error).split("\n"))

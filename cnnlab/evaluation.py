@@ -20,8 +20,8 @@ from cnnlab.validation import positive_int
 @contextlib.contextmanager
 def _eval_forward(model, threads: int):
     """``model``'s forward in eval mode, each batch split over ``threads`` threads
-    (cnnlab.parallel.DataParallel); the model's mode is restored afterwards."""
-    from cnnlab.parallel import DataParallel
+    (cnnlab.backend.parallel.DataParallel); the model's mode is restored afterwards."""
+    from cnnlab.backend.parallel import DataParallel
 
     parallel = DataParallel(model, threads)
     was_training = model.training
@@ -45,7 +45,7 @@ def iterate_logits(model, inputs: np.ndarray, batch_size: int = 256, threads: in
         model: an ``nn.Module``.
         inputs: (N, ...) array, sliced along the first axis.
         batch_size: inputs per forward pass.
-        threads: threads sharing each batch (``cnnlab.parallel.threads_for``).
+        threads: threads sharing each batch (``cnnlab.backend.parallel.threads_for``).
         prepare: applied to each slice before the forward, e.g. uint8 images -> normalised
             floats (so only one batch is ever converted at a time); None: the slice as it is.
 
@@ -67,7 +67,7 @@ def predict_logits(model, x: np.ndarray, batch_size: int = 256, threads: int = 1
         model: an ``nn.Module`` (usually the ``Sequential`` from ``build_model``).
         x: (N, C, H, W) or (N, F) float inputs, normalised as the model was trained.
         batch_size: images per forward pass; larger is faster and uses more memory.
-        threads: each batch split over this many threads (``cnnlab.parallel.threads_for``
+        threads: each batch split over this many threads (``cnnlab.backend.parallel.threads_for``
             picks a good number for a model).
 
     Returns:

@@ -21,9 +21,9 @@ import math
 
 import numpy as np
 
+from cnnlab import backend
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.nn.module import Parameter
-from cnnlab.ops import _kernels
 from cnnlab.validation import positive_int
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRScheduler", "StepLR", "CosineAnnealingLR", "LinearLR"]
@@ -269,13 +269,11 @@ class Adam(Optimizer):
             exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
             state["step"] += 1
             t = state["step"]
-            loops = _kernels.get()
-            if loops is not None and _kernels.contiguous_float(weights, grad, exp_avg, exp_avg_sq):
-                # The lines below in one pass (cnnlab/_native/loops.c), the same bits.
-                loops.adam_step(weights, grad, exp_avg, exp_avg_sq,
-                                weight_decay if coupled_decay else 0.0,
-                                1 - lr * weight_decay if self._decoupled else 1.0,
-                                beta1, beta2, math.sqrt(1 - beta2**t), eps, lr / (1 - beta1**t))
+            # The lines below in one compiled pass where the backend has one (the same bits).
+            if backend.adam_step(weights, grad, exp_avg, exp_avg_sq, step=t, lr=lr, beta1=beta1,
+                                 beta2=beta2, eps=eps,
+                                 coupled_decay=weight_decay if coupled_decay else 0.0,
+                                 decoupled_factor=1 - lr * weight_decay if self._decoupled else 1.0):
                 continue
             scratch, *decayed = self._scratch_arrays(index, 2 if coupled_decay else 1)
             if weight_decay != 0 and self._decoupled:

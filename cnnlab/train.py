@@ -6,7 +6,7 @@ One step is the lecture's minibatch gradient descent::
     model.backward(dlogits);  optimizer.step()
 
 with the forward and backward split over ``config.threads`` shards of the batch
-(cnnlab/parallel.py): one thread and model replica per shard, gradients summed.
+(cnnlab/backend/parallel.py): one thread and model replica per shard, gradients summed.
 
 Everything random is drawn from generators seeded by ``config.seed``: the
 weights (``default_rng(seed)``), the data order (``epoch_order(n, seed, epoch)``)
@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab import runs
+from cnnlab import backend, runs
+from cnnlab.backend.parallel import DataParallel
 from cnnlab.config import TrainConfig, load_config_file, resolve_config, validate_config
 from cnnlab.distributed import Collective, World, rank_bounds, world_from_environment
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, TrainingError
 from cnnlab.fileio import write_json
-from cnnlab.parallel import DataParallel
 from cnnlab.progress import ProgressBar
 
 #: While a run goes on, report.html is redrawn after the first epoch and then at most this
@@ -187,7 +187,7 @@ def _resolve_threads(config: TrainConfig, model, input_shape) -> None:
     the cores are shared by the machine's ranks, each with its part of the batch)."""
     import os
 
-    from cnnlab.parallel import threads_for
+    from cnnlab.backend.parallel import threads_for
 
     if config.threads is None:
         ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -474,6 +474,10 @@ class Trainer:
 
         self._restore_engine(load_checkpoint(path))
 
+    def _kernels_summary(self) -> dict:
+        """What ran the steps: the kernel level of each family and the threads per step."""
+        return {**backend.summary(), "threads": self.parallel.threads}
+
     def _explained_model(self):
         """The model as cnnlab layers, for the live view (the torch backend converts its own)."""
         return self.model
@@ -543,6 +547,7 @@ class Trainer:
             "world_size": self.world.size,
             "finished": finished,
             "versions": runs.versions(),
+            "kernels": self._kernels_summary(),
             "wandb_run_id": self.wandb_run_id,
         }
         return {key: value for key, value in summary.items()
@@ -599,6 +604,7 @@ class Trainer:
         contexts = contextlib.ExitStack()
         try:
             contexts.enter_context(_ignore_overflow())
+            # BLAS stays at one thread per shard for the whole epoch (cnnlab/backend/parallel.py)
             contexts.enter_context(self._epoch_context())
             for x, y in batches:
                 lr = self._learning_rate()

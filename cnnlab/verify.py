@@ -1,4 +1,5 @@
-"""The op sweep behind ``cnnlab verify``: every op against PyTorch and finite differences.
+"""The op sweep behind ``cnnlab verify``: every op against PyTorch and finite differences,
+then every float32 path the engine really takes, at every kernel level this CPU runs.
 
 For a seeded grid of configurations per op, each check measures the worst relative
 error ``max |ours - reference| / max |reference|`` over all configurations:
@@ -10,6 +11,11 @@ error ``max |ours - reference| / max |reference|`` over all configurations:
 - ``fast vs naive``, ``fast grads vs naive``: the vectorised convolution and its
   gradients against the lecture's loops (``conv2d_naive``, ``conv2d_naive_backward``);
 - ``float32 vs float64``: the float32 run (which must stay float32) against float64.
+
+The engine part (below the op grids) runs the backend's float32 paths (the fast conv layouts,
+Winograd, the fused blocks, cnnlab's GEMM, the compiled loops, Adam) at each level of
+``cnnlab.backend.runnable_levels()`` against the float64 reference and PyTorch, with each
+element's tolerance derived from float32 rounding (see the comment there).
 
 PyTorch is optional: it is imported only when present; without it only the finite
 difference, naive and float32 checks run. Ops are looked up from their modules at
@@ -528,21 +534,42 @@ def _import_torch():
 
 
 def run_verify(ops: list[str] | None = None, seed: int = 0, quick: bool = False,
-               use_torch: bool = True) -> dict:
-    """Sweep the ops; returns the report as plain data (what ``--json`` writes).
+               use_torch: bool = True, engine_checks: bool = True) -> dict:
+    """Sweep the ops, then the engine's float32 paths at every kernel level this CPU runs;
+    returns the report as plain data (what ``--json`` writes).
 
     ``{"seed", "quick", "torch": version or None, "passed", "seconds",
     "ops": {name: {"configs", "passed", "error", "checks": {check: {"worst_error",
-    "tolerance", "passed", "worst_config"}}}}}``
+    "tolerance", "passed", "worst_config"}}}}, "engine": {"levels", "cpu", "passed",
+    "paths": {name: {level: {"path", "worst_ratio", "passed", "error"}}}}}``
     """
     torch = _import_torch() if use_torch else None
     start = time.perf_counter()
     results = {name: verify_op(name, seed, quick, torch) for name in (ops or list(OPS))}
+    engine = verify_engine(ops, seed, quick, torch) if engine_checks else None
     return {
         "seed": seed, "quick": quick, "torch": torch.__version__ if torch is not None else None,
-        "passed": all(result["passed"] for result in results.values()),
-        "seconds": round(time.perf_counter() - start, 3), "ops": results,
+        "passed": all(result["passed"] for result in results.values())
+                  and (engine is None or engine["passed"]),
+        "seconds": round(time.perf_counter() - start, 3), "ops": results, "engine": engine,
     }
+
+
+def _format_engine(engine: dict) -> list[str]:
+    levels = engine["levels"]
+    lines = ["", f"engine paths in float32 on {engine['cpu']}, at every level it runs "
+                 f"({', '.join(levels)}):",
+             "  worst error / its float32 rounding bound (<= 1 passes; bound in cnnlab/verify.py), "
+             "against the float64 reference and PyTorch",
+             f"  {'path':<40}" + "".join(f"{level:>22}" for level in levels)]
+    for name, rows in engine["paths"].items():
+        cells = []
+        for level in levels:
+            row = rows[level]
+            ratio = "inf" if row["worst_ratio"] is None else f"{row['worst_ratio']:.2g}"
+            cells.append(f"{('' if row['passed'] else 'FAIL ') + ratio + ' ' + (row['path'] or '?'):>22}")
+        lines.append(f"  {name:<40}" + "".join(cells))
+    return lines
 
 
 def format_report(report: dict) -> str:
@@ -568,7 +595,322 @@ def format_report(report: dict) -> str:
         if result["error"]:
             lines.append(f"  error: {result['error']}")
     failed = [name for name, result in report["ops"].items() if not result["passed"]]
+    engine = report.get("engine")
+    if engine is not None and engine["paths"]:
+        lines += _format_engine(engine)
+        failed += [f"{name} ({level})" for name, rows in engine["paths"].items()
+                   for level, row in rows.items() if not row["passed"]]
     lines.append("")
     lines.append(f"FAIL: {', '.join(failed)}" if failed else
                  f"PASS: all {len(report['ops'])} ops ({report['seconds']:.1f} s)")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the engine's paths
+#
+# The sweep above runs the reference ops in float64, where no fast path engages. Training and
+# inference run float32 through the backend: cnnlab's GEMM, the fast conv layouts, Winograd,
+# the fused blocks and the compiled loops, at the kernel level chosen for this CPU. Each case
+# below runs one of those paths in float32 at every level this CPU runs, and compares it with
+# the float64 reference op (cnnlab.ops) and PyTorch (float64) on the same, float32-exact inputs.
+#
+# Tolerance, from float32 rounding. With unit roundoff u = 2^-24, a float32 sum of n products
+# computed in any order satisfies |fl(s) - s| <= gamma_n * sum |a_i b_i|, gamma_n = n u / (1 - n u)
+# (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., eq. 3.5). So each output
+# element passes when |ours - reference| <= f * gamma_n * S, where S is the same sum over the
+# absolute values (the reference op run in float64 on |x|, |w|, |dy|: every term >= 0), n the
+# number of terms in the element's sum plus a few for the bias and the output rounding, and
+# f = 1 for direct sums (im2col, the wide layout, the direct fused conv, linear). Winograd
+# F(2x2, 3x3) computes the same sum through its transforms; propagating absolute values
+# through them bounds the growth by f = (||A^T||_inf ||G||_inf ||B^T||_inf)^2 = (2 * 1.5 * 2)^2
+# = 36 (Lavin & Gray's matrices), with n = C_in + 16 terms per element. Max pool and ReLU are
+# exact on rounded values (their S is the pooled S of the conv below them), and the Adam
+# update is a dozen elementwise roundings: n = 12, S = |w| + |step|. The reported figure is
+# the worst ratio error / bound over all elements: <= 1 passes.
+
+UNIT_ROUNDOFF = 2.0 ** -24
+WINOGRAD_GROWTH = 36.0
+
+
+def gamma(terms: float) -> float:
+    """gamma_n = n u / (1 - n u): the float32 rounding bound of an n-term sum (relative to S)."""
+    return terms * UNIT_ROUNDOFF / (1 - terms * UNIT_ROUNDOFF)
+
+
+def bound_ratio(ours, reference, absolute_sum, terms: float, growth: float = 1.0) -> float:
+    """max |ours - reference| / (growth * gamma_n * S) over the elements (<= 1: within rounding)."""
+    if ours is None or reference is None or np.shape(ours) != np.shape(reference):
+        return float("inf")
+    difference = np.abs(np.asarray(ours, dtype=np.float64) - reference)
+    if not np.all(np.isfinite(difference)):
+        return float("inf")
+    allowed = growth * gamma(terms) * np.asarray(absolute_sum, dtype=np.float64) + 1e-30
+    return float((difference / allowed).max(initial=0.0))
+
+
+@dataclasses.dataclass
+class EnginePath:
+    """One path of the engine: ``run(inputs32) -> (outputs, path taken)``, ``reference(inputs64)
+    -> outputs``, ``bounds(inputs64) -> {output: (S, n terms, growth)}``, optional ``torch``."""
+
+    name: str
+    op: str
+    inputs: dict
+    run: Callable
+    reference: Callable
+    bounds: Callable
+    torch: Callable | None = None
+
+
+def _float32_exact(rng, *shape, scale=1.0):
+    """float64 values that float32 holds exactly (the inputs are rounded once, before both sides)."""
+    return (rng.standard_normal(shape) * scale).astype(np.float32).astype(np.float64)
+
+
+def _conv_path(name, rng, x_shape, w_shape, options, dy_rng):
+    from cnnlab import backend, ops
+
+    inputs = {"x": _float32_exact(rng, *x_shape), "weight": _float32_exact(rng, *w_shape, scale=0.3),
+              "bias": _float32_exact(rng, w_shape[0])}
+    y_shape = ops.conv2d_forward(inputs["x"], inputs["weight"], inputs["bias"], **options)[0].shape
+    inputs["dy"] = _float32_exact(dy_rng, *y_shape)
+
+    def run(a):
+        y, cache = backend.conv2d_forward(a["x"], a["weight"], a["bias"], **options)
+        dx, dweight, dbias = backend.conv2d_backward(a["dy"], cache)
+        return {"y": y, "dx": dx, "dweight": dweight, "dbias": dbias}, cache.layout
+
+    def reference(a):
+        y, cache = ops.conv2d_forward(a["x"], a["weight"], a["bias"], **options)
+        dx, dweight, dbias = ops.conv2d_backward(a["dy"], cache)
+        return {"y": y, "dx": dx, "dweight": dweight, "dbias": dbias}
+
+    def bounds(a):
+        absolute = reference({key: np.abs(value) for key, value in a.items()})
+        c_in, k_h, k_w = w_shape[1:]
+        terms = {"y": c_in * k_h * k_w + 2, "dx": w_shape[0] * k_h * k_w + 1,
+                 "dweight": y_shape[0] * y_shape[2] * y_shape[3] + 1,
+                 "dbias": y_shape[0] * y_shape[2] * y_shape[3] + 1}
+        winograd = (k_h, k_w) == (3, 3) and options.get("stride", 1) == 1 and c_in >= 8
+        growth = WINOGRAD_GROWTH if winograd else 1.0
+        if winograd:
+            terms.update(y=c_in + 16, dx=w_shape[0] + 16)
+        return {key: (absolute[key], terms[key], growth) for key in absolute}
+
+    def torch_reference(torch, a):
+        t = {key: torch.tensor(value, requires_grad=key != "dy") for key, value in a.items()}
+        y = torch.nn.functional.conv2d(t["x"], t["weight"], t["bias"], **options)
+        y.backward(t["dy"])
+        return {"y": y.detach().numpy(), "dx": t["x"].grad.numpy(), "dweight": t["weight"].grad.numpy(),
+                "dbias": t["bias"].grad.numpy()}
+
+    return EnginePath(name, "conv2d", inputs, run, reference, bounds, torch_reference)
+
+
+def _fused_path(name, rng, x_shape, w_shape, padding, input_grad, dy_rng):
+    from cnnlab import backend, ops
+    from cnnlab.ops import fused
+
+    inputs = {"x": _float32_exact(rng, *x_shape), "weight": _float32_exact(rng, *w_shape, scale=0.3),
+              "bias": _float32_exact(rng, w_shape[0], scale=0.1)}
+    y_shape = fused.conv2d_relu_maxpool2d_forward(inputs["x"], inputs["weight"], inputs["bias"],
+                                                  padding)[0].shape
+    inputs["dy"] = _float32_exact(dy_rng, *y_shape)
+
+    def outputs(forward, backward, a):
+        y, cache = forward(a["x"], a["weight"], a["bias"], padding=padding, input_grad=input_grad)
+        dx, dweight, dbias = backward(a["dy"], cache)
+        result = {"y": y, "dweight": dweight, "dbias": dbias}
+        if input_grad:
+            result["dx"] = dx
+        return result, cache
+
+    def run(a):
+        result, cache = outputs(backend.conv2d_relu_maxpool2d_forward,
+                                backend.conv2d_relu_maxpool2d_backward, a)
+        return result, cache.path
+
+    def reference(a):
+        return outputs(fused.conv2d_relu_maxpool2d_forward, fused.conv2d_relu_maxpool2d_backward, a)[0]
+
+    def bounds(a):
+        # S of the conv below the pool, pooled: the ReLU and the max are exact on rounded values.
+        conv_abs, _ = ops.conv2d_forward(np.abs(a["x"]), np.abs(a["weight"]), np.abs(a["bias"]),
+                                         padding=padding)
+        y_abs = ops.max_pool2d_forward(conv_abs, 2)[0]
+        c_out, c_in, k_h, k_w = w_shape
+        winograd = (k_h, k_w) == (3, 3) and c_in >= 8
+        growth = WINOGRAD_GROWTH if winograd else 1.0
+        # dW and db sum over every conv output pixel the pooled gradient reaches: bound them by
+        # the float64 backward of |dy| through the reference (terms: N H_conv W_conv).
+        absolute = reference({key: np.abs(value) for key, value in a.items()})
+        pixels = x_shape[0] * conv_abs.shape[2] * conv_abs.shape[3]
+        result = {"y": (y_abs, (c_in + 16) if winograd else c_in * k_h * k_w + 2, growth),
+                  "dweight": (absolute["dweight"], pixels + 1, growth),
+                  "dbias": (absolute["dbias"], pixels + 1, 1.0)}
+        if input_grad:
+            result["dx"] = (absolute["dx"], (c_out + 16) if winograd else c_out * k_h * k_w + 1, growth)
+        return result
+
+    def torch_reference(torch, a):
+        t = {key: torch.tensor(value, requires_grad=key != "dy") for key, value in a.items()}
+        F = torch.nn.functional
+        y = F.max_pool2d(torch.relu(F.conv2d(t["x"], t["weight"], t["bias"], padding=padding)), 2)
+        y.backward(t["dy"])
+        result = {"y": y.detach().numpy(), "dweight": t["weight"].grad.numpy(),
+                  "dbias": t["bias"].grad.numpy()}
+        if input_grad:
+            result["dx"] = t["x"].grad.numpy()
+        return result
+
+    return EnginePath(name, "conv2d_relu_maxpool2d", inputs, run, reference, bounds, torch_reference)
+
+
+def _linear_path(rng, dy_rng):
+    from cnnlab import backend, ops
+
+    inputs = {"x": _float32_exact(rng, 64, 196), "weight": _float32_exact(rng, 48, 196, scale=0.1),
+              "bias": _float32_exact(rng, 48), "dy": _float32_exact(dy_rng, 64, 48)}
+
+    def outputs(forward, backward, a):
+        y, cache = forward(a["x"], a["weight"], a["bias"])
+        dx, dweight, dbias = backward(a["dy"], cache)
+        return {"y": y, "dx": dx, "dweight": dweight, "dbias": dbias}
+
+    def bounds(a):
+        absolute = outputs(ops.linear_forward, ops.linear_backward,
+                           {key: np.abs(value) for key, value in a.items()})
+        terms = {"y": 196 + 2, "dx": 48 + 1, "dweight": 64 + 1, "dbias": 64 + 1}
+        return {key: (absolute[key], terms[key], 1.0) for key in absolute}
+
+    def torch_reference(torch, a):
+        t = {key: torch.tensor(value, requires_grad=key != "dy") for key, value in a.items()}
+        y = torch.nn.functional.linear(t["x"], t["weight"], t["bias"])
+        y.backward(t["dy"])
+        return {"y": y.detach().numpy(), "dx": t["x"].grad.numpy(), "dweight": t["weight"].grad.numpy(),
+                "dbias": t["bias"].grad.numpy()}
+
+    def run(a):
+        from cnnlab.backend import dispatch
+
+        taken = "cnnlab GEMM" if dispatch.sgemm() is not None else "NumPy BLAS"
+        return outputs(backend.linear_forward, backend.linear_backward, a), taken
+
+    return EnginePath("linear 196->48, batch 64", "linear", inputs, run,
+                      lambda a: outputs(ops.linear_forward, ops.linear_backward, a), bounds, torch_reference)
+
+
+def _pool_relu_path(rng, dy_rng):
+    from cnnlab import backend, ops
+
+    inputs = {"x": _float32_exact(rng, 4, 8, 14, 14), "dy": _float32_exact(dy_rng, 4, 8, 7, 7)}
+
+    def outputs(pool_forward, pool_backward, relu_forward, relu_backward, a):
+        pooled, pool_cache = pool_forward(a["x"], 2)
+        y, mask = relu_forward(pooled)
+        return {"y": y, "dx": pool_backward(relu_backward(a["dy"], mask), pool_cache)}
+
+    def bounds(a):
+        # exact ops: any difference at all fails (n = 0 leaves only the 1e-30 floor)
+        return {"y": (np.zeros(a["dy"].shape), 0, 1.0), "dx": (np.zeros(a["x"].shape), 0, 1.0)}
+
+    def torch_reference(torch, a):
+        x = torch.tensor(a["x"], requires_grad=True)
+        y = torch.relu(torch.nn.functional.max_pool2d(x, 2))
+        y.backward(torch.tensor(a["dy"]))
+        return {"y": y.detach().numpy(), "dx": x.grad.numpy()}
+
+    def run(a):
+        from cnnlab.backend import dispatch
+
+        return (outputs(backend.max_pool2d_forward, backend.max_pool2d_backward, backend.relu_forward,
+                        backend.relu_backward, a), "loops" if dispatch.loops() else "numpy")
+
+    return EnginePath("max pool 2x2 + ReLU", "max_pool2d", inputs, run,
+                      lambda a: outputs(ops.max_pool2d_forward, ops.max_pool2d_backward,
+                                        ops.relu_forward, ops.relu_backward, a),
+                      bounds, torch_reference)
+
+
+def _adam_path(rng, dy_rng):
+    from cnnlab.nn.module import Parameter
+    from cnnlab.optim import Adam
+
+    inputs = {"w": _float32_exact(rng, 300), "grad": _float32_exact(dy_rng, 300)}
+
+    def steps(a, dtype):
+        parameter = Parameter(a["w"].astype(dtype))
+        adam = Adam([parameter], lr=1e-2, weight_decay=0.01)
+        for step in range(3):
+            parameter.grad = (a["grad"] * (step + 1)).astype(dtype)
+            adam.step()
+        return {"w": parameter.data}
+
+    def run(a):
+        from cnnlab.backend import dispatch
+
+        return steps(a, np.float32), "loops" if dispatch.loops() else "numpy"
+
+    def bounds(a):
+        return {"w": (np.abs(a["w"]) + 3e-2, 3 * 12, 1.0)}  # |w| + 3 steps of at most lr each
+
+    return EnginePath("Adam update, 3 steps", "adam", inputs, run,
+                      lambda a: {"w": steps(a, np.float64)["w"]}, bounds)
+
+
+def engine_paths(seed: int, quick: bool) -> list[EnginePath]:
+    """The float32 paths training and inference take (see the section's comment)."""
+    rng, dy_rng = np.random.default_rng([seed, 99]), np.random.default_rng([seed, 98])
+    paths = [
+        _conv_path("conv im2col (1->8, k3 p1, 12x12)", rng, (4, 1, 12, 12), (8, 1, 3, 3),
+                   {"padding": 1}, dy_rng),
+        _conv_path("conv wide (4->6, k3 p1, 5x5)", rng, (3, 4, 5, 5), (6, 4, 3, 3), {"padding": 1}, dy_rng),
+        _conv_path("conv channel (16->8, k3 s2 p1)", rng, (3, 16, 7, 7), (8, 16, 3, 3),
+                   {"stride": 2, "padding": 1}, dy_rng),
+        _conv_path("conv Winograd (16->12, k3 p1, 10x10)", rng, (4, 16, 10, 10), (12, 16, 3, 3),
+                   {"padding": 1}, dy_rng),
+        _fused_path("fused block, direct (1->8, 28x28)", rng, (3, 1, 28, 28), (8, 1, 3, 3), 1, False, dy_rng),
+        _fused_path("fused block, Winograd (32->16, 14x14)", rng, (3, 32, 14, 14), (16, 32, 3, 3), 1,
+                    True, dy_rng),
+        _linear_path(rng, dy_rng),
+        _pool_relu_path(rng, dy_rng),
+        _adam_path(rng, dy_rng),
+    ]
+    return [paths[index] for index in (0, 3, 4, 5, 6, 7, 8)] if quick else paths
+
+
+def verify_engine(ops: list[str] | None, seed: int, quick: bool, torch) -> dict:
+    """Every engine path at every kernel level this CPU runs -> the report's "engine" part."""
+    from cnnlab import backend
+
+    everything = not ops or set(ops) >= set(OPS)  # then the fused blocks and Adam too
+    paths = [path for path in engine_paths(seed, quick) if everything or path.op in ops]
+    levels = list(backend.runnable_levels())
+    record = {"levels": levels, "cpu": backend.info()["cpu"], "paths": {}, "passed": True, "error": None}
+    for path in paths:
+        rows = record["paths"].setdefault(path.name, {})
+        inputs32 = {key: value.astype(np.float32) for key, value in path.inputs.items()}
+        reference = path.reference(path.inputs)
+        bounds = path.bounds(path.inputs)
+        torch_reference = path.torch(torch, path.inputs) if torch is not None and path.torch else None
+        for level in levels:
+            try:
+                with backend.use(level):
+                    ours, taken = path.run(inputs32)
+            except Exception as error:  # a path that raises fails, the sweep goes on
+                rows[level] = {"path": None, "worst_ratio": None, "passed": False,
+                               "error": f"{type(error).__name__}: {error}"}
+                record["passed"] = False
+                continue
+            dtype_ok = all(np.asarray(value).dtype == np.float32 for value in ours.values())
+            ratios = [bound_ratio(ours.get(key), expected, *bounds[key])
+                      for key, expected in reference.items()]
+            if torch_reference is not None:
+                ratios += [bound_ratio(ours.get(key), expected, *bounds[key])
+                           for key, expected in torch_reference.items()]
+            worst = max(ratios) if dtype_ok else float("inf")
+            passed = worst <= 1.0
+            rows[level] = {"path": taken, "worst_ratio": worst if np.isfinite(worst) else None,
+                           "passed": passed, "error": None if dtype_ok else "output is not float32"}
+            record["passed"] = record["passed"] and passed
+    return record

@@ -90,6 +90,40 @@ def real_mnist(data_root) -> Path:
     return data_root / "mnist"
 
 
+def _compiled_levels() -> list[str]:
+    from cnnlab.backend import dispatch
+
+    if os.environ.get("CNNLAB_TEST_AVX2_ONLY"):
+        # Simulates an AVX2 + FMA CPU (a Zen 3) on any x86-64 machine: the suite must pass there.
+        dispatch._STATE.cpu = dispatch.CpuDescription(
+            "x86_64", "simulated AVX2-only CPU", frozenset({"sse4_2", "avx", "avx2", "fma"}))
+    return [level for level in dispatch.runnable_levels() if level != "numpy"]
+
+
+#: The compiled kernel levels this CPU runs (portable included wherever it is compiled).
+COMPILED_LEVELS = _compiled_levels()
+_NO_COMPILED_LEVEL = pytest.param(None, marks=pytest.mark.skip(
+    reason="no compiled kernel level runs on this CPU (see `cnnlab info`)"))
+
+
+@pytest.fixture(params=COMPILED_LEVELS or [_NO_COMPILED_LEVEL])
+def compiled_level(request):
+    """Runs the test at each compiled kernel level this CPU can run (cnnlab.backend.use)."""
+    from cnnlab import backend
+
+    with backend.use(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=["numpy"] + COMPILED_LEVELS)
+def kernel_level(request):
+    """Runs the test at every level this CPU can run, NumPy included."""
+    from cnnlab import backend
+
+    with backend.use(request.param):
+        yield request.param
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

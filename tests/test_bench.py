@@ -21,7 +21,9 @@ def test_quick_bench_writes_every_figure(tmp_path, data_root, capsys):
     assert "GEMM" in printed and "speedup" in printed
 
     assert results["gemm"]["gflops_median"] > 0
-    assert results["environment"]["kernels"] == "cnnlab._loops (C)"
+    chosen = results["environment"]["backend"]
+    assert chosen["level"] == chosen["runnable_levels"][-1]  # the best this CPU runs
+    assert f"kernel level {chosen['level']}" in printed
     blas = results["environment"]["blas"]
     assert blas["library"] and "threads" in blas
     assert results["environment"]["torch"]["threads"] >= 1
@@ -101,3 +103,33 @@ def test_short_calls_are_timed_in_runs_long_enough_to_measure():
     assert counts["slow"] == 1 + 1 + 2      # warm-up, untimed, two samples of one call
     assert counts["fast"] > 1 + 1 + 2 * 50  # two samples of many calls each
     assert timings["slow"].median >= 0.004
+
+
+def _timing(min_s, max_s):
+    return {"median_s": (min_s + max_s) / 2, "min_s": min_s, "max_s": max_s, "repeats": 5}
+
+
+def test_a_busy_machine_is_said_and_its_ratios_are_not_printed():
+    """Other processes using the CPU (or samples spread by more than 2x) make the output say so,
+    and the noisy rows print 'busy' instead of a ratio such as 'cross-entropy 520x'."""
+    from cnnlab import bench
+    from cnnlab.backend import threads
+
+    steady = {"cnnlab": _timing(1.0e-3, 1.2e-3), "torch_nchw": _timing(2.0e-3, 2.1e-3),
+              "speedup_vs_torch": 1.8}
+    noisy = {"cnnlab": _timing(0.01e-3, 8.0e-3), "torch_nchw": _timing(2.0e-3, 2.1e-3),
+             "speedup_vs_torch": 520.0}
+    assert not bench.is_noisy(steady) and bench.is_noisy(noisy)
+    results = {"ops": {"conv1 forward": steady, "cross-entropy forward+backward": noisy}, "models": {},
+               "load": {"others_busy_cores": 0.1, "cores": 2}}
+    assert "spread by more than 2x" in bench.busy_note(results)
+    assert bench._ratio(noisy, busy=True) == "busy" and bench._ratio(steady, busy=True) == "1.80x"
+
+    results["ops"] = {"conv1 forward": steady}
+    assert bench.busy_note(results) is None
+    start, end = threads.Sample(), threads.Sample()
+    start.wall, start.own, start.busy = 0.0, 0.0, 0.0
+    end.wall, end.own, end.busy = 10.0, 10.0, 19.0   # others kept 0.9 of a core busy
+    results["load"] = bench.machine_load(start, end)
+    assert results["load"]["others_busy_cores"] == pytest.approx(0.9)
+    assert "the machine was busy: other processes used 0.9 of" in bench.busy_note(results)

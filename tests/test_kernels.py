@@ -1,28 +1,26 @@
-"""The compiled loops (cnnlab._loops) compute exactly what the NumPy fallback computes, bit for bit."""
+"""The compiled loops (cnnlab.backend._loops) compute exactly what the NumPy reference computes,
+bit for bit, at every compiled level this CPU runs (the ``compiled_level`` fixture)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from cnnlab import backend
+from cnnlab.backend import dispatch, winograd
+from cnnlab.backend import conv as fast_conv
+from cnnlab.backend.kernels import max_pool2d_backward, max_pool2d_forward, relu_backward, relu_forward
 from cnnlab.nn.module import Parameter
-from cnnlab.ops import _kernels
-from cnnlab.ops import _winograd
-from cnnlab.ops import conv as conv_ops
-from cnnlab.ops.activation import relu_backward, relu_forward
-from cnnlab.ops.pool import max_pool2d_backward, max_pool2d_forward
 from cnnlab.optim import Adam, AdamW
 
-BUILT = "cnnlab._loops is not built: pip install -e '.[test]' builds it (needs gcc and python3-dev)"
+pytestmark = pytest.mark.usefixtures("compiled_level")
 
 
-def _both_ways(function, monkeypatch):
-    """function() with the compiled loops, then with the NumPy code."""
-    results = []
-    for setting in ("", "numpy"):
-        monkeypatch.setenv("CNNLAB_KERNELS", setting)
-        results.append(function())
-    return results
+def _both_ways(function, monkeypatch=None):
+    """function() with the compiled loops (the fixture's level), then with the NumPy code."""
+    fast = function()
+    with backend.use("numpy"):
+        return [fast, function()]
 
 
 def _awkward_values(array, rng):
@@ -49,7 +47,6 @@ def _pool(x, dy):
 @pytest.mark.parametrize("shape", [(4, 3, 28, 28), (2, 5, 7, 9), (1, 1, 2, 2), (3, 2, 14, 15),
                                    (2, 3, 5, 70), (1, 2, 4, 33)])
 def test_max_pool_2x2_kernel_equals_numpy_bit_for_bit(shape, dtype, rng, monkeypatch):
-    assert _kernels.enabled(), BUILT
     x = _awkward_values(rng.integers(-2, 3, size=shape).astype(dtype), rng)
     dy = rng.standard_normal((shape[0], shape[1], shape[2] // 2, shape[3] // 2)).astype(dtype)
     dy.reshape(-1)[::7] = np.nan
@@ -70,7 +67,6 @@ def test_max_pool_kernel_reads_strided_input_and_gradient(rng, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_relu_kernel_equals_numpy_bit_for_bit(dtype, rng, monkeypatch):
-    assert _kernels.enabled(), BUILT
     x = _awkward_values(rng.standard_normal((3, 4, 5, 7)).astype(dtype), rng)
     dy = _awkward_values(rng.standard_normal(x.shape).astype(dtype), rng)
 
@@ -93,7 +89,6 @@ def test_relu_falls_back_for_strided_input(rng, monkeypatch):
 @pytest.mark.parametrize("optimizer, weight_decay", [(Adam, 0.0), (Adam, 0.1), (AdamW, 0.0), (AdamW, 0.3)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_adam_kernel_equals_numpy_bit_for_bit(optimizer, weight_decay, dtype, monkeypatch):
-    assert _kernels.enabled(), BUILT
 
     def train():
         rng = np.random.default_rng(3)
@@ -127,22 +122,21 @@ WIDE_CASES = [
 @pytest.mark.parametrize("x_shape, w_shape, options", WIDE_CASES)
 def test_wide_conv_loops_equal_numpy_bit_for_bit(x_shape, w_shape, options, dtype, rng, monkeypatch):
     """im2col, col2im and both layout copies in C: the conv's y, dX, dW and db are the same bits."""
-    assert _kernels.enabled(), BUILT
-    monkeypatch.setattr(_winograd, "ENABLED", False)  # 3x3 float32 would go to Winograd
+    monkeypatch.setattr(winograd, "ENABLED", False)  # 3x3 float32 would go to Winograd
     x = rng.standard_normal(x_shape).astype(dtype)
     weight = rng.standard_normal(w_shape).astype(dtype)
     bias = rng.standard_normal(w_shape[0]).astype(dtype)
     x.reshape(-1)[::11] = -0.0
 
     def conv():
-        y, cache = conv_ops.conv2d_forward(x, weight, bias, **options)
+        y, cache = fast_conv.conv2d_forward(x, weight, bias, **options)
         assert cache.layout == "wide"
         dy = np.cos(np.arange(y.size, dtype=dtype)).reshape(y.shape)
-        return (y,) + conv_ops.conv2d_backward(dy, cache)
+        return (y,) + fast_conv.conv2d_backward(dy, cache)
 
     fast = conv()
     with monkeypatch.context() as patch:  # the loops off, the products on the same GEMM
-        patch.setattr(_kernels, "get", lambda: None)
+        patch.setattr(dispatch, "loops", lambda: None)
         numpy = conv()
     for got, expected in zip(fast, numpy):
         _assert_same_bits(got, expected)
@@ -150,8 +144,7 @@ def test_wide_conv_loops_equal_numpy_bit_for_bit(x_shape, w_shape, options, dtyp
 
 
 def test_wide_loops_reject_bad_geometry():
-    assert _kernels.enabled(), BUILT
-    loops = _kernels.get()
+    loops = dispatch.loops()
     x = np.zeros((2, 3, 4, 4), dtype=np.float32)
     cols = np.zeros((3 * 9 + 1, 2 * 4 * 6), dtype=np.float32)
     loops.wide_im2col(x, cols, 1, 1, 6, 6, 3, 3, 1, 1)  # fits: 4x4 output on the 6-wide grid
@@ -166,8 +159,7 @@ def test_wide_loops_reject_bad_geometry():
 
 
 def test_loops_reject_mismatched_arrays():
-    assert _kernels.enabled(), BUILT
-    loops = _kernels.get()
+    loops = dispatch.loops()
     x = np.zeros((1, 1, 4, 4), dtype=np.float32)
     with pytest.raises(ValueError, match="H//2"):
         loops.max_pool_2x2_forward(x, np.empty((1, 1, 3, 2), np.float32), np.empty((1, 1, 3, 2), np.uint8))
@@ -181,33 +173,24 @@ def test_loops_reject_mismatched_arrays():
         loops.relu_forward(x, x[:, :, ::2], np.empty((1, 1, 2, 4), bool))  # y not contiguous
 
 
-def test_environment_variable_turns_the_kernels_off(monkeypatch):
-    monkeypatch.setenv("CNNLAB_KERNELS", "numpy")
-    assert not _kernels.enabled()
-    assert _kernels.describe().startswith("numpy")
-    monkeypatch.delenv("CNNLAB_KERNELS")
-    assert _kernels.enabled()
-    assert _kernels.describe() == "cnnlab._loops (C)"
-
-
 def test_without_the_compiled_module_the_numpy_code_runs(monkeypatch, rng):
     import builtins
 
     real_import = builtins.__import__
 
     def not_built(name, globals=None, locals=None, fromlist=(), level=0):
-        if name == "cnnlab.backend" and "_loops" in (fromlist or ()):
+        if name == "cnnlab.backend._loops" or (name == "cnnlab.backend" and "_loops" in (fromlist or ())):
             raise ImportError("cannot import name '_loops' from 'cnnlab.backend'")
         return real_import(name, globals, locals, fromlist, level)
 
     monkeypatch.setattr(builtins, "__import__", not_built)
-    _kernels.reset()
+    dispatch.reset()
     try:
-        assert _kernels.get() is None
-        assert "not built" in _kernels.describe()
+        assert dispatch.loops() is None
+        assert "_loops is not built" in backend.info()["native_missing"]
         y, _ = max_pool2d_forward(rng.standard_normal((1, 1, 4, 4)), 2)
         assert y.shape == (1, 1, 2, 2)
     finally:
         monkeypatch.undo()
-        _kernels.reset()
-    assert _kernels.enabled()
+        dispatch.reset()
+    assert dispatch.loops() is not None

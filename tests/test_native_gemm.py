@@ -1,5 +1,6 @@
-"""cnnlab._sgemm (cnnlab/backend/native/sgemm.c) against a float64 NumPy reference, and
-cnnlab/ops/_gemm.py, which routes the convolution's products to it.
+"""cnnlab.backend._sgemm (cnnlab/backend/native/sgemm.c) against a float64 NumPy reference,
+and cnnlab/backend/gemm.py, which routes the convolution's products to it; at every compiled
+level this CPU runs (the ``compiled_level`` fixture).
 
 ``pip install`` builds the module (CI has a C compiler), so a missing module fails here.
 """
@@ -9,10 +10,12 @@ import threading
 import numpy as np
 import pytest
 
-from cnnlab.backend import _sgemm
-from cnnlab.ops import _gemm
+from cnnlab import backend
+from cnnlab.backend import _sgemm, dispatch
+from cnnlab.backend import gemm as _gemm
+from cnnlab.backend import threads as thread_policy
 
-pytestmark = pytest.mark.skipif(not _sgemm.avx512(), reason="the CPU has no AVX-512")
+pytestmark = pytest.mark.usefixtures("compiled_level")
 
 # Shapes around the micro-tile (MR=12, NR=32) and block (KC=320, MC=144,
 # NC=256) boundaries, degenerate sizes, and the CNN layer shapes (scaled).
@@ -218,9 +221,8 @@ def test_matmul_runs_float32_products_on_the_native_gemm(layout_a, layout_b, mon
     a = np.asarray(rng.standard_normal((40, 700), dtype=np.float32), order=layout_a)
     b = np.asarray(rng.standard_normal((700, 500), dtype=np.float32), order=layout_b)
     calls = []
-    monkeypatch.setattr(_gemm, "_native", _CountingNative(calls))
-    monkeypatch.setattr(_gemm, "_tried", True)
-    monkeypatch.setattr(_gemm, "_cores", 2)
+    monkeypatch.setattr(dispatch, "sgemm", lambda: _CountingNative(calls))
+    monkeypatch.setattr(thread_policy, "product_threads", lambda: 2)
     outside = _gemm.matmul(a, b)  # 28 MFLOP: split
     with _gemm.one_thread_blas():
         out = np.empty((40, 500), dtype=np.float32)
@@ -238,8 +240,7 @@ def test_matmul_runs_float32_products_on_the_native_gemm(layout_a, layout_b, mon
 
 def test_matmul_falls_back_to_numpy_for_what_the_kernel_does_not_take(monkeypatch):
     calls = []
-    monkeypatch.setattr(_gemm, "_native", _CountingNative(calls))
-    monkeypatch.setattr(_gemm, "_tried", True)
+    monkeypatch.setattr(dispatch, "sgemm", lambda: _CountingNative(calls))
     rng = np.random.default_rng(4)
     a64 = rng.standard_normal((8, 9))
     strided = rng.standard_normal((8, 18), dtype=np.float32)[:, ::2]
@@ -247,38 +248,39 @@ def test_matmul_falls_back_to_numpy_for_what_the_kernel_does_not_take(monkeypatc
     with _gemm.one_thread_blas():
         np.testing.assert_allclose(_gemm.matmul(a64, b), a64 @ b)
         np.testing.assert_array_equal(_gemm.matmul(strided, b), strided @ b)
-        monkeypatch.setenv("CNNLAB_KERNELS", "numpy")
+    monkeypatch.undo()
+    with backend.use("numpy"):
         np.testing.assert_array_equal(_gemm.matmul(b.T.copy(), b), b.T @ b)
+        assert "level numpy" in _gemm.describe()
     assert calls == []
-    assert "CNNLAB_KERNELS=numpy" in _gemm.describe()
 
 
 @pytest.mark.parametrize("stride, layout", [(1, "wide"), (2, "channel"), (1, "winograd")])
 def test_convolution_in_a_one_thread_region_matches_numpy(stride, layout, monkeypatch):
     """The shards' products run one thread each and agree with NumPy's BLAS."""
-    from cnnlab.ops import _winograd, conv
-    from cnnlab.ops.conv import conv2d_backward, conv2d_forward
+    from cnnlab.backend import conv, winograd
+    from cnnlab.backend.conv import conv2d_backward, conv2d_forward
 
-    monkeypatch.setattr(_winograd, "ENABLED", layout == "winograd")
-    calls = []
-    monkeypatch.setattr(_gemm, "_native", _CountingNative(calls))
-    monkeypatch.setattr(_gemm, "_tried", True)
+    if layout == "winograd" and dispatch.winograd_loops() is None:
+        pytest.skip(f"no compiled Winograd transforms at level {dispatch.level()}")
+    monkeypatch.setattr(winograd, "ENABLED", layout == "winograd")
     rng = np.random.default_rng(5)
     x = rng.standard_normal((6, 32, 7, 7), dtype=np.float32)   # K = 288 > 49 pixels
     weight = rng.standard_normal((16, 32, 3, 3), dtype=np.float32)
     bias = rng.standard_normal(16, dtype=np.float32)
-    monkeypatch.setenv("CNNLAB_KERNELS", "numpy")  # NumPy's BLAS (and NumPy loops) for reference
-    y, cache = conv2d_forward(x, weight, bias, stride=stride, padding=1)
-    dy = rng.standard_normal(y.shape, dtype=np.float32)
-    expected = (y,) + conv2d_backward(dy, cache)
-    monkeypatch.delenv("CNNLAB_KERNELS")
+    with backend.use("numpy"):  # NumPy's BLAS (and NumPy loops) for reference
+        y, cache = conv2d_forward(x, weight, bias, stride=stride, padding=1)
+        dy = rng.standard_normal(y.shape, dtype=np.float32)
+        expected = (y,) + conv2d_backward(dy, cache)
+    calls = []
+    monkeypatch.setattr(dispatch, "sgemm", lambda: _CountingNative(calls))
     with _gemm.one_thread_blas():
         y, cache = conv2d_forward(x, weight, bias, stride=stride, padding=1)
         assert cache.layout == layout
         native = (y,) + conv2d_backward(dy, cache)
     # Y = W cols, dW = dY cols^T, dcols = W^T dY; for Winograd, each a batch of 16 products
     assert len(calls) == 3 and all(threads == 1 for _, _, threads in calls)
-    assert conv._choose_layout(cache.setup) == layout
+    assert conv.choose_layout(cache.setup) == layout
     for ours, reference in zip(native, expected):
         np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-4)
 

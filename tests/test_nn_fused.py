@@ -1,13 +1,19 @@
 """Sequential's fused paths equal the layers run one by one: ReLU -> MaxPool2d bit for bit,
-a first Conv2d -> ReLU -> MaxPool2d (cnnlab/ops/fused.py) up to float rounding."""
+a first Conv2d -> ReLU -> MaxPool2d (cnnlab/backend/fused.py) up to float rounding, at every
+kernel level this CPU runs (the ``kernel_level`` fixture)."""
 
 import numpy as np
 import pytest
 
+from cnnlab import backend
+from cnnlab.backend import dispatch
+from cnnlab.backend.fused import conv2d_relu_maxpool2d_backward, conv2d_relu_maxpool2d_forward
+from cnnlab.nn import fusion
 from cnnlab.nn.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU
 from cnnlab.nn.module import Sequential
-from cnnlab.ops import _kernels
-from cnnlab.ops.fused import conv2d_relu_maxpool2d_backward, conv2d_relu_maxpool2d_forward
+
+pytestmark = pytest.mark.usefixtures("kernel_level")
+BLOCK = "conv2d+relu+max_pool2d"
 
 
 def _lecture_cnn(rng, dtype):
@@ -38,8 +44,8 @@ def _fused_and_plain(dtype, input_grad):
     dy = rng.standard_normal((5, 10)).astype(dtype)
     fused_y = model(x)
     fused_dx = model.backward(dy)
-    plan = dict(model._fused)
-    paths = [model[0]._fused_cache.path, model[3]._fused_cache.path]
+    plan = fusion.describe(model.plan)
+    paths = [model.plan[0].cache.path, model.plan[1].cache.path]
     fused_grads = [parameter.grad.copy() for parameter in model.parameters()]
     model.zero_grad()
     plain_y, plain_dx = _layer_by_layer(model, x, dy)
@@ -52,7 +58,7 @@ def test_float64_blocks_run_the_layers_bit_for_bit(input_grad):
     """Without a compiled path (float64) the fused op is the three layers, to the bit."""
     plan, paths, (fused_y, fused_dx, fused_grads), (plain_y, plain_dx, plain_grads) = _fused_and_plain(
         np.float64, input_grad)
-    assert plan == {0: 3, 3: 3} and paths == ["layers", "layers"]
+    assert plan == [BLOCK, BLOCK, "flatten", "linear"] and paths == ["layers", "layers"]
     assert np.array_equal(fused_y, plain_y)
     for fused, plain in zip(fused_grads, plain_grads):
         assert np.array_equal(fused, plain)
@@ -68,7 +74,7 @@ def test_float32_fused_blocks_match_unfused_layers(input_grad):
     layers up to float rounding, gradients and dX too."""
     plan, paths, (fused_y, fused_dx, fused_grads), (plain_y, plain_dx, plain_grads) = _fused_and_plain(
         np.float32, input_grad)
-    assert plan == {0: 3, 3: 3}
+    assert plan == [BLOCK, BLOCK, "flatten", "linear"]
     assert paths == _expected_paths(["layers" if input_grad else "direct", "winograd"])
     np.testing.assert_allclose(fused_y, plain_y, rtol=1e-4, atol=1e-5)
     for fused, plain in zip(fused_grads, plain_grads):
@@ -81,12 +87,11 @@ def test_float32_fused_blocks_match_unfused_layers(input_grad):
 
 
 def _expected_paths(compiled: list[str]) -> list[str]:
-    """The paths taken: the compiled ones, or the layers where CNNLAB_KERNELS=numpy turns the C
-    loops off (the suite then checks the fallback; a build that failed still fails here)."""
-    if _kernels._turned_off():
-        return ["layers"] * len(compiled)
-    assert _kernels.enabled(), "cnnlab._loops is not built: pip install -e '.[test]' builds it"
-    return compiled
+    """The paths taken: the compiled ones where the backend says they run at this level
+    (``dispatch``), else the layers one after the other."""
+    runs = {"direct": dispatch.fused_loops() is not None,
+            "winograd": dispatch.winograd_loops() is not None, "layers": True}
+    return [path if runs[path] else "layers" for path in compiled]
 
 
 def _relative_error(got, expected):
@@ -145,9 +150,9 @@ def test_fused_conv_relu_pool_op_falls_back_to_the_three_ops(rng, monkeypatch):
     weight = rng.standard_normal((3, 1, 3, 3))
     y64, cache64 = conv2d_relu_maxpool2d_forward(x, weight, None, padding=1)
     assert cache64.path == "layers" and y64.dtype == np.float64
-    monkeypatch.setenv("CNNLAB_KERNELS", "numpy")
-    y32, cache32 = conv2d_relu_maxpool2d_forward(x.astype(np.float32), weight.astype(np.float32),
-                                                 None, padding=1)
+    with backend.use("numpy"):
+        y32, cache32 = conv2d_relu_maxpool2d_forward(x.astype(np.float32), weight.astype(np.float32),
+                                                     None, padding=1)
     assert cache32.path == "layers"
     np.testing.assert_allclose(y32, y64, rtol=1e-5, atol=1e-6)
     dx, dweight, dbias = conv2d_relu_maxpool2d_backward(np.ones_like(y32), cache32)
@@ -159,7 +164,7 @@ def test_relu_pool_with_overlapping_windows_is_not_fused():
     model.requires_input_grad = True
     x = np.random.default_rng(1).standard_normal((2, 3, 9, 9))
     y = model(x)
-    assert model._fused == {}
+    assert fusion.describe(model.plan) == ["relu", "max_pool2d"]
     assert y.shape == (2, 3, 4, 4)
 
 

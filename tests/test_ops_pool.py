@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from cnnlab import backend
 from cnnlab.errors import ShapeError
-from cnnlab.ops import _kernels
-from cnnlab.ops.pool import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
+from cnnlab.ops.pool import avg_pool2d_backward, avg_pool2d_forward
+
+# The layers' max pool: the backend's, which is the reference (cnnlab.ops.pool) at the
+# "numpy" level and a compiled loop for the 2x2 tiling pool at the others.
+max_pool2d_forward, max_pool2d_backward = backend.max_pool2d_forward, backend.max_pool2d_backward
 
 # (shape, kernel, stride, padding)
 CONFIGS = [
@@ -26,16 +30,10 @@ OPS = {
 }
 
 
-@pytest.fixture(autouse=True, params=["kernels", "numpy"])
-def backend(request, monkeypatch):
-    """Every test here runs twice: with the compiled 2x2 max-pool loop (cnnlab._loops, which
-    CI builds) and with the NumPy fallback."""
-    if request.param == "numpy":
-        monkeypatch.setenv("CNNLAB_KERNELS", "numpy")
-    else:
-        monkeypatch.delenv("CNNLAB_KERNELS", raising=False)
-        assert _kernels.enabled(), "cnnlab._loops is not built: pip install -e '.[test]' builds it"
-    return request.param
+@pytest.fixture(autouse=True)
+def _every_level(kernel_level):
+    """Every test here runs at each kernel level this CPU runs, NumPy's included."""
+    return kernel_level
 
 
 def _torch_pool(kind, x, kernel, stride, padding, dy):

@@ -1,4 +1,4 @@
-"""Data-parallel steps (cnnlab/parallel.py): the same gradient as one thread, reproducibly."""
+"""Data-parallel steps (cnnlab/backend/parallel.py): the same gradient as one thread, reproducibly."""
 
 import os
 
@@ -8,7 +8,7 @@ import pytest
 from cnnlab import nn
 from cnnlab.models import build_model
 from cnnlab.ops.loss import cross_entropy
-from cnnlab.parallel import DataParallel, default_threads, replicate, shard_bounds
+from cnnlab.backend.parallel import DataParallel, default_threads, replicate, shard_bounds
 
 
 def batch(size, seed=0, shape=(1, 28, 28)):
@@ -208,13 +208,13 @@ def test_evaluate_and_predict_over_threads_equal_one_thread():
 
 
 def test_malloc_is_told_to_keep_freed_memory_unless_the_user_tuned_it():
-    """DataParallel asks glibc to keep freed pages (no page faults per step), once, and leaves
-    malloc alone when a MALLOC_* variable says the user tuned it."""
+    """``cnnlab train`` asks glibc to keep freed pages (no page faults per step), once, and
+    leaves malloc alone when a MALLOC_* variable says the user tuned it."""
     import subprocess
     import sys
 
-    code = ("import os, platform; from cnnlab.ops import _workspace; "
-            "print(_workspace.keep_freed_memory(), platform.libc_ver()[0])")
+    code = ("import os, platform; from cnnlab.backend import workspace; "
+            "print(workspace.keep_freed_memory(), platform.libc_ver()[0])")
     env = {key: value for key, value in os.environ.items()
            if not key.startswith("MALLOC_") and key != "GLIBC_TUNABLES"}
     applied, libc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
@@ -223,3 +223,68 @@ def test_malloc_is_told_to_keep_freed_memory_unless_the_user_tuned_it():
     tuned = subprocess.run([sys.executable, "-c", code], env={**env, "MALLOC_ARENA_MAX": "2"},
                            capture_output=True, text=True, check=True).stdout.split()[0]
     assert tuned == "False"
+
+
+def test_data_parallel_leaves_the_process_as_it_found_it(monkeypatch):
+    """No malloc tuning from the library, and the pool's raised per-shape limit comes back down."""
+    from cnnlab.backend import workspace
+
+    monkeypatch.setattr(workspace, "keep_freed_memory", lambda: pytest.fail("malloc was retuned"))
+    before = workspace._MAX_FREE_PER_KEY
+    parallel = DataParallel(build_model("mlp", np.random.default_rng(0)), 3)
+    assert workspace._MAX_FREE_PER_KEY == 6
+    parallel.close()
+    assert workspace._MAX_FREE_PER_KEY == before
+
+
+def test_shards_on_one_free_core_give_the_same_bits_as_on_two(monkeypatch):
+    """The thread policy decides how many shards run at once, never how a batch is split."""
+    from cnnlab.backend import threads as thread_policy
+
+    model = build_model("cnn", np.random.default_rng(2))
+    x, y = batch(64, 3)
+    results = []
+    for free in (2, 1):
+        monkeypatch.setattr(thread_policy, "workers", lambda limit=None, free=free: min(free, limit or free))
+        model.zero_grad()
+        parallel = DataParallel(model, 2)
+        loss, logits = parallel.forward_backward(x, y)
+        parallel.close()
+        results.append((loss, logits, [p.grad.copy() for p in model.parameters()]))
+    (loss_two, logits_two, grads_two), (loss_one, logits_one, grads_one) = results
+    assert loss_one == loss_two
+    np.testing.assert_array_equal(logits_one, logits_two)
+    for one, two in zip(grads_one, grads_two):
+        np.testing.assert_array_equal(one, two)
+
+
+def test_the_python_api_runs_the_same_shards_as_cnnlab_train():
+    """model(x) + model.backward on a batch big enough for several cores gives the data-parallel
+    step's result bit for bit (issue 13: the README's snippet gets train's speed)."""
+    from cnnlab.ops.loss import cross_entropy
+
+    x, y = batch(128, 7)
+    api, trained = build_model("cnn", np.random.default_rng(3)), build_model("cnn", np.random.default_rng(3))
+    loss, dlogits = cross_entropy(api(x), y)
+    api.backward(dlogits)
+    parallel = DataParallel(trained, default_threads(128, 7.7e6))
+    train_loss, logits = parallel.forward_backward(x, y)
+    parallel.close()
+    assert loss == pytest.approx(train_loss, rel=1e-6)  # one mean against a weighted sum of two
+    for ours, theirs in zip(api.parameters(), trained.parameters()):
+        np.testing.assert_array_equal(ours.grad, theirs.grad)
+    api.requires_input_grad = True  # the input gradient comes back through the shards too
+    api.zero_grad()
+    dx = api.backward(cross_entropy(api(x), y)[1])
+    assert dx.shape == x.shape
+
+
+def test_models_with_batch_statistics_or_dropout_are_never_split_by_the_api():
+    from cnnlab.backend.parallel import shards_for_call
+
+    x = np.zeros((128, 1, 28, 28), dtype=np.float32)
+    assert shards_for_call(build_model("mlp", np.random.default_rng(0)), x) == 1  # too little work
+    with_batch_norm = build_model("cnn-bn", np.random.default_rng(0))
+    assert shards_for_call(with_batch_norm, x) == 1  # BatchNorm's statistics, Dropout's masks
+    plain = build_model("cnn", np.random.default_rng(0))
+    assert shards_for_call(plain, x) == default_threads(128, 7.7e6)

@@ -275,7 +275,7 @@ def test_huge_learning_rate_stops_with_a_message(tiny_fashion, tmp_path, capsys)
 
 def test_nan_in_a_later_epoch_keeps_the_last_good_checkpoint(tiny_fashion, tmp_path,
                                                              monkeypatch):
-    import cnnlab.parallel as loss_module  # the training step calls cross_entropy from there
+    import cnnlab.backend.parallel as loss_module  # the training step calls cross_entropy from there
     from cnnlab.checkpoint import load_checkpoint
     from cnnlab.config import resolve_config
     from cnnlab.train import train

@@ -100,3 +100,35 @@ def test_dropout_is_verified_and_a_wrong_scale_is_caught(monkeypatch):
     monkeypatch.setattr(dropout, "dropout_forward", unscaled)
     report = cnnlab.verify.run_verify(["dropout"], quick=True)
     assert not report["ops"]["dropout"]["checks"]["forward vs PyTorch"]["passed"]
+
+
+def test_engine_paths_run_at_every_level_and_catch_a_wrong_fast_path(monkeypatch):
+    """By default verify checks the float32 paths training takes (Winograd, the fused blocks,
+    the GEMM, the compiled loops) at every level this CPU runs; a fast path off by more than
+    float32 rounding fails, though the float64 reference sweep still passes."""
+    from cnnlab import backend
+    from cnnlab.backend import kernels
+
+    report = cnnlab.verify.run_verify(["linear", "conv2d"], quick=True)
+    engine = report["engine"]
+    assert engine["levels"] == list(backend.runnable_levels())
+    assert {"conv Winograd (16->12, k3 p1, 10x10)", "linear 196->48, batch 64"} <= set(engine["paths"])
+    for rows in engine["paths"].values():
+        assert set(rows) == set(engine["levels"]) and all(row["passed"] for row in rows.values())
+    winograd = engine["paths"]["conv Winograd (16->12, k3 p1, 10x10)"]
+    for level, row in winograd.items():
+        with backend.use(level):  # Winograd exactly where the backend says it runs
+            assert (row["path"] == "winograd") == (backend.dispatch.winograd_loops() is not None)
+
+    original = kernels.linear_forward
+
+    def slightly_wrong(x, weight, bias=None):
+        y, cache = original(x, weight, bias)
+        return y * np.float32(1 + 1e-4), cache  # 1e-4 relative: far above float32 rounding
+
+    monkeypatch.setattr(kernels, "linear_forward", slightly_wrong)
+    monkeypatch.setattr(backend, "linear_forward", slightly_wrong)
+    report = cnnlab.verify.run_verify(["linear"], quick=True)
+    assert report["ops"]["linear"]["passed"] and not report["passed"]
+    assert not any(row["passed"] for row in report["engine"]["paths"]["linear 196->48, batch 64"].values())
+    assert "FAIL: linear 196->48, batch 64 (numpy)" in cnnlab.verify.format_report(report)

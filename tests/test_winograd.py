@@ -1,19 +1,27 @@
-"""Winograd F(2x2, 3x3) (cnnlab/ops/_winograd.py): the same convolution as PyTorch, forward and backward."""
+"""Winograd F(2x2, 3x3) (cnnlab/backend/winograd.py): the same convolution as PyTorch, forward
+and backward, at every kernel level this CPU runs (the ``kernel_level`` fixture; at "numpy"
+these convolutions take im2col, which must agree just the same)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cnnlab.ops import _gemm, _kernels, _winograd
-from cnnlab.ops.conv import conv2d_backward, conv2d_forward
+from cnnlab.backend import dispatch, gemm
+from cnnlab.backend import winograd as _winograd
+from cnnlab.backend.conv import conv2d_backward, conv2d_forward
 
-BUILT = "cnnlab._loops is not built: pip install -e '.[test]' builds it (needs gcc and python3-dev)"
+pytestmark = pytest.mark.usefixtures("kernel_level")
 
 
-def _usable() -> bool:
-    module = _kernels.get()
-    return module is not None and module.winograd_usable()
+def _runs_winograd(layout: str) -> bool:
+    """The layout is Winograd exactly where the backend says its transforms run here."""
+    return (layout == "winograd") == (dispatch.winograd_loops() is not None)
+
+
+def _need_transforms():
+    if dispatch.winograd_loops() is None:
+        pytest.skip(f"no compiled Winograd transforms at level {dispatch.level()}")
 
 
 def _relative_error(got, expected) -> float:
@@ -44,13 +52,12 @@ def _torch_conv(x, weight, bias, padding, dy):
 def test_winograd_matches_torch(shape, out_channels, padding, bias, one_thread, rng):
     """y, dX, dW and db against PyTorch at im2col's float32 tolerance; with NumPy's batched
     matmul and with cnnlab's batched GEMM (the data-parallel step's)."""
-    assert _usable(), BUILT + ", on a CPU with AVX-512"
     x = rng.standard_normal(shape).astype(np.float32)
     weight = (rng.standard_normal((out_channels, shape[1], 3, 3)) * 0.3).astype(np.float32)
     bias_values = rng.standard_normal(out_channels).astype(np.float32) if bias else None
-    with (_gemm.one_thread_blas() if one_thread else _nothing()):
+    with (gemm.one_thread_blas() if one_thread else _nothing()):
         y, cache = conv2d_forward(x, weight, bias_values, padding=padding)
-        assert cache.layout == "winograd"
+        assert _runs_winograd(cache.layout)
         dy = rng.standard_normal(y.shape).astype(np.float32)
         dx, dweight, dbias = conv2d_backward(dy, cache)
     y_t, dx_t, dweight_t, dbias_t = _torch_conv(x, weight, bias_values, padding, dy)
@@ -92,7 +99,7 @@ def test_chunks_give_the_whole_batch_result(rng, monkeypatch):
 
 def test_weight_gradient_is_the_adjoint_of_the_weight_transform(rng):
     """<U(w), dU> = <w, U^T(dU)>: the backward's dW map is exactly the transpose of U = G g G^T."""
-    assert _usable(), BUILT
+    _need_transforms()
     weight = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
     du = rng.standard_normal((16, 5, 3)).astype(np.float32)
     u = _winograd.weight_transform(weight)
@@ -119,8 +126,8 @@ def test_other_convolutions_use_im2col(case, rng, monkeypatch):
 
 
 def test_transforms_reject_arrays_that_do_not_fit():
-    assert _usable(), BUILT
-    loops = _kernels.get()
+    _need_transforms()
+    loops = dispatch.winograd_loops()
     x = np.zeros((2, 3, 6, 6), dtype=np.float32)
     loops.winograd_input(x, np.zeros((16, 3, 2 * 9), np.float32), 1, 1, 6, 6)  # 3x3 tiles per image
     with pytest.raises(ValueError, match="16, C, N th tw"):

@@ -41,6 +41,9 @@ def run(args) -> int:
             raise ConfigError(f"{name} must be a positive number, got {value}")
     if args.backend == "torch":
         return _run_torch_backend(args)
+    from cnnlab.backend.workspace import keep_freed_memory
+
+    keep_freed_memory()  # as `cnnlab train` does, so the steps timed are the ones it runs
     results = run_benchmark(quick=args.quick, threads=args.threads, with_torch=not args.no_torch,
                             repeats=args.repeats, batch_sizes=batch_sizes, epoch_images=args.epoch_images,
                             data_dir=args.data_dir, measure_memory=not args.no_memory)

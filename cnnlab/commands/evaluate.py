@@ -32,7 +32,7 @@ def run(args) -> int:
     from cnnlab.errors import ConfigError
     from cnnlab.evaluation import evaluate
     from cnnlab.fileio import write_json
-    from cnnlab.parallel import threads_for
+    from cnnlab.backend.parallel import threads_for
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}: give the evaluation batch size, e.g. 256")

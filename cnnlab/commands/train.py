@@ -98,8 +98,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cnnlab.backend.workspace import keep_freed_memory
     from cnnlab.train import run_training
 
+    # Steps free and reallocate the same big arrays: keep their pages (no page faults). A
+    # process-wide malloc setting, so the command opts in, never the library.
+    keep_freed_memory()
     overrides = {name: getattr(args, name) for name in CONFIG_OPTIONS}
     result = run_training(
         overrides=overrides,

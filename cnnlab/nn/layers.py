@@ -1,7 +1,8 @@
 """Layers with PyTorch's class names, arguments, parameter shapes and state_dict keys.
 
-Each layer is a thin wrapper of one op pair in ``cnnlab.ops``: ``forward`` calls the op and
-keeps its cache, ``backward`` passes the cache back and adds the parameter gradients into
+Each layer is a thin wrapper of one op pair: the backend's (``cnnlab.backend``: conv,
+linear, max pool, ReLU, which run the fastest code this machine has) or the reference in
+``cnnlab.ops`` for the others. ``forward`` calls the op and keeps its cache, ``backward`` passes the cache back and adds the parameter gradients into
 ``.grad``. Weights load from a PyTorch state_dict (``v.numpy()``) with no transposes.
 """
 
@@ -11,30 +12,23 @@ import math
 
 import numpy as np
 
+from cnnlab.backend import (conv2d_backward, conv2d_forward, linear_backward, linear_forward,
+                            max_pool2d_backward, max_pool2d_forward, relu_backward, relu_forward)
 from cnnlab.errors import ConfigError, ShapeError
 from cnnlab.nn import init
 from cnnlab.nn.module import Module, Parameter
 from cnnlab.ops.activation import (
     leaky_relu_backward,
     leaky_relu_forward,
-    relu_backward,
-    relu_forward,
     sigmoid_backward,
     sigmoid_forward,
     tanh_backward,
     tanh_forward,
 )
 from cnnlab.ops.batchnorm import batch_norm_backward, batch_norm_forward
-from cnnlab.ops.conv import conv2d_backward, conv2d_forward, conv2d_output_size, conv2d_padding
+from cnnlab.ops.conv import conv2d_output_size, conv2d_padding
 from cnnlab.ops.dropout import dropout_backward, dropout_forward
-from cnnlab.ops.linear import linear_backward, linear_forward
-from cnnlab.ops.pool import (
-    avg_pool2d_backward,
-    avg_pool2d_forward,
-    max_pool2d_backward,
-    max_pool2d_forward,
-    pool2d_output_size,
-)
+from cnnlab.ops.pool import avg_pool2d_backward, avg_pool2d_forward, pool2d_output_size
 from cnnlab.ops.shape import flatten_backward, flatten_forward, flatten_output_shape
 from cnnlab.validation import int_pair, positive_int
 
@@ -93,7 +87,10 @@ class Conv2d(Module):
     Attributes:
         weight (Parameter): (C_out, C_in / groups, kernel_size[0], kernel_size[1])
         bias (Parameter or None): (C_out,)
+        op_padding: the padding as the ops take it (a pair, "valid" or "same")
     """
+
+    fusion_kind = "conv2d"  # see cnnlab/nn/fusion.py
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, *, rng=None, dtype=np.float32) -> None:
@@ -112,7 +109,7 @@ class Conv2d(Module):
                        error=ConfigError)
         self.padding = padding if isinstance(padding, str) else int_pair(
             padding, "padding", minimum=0, owner="Conv2d")
-        self._op_padding = self.padding  # read by nn.Sequential's fusion
+        self.op_padding = self.padding
         weight_shape = (out_channels, in_channels // groups) + self.kernel_size
         self.weight = Parameter(np.empty(weight_shape, dtype=dtype))
         self.bias = Parameter(np.empty(out_channels, dtype=dtype)) if bias else None
@@ -315,6 +312,8 @@ class MaxPool2d(_Pool2d):
     The gradient flows only to the position of each window's maximum.
     """
 
+    fusion_kind = "max_pool2d"  # see cnnlab/nn/fusion.py
+
     def _forward_op(self, x):
         return max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
 
@@ -344,6 +343,8 @@ class AvgPool2d(_Pool2d):
 
 class ReLU(_Stateless):
     r"""ReLU(x) = max(0, x).  Shape: any; output has the input's shape."""
+
+    fusion_kind = "relu"  # see cnnlab/nn/fusion.py
 
     def _forward_op(self, x):
         return relu_forward(x)

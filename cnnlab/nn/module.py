@@ -13,8 +13,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from cnnlab import backend
 from cnnlab.errors import CheckpointError, ShapeError
-from cnnlab.ops.activation import relu_backward, relu_forward
+from cnnlab.nn import fusion
 
 
 class Parameter:
@@ -129,6 +130,21 @@ class Module:
                 "call the layer on an input first"
             )
         return self._cache
+
+    def cached(self) -> list:
+        """What this module's last forward kept for its backward (not its children's)."""
+        return [self.__dict__["_cache"]] if "_cache" in self.__dict__ else []
+
+    def _forget_cache(self) -> None:
+        self.__dict__.pop("_cache", None)
+
+    def clear_cache(self) -> None:
+        """Forget what the last forward kept for the backward, here and in every child.
+
+        Frees that memory (activations, im2col columns); a backward then needs a new forward.
+        """
+        for module in self.modules():
+            module._forget_cache()
 
     # traversal
 
@@ -329,112 +345,49 @@ class Sequential(Module):
         return shape
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        layers = list(self._modules.values())
-        # Where runs of layers went through a fused op, as {first index: number of layers}
-        # (see _fusion_at); backward replays the same plan.
-        self._fused: dict[int, int] = {}
-        index = 0
-        while index < len(layers):
-            span = _fusion_at(layers, index)
-            if span == 3:
-                x = _conv_relu_pool_forward(*layers[index:index + 3], x)
-            elif span == 2:
-                x = _relu_pool_forward(*layers[index:index + 2], x)
-            else:
-                x = layers[index](x)
-            if span > 1:
-                self._fused[index] = span
-            index += span
+        shards = backend.shards_for_call(self, x)
+        if shards > 1:
+            # A batch big enough for several cores runs as `cnnlab train` runs it: shards on
+            # replicas (cnnlab/backend/parallel.py); backward then goes through them too.
+            runner = self.__dict__.get("_runner")
+            if runner is None or runner.threads != shards:
+                runner = backend.DataParallel(self, shards)
+                object.__setattr__(self, "_runner", runner)
+            y = runner.forward(x)  # shard 0 runs this model's own plain forward, below
+            self._sharded = True
+            return y
+        if not backend.in_step():
+            self._sharded = False
+        # Runs of layers that fuse into one op (cnnlab/nn/fusion.py); backward replays the plan.
+        self._steps = fusion.plan(list(self._modules.values()))
+        for step in self._steps:
+            x = step.forward(x)
         return x
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
-        layers = list(self._modules.values())
-        fused = self.__dict__.get("_fused", {})
-        ends = {first + span - 1: first for first, span in fused.items()}  # last index -> first
-        index = len(layers) - 1
-        while index >= 0:
-            first = ends.get(index)
-            if first is None:
-                dy = layers[index].backward(dy)
-                first = index
-            elif fused[first] == 3:
-                dy = _conv_relu_pool_backward(*layers[first:first + 3], dy)
-            else:
-                dy = _relu_pool_backward(*layers[first:first + 2], dy)
+        if self.__dict__.get("_sharded") and not backend.in_step():
+            return self._runner.backward(dy)
+        steps = self.__dict__.get("_steps")
+        if steps is None:
+            raise RuntimeError("Sequential.backward() called before forward(): call the model on "
+                               "an input first")
+        for step in reversed(steps):
+            dy = step.backward(dy)
             if dy is None:
                 # only layers that need no input gradient and hold no parameters remain
                 break
-            index = first - 1
         return dy
 
+    @property
+    def plan(self) -> list | None:
+        """The steps the last forward ran (cnnlab/nn/fusion.py), or None before any forward."""
+        return self.__dict__.get("_steps")
 
-# ReLU followed by MaxPool2d, fused. Max pooling commutes with ReLU, max(relu(x)) =
-# relu(max(x)), so pooling first lets the ReLU (forward and backward) run on an array
-# kernel_size^2 times smaller; the pool's argmax over x is the argmax over relu(x) wherever
-# the window's max is > 0, and elsewhere the unfused gradient is 0, which is what the
-# pooled ReLU mask gives. Outputs and gradients are bit-for-bit those of the two layers.
-# Only the lecture case is fused (stride = kernel, no padding: windows never overlap).
-#
-# A Conv2d (stride 1, no dilation or groups) followed by that ReLU and a 2x2 MaxPool2d also
-# runs as one op (cnnlab/ops/fused.py), which never stores the conv's full-size output; it
-# equals the three layers up to float rounding (bit for bit where it falls back to them).
+    def cached(self) -> list:
+        return list(self.__dict__.get("_steps") or [])
 
-def _fusion_at(layers: list[Module], index: int) -> int:
-    """How many layers from ``index`` on run as one fused op: 3, 2, or 1 (not fused)."""
-    from cnnlab.nn.layers import Conv2d, MaxPool2d, ReLU
-
-    def relu_pool_at(position: int) -> bool:
-        if position + 1 >= len(layers):
-            return False
-        relu, pool = layers[position], layers[position + 1]
-        return (type(relu) is ReLU and type(pool) is MaxPool2d and pool.padding == 0
-                and pool.stride == pool.kernel_size
-                and relu.requires_input_grad == pool.requires_input_grad)
-
-    conv = layers[index]
-    if (type(conv) is Conv2d and relu_pool_at(index + 1) and layers[index + 2].kernel_size in (2, (2, 2))
-            and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1):
-        return 3
-    return 2 if relu_pool_at(index) else 1
-
-
-def _conv_relu_pool_forward(conv: Module, relu: Module, pool: Module, x: np.ndarray) -> np.ndarray:
-    from cnnlab.ops.fused import conv2d_relu_maxpool2d_forward
-
-    bias = None if conv.bias is None else conv.bias.data
-    y, cache = conv2d_relu_maxpool2d_forward(x, conv.weight.data, bias, padding=conv._op_padding,
-                                             input_grad=conv.requires_input_grad)
-    conv._fused_cache = cache
-    for layer in (conv, relu, pool):
-        layer.__dict__.pop("_cache", None)  # a stale cache must not meet a later backward
-    return y
-
-
-def _conv_relu_pool_backward(conv: Module, relu: Module, pool: Module, dy: np.ndarray):
-    from cnnlab.ops.fused import conv2d_relu_maxpool2d_backward
-
-    cache = conv.__dict__["_fused_cache"]
-    if conv.requires_input_grad and not cache.input_grad:
-        raise RuntimeError("requires_input_grad was switched on after the forward, which did not "
-                           "keep what the input's gradient needs; run the forward again after "
-                           "setting it")
-    dx, dweight, dbias = conv2d_relu_maxpool2d_backward(dy, cache)
-    conv.weight.grad += dweight
-    if conv.bias is not None:
-        conv.bias.grad += dbias
-    return dx if conv.requires_input_grad else None
-
-
-def _relu_pool_forward(relu: Module, pool: Module, x: np.ndarray) -> np.ndarray:
-    pooled = pool(x)
-    y, mask = relu_forward(pooled)
-    # The ReLU's own cache would be full-size; keep the pooled mask on the pool instead.
-    relu.__dict__.pop("_cache", None)
-    pool._relu_mask = mask
-    return y
-
-
-def _relu_pool_backward(relu: Module, pool: Module, dy: np.ndarray) -> np.ndarray | None:
-    if not relu.requires_input_grad:
-        return None
-    return pool.backward(relu_backward(dy, pool._relu_mask))
+    def _forget_cache(self) -> None:
+        self.__dict__.pop("_steps", None)
+        self.__dict__.pop("_sharded", None)
+        if self.__dict__.get("_runner") is not None:
+            self._runner.clear_cache()

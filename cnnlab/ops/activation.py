@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.ops import _kernels
 from cnnlab.validation import check_input
 
 
@@ -22,23 +21,11 @@ def relu_forward(x: np.ndarray):
         - y: same shape as x
     """
     check_input(x, "relu")
-    loops = _kernels.get()
-    if loops is not None and _kernels.contiguous_float(x):
-        # One pass for both outputs (cnnlab/_native/loops.c), the same bits as below.
-        y, mask = np.empty_like(x), np.empty(x.shape, dtype=bool)
-        loops.relu_forward(x, y, mask)
-        return y, mask
     return np.maximum(x, 0), x > 0
 
 
 def relu_backward(dy: np.ndarray, cache) -> np.ndarray:
     """dReLU/dx = 1 where x > 0, else 0 (0 at exactly x = 0, as PyTorch)."""
-    loops = _kernels.get()
-    if (loops is not None and isinstance(dy, np.ndarray) and _kernels.contiguous_float(dy)
-            and dy.shape == cache.shape and cache.flags.c_contiguous):
-        dx = np.empty_like(dy)
-        loops.relu_backward(dy, cache, dx)
-        return dx
     return np.multiply(dy, cache)
 
 

@@ -11,13 +11,14 @@ output channel c_out:
 
 - :func:`conv2d_naive` / :func:`conv2d_naive_backward`: the formulas written as loops, the
   readable reference (slow; tiny inputs only).
-- :func:`conv2d_forward` / :func:`conv2d_backward`: the fast default. "im2col" copies every
-  kernel-sized patch into one column of a matrix ``cols`` (rows: c_in, m, n), so the whole
-  sum becomes one matrix product ``Y = W cols`` that BLAS runs at full speed. The backward is
+- :func:`conv2d_forward` / :func:`conv2d_backward`: "im2col" copies every kernel-sized
+  patch into one column of a matrix ``cols`` (rows: c_in, m, n), so the whole sum becomes
+  one matrix product per image ``Y = W cols`` that BLAS runs at full speed. The backward is
   two more products: ``dW = dY cols^T`` and ``dcols = W^T dY``, whose columns are added back
-  to the pixels they came from ("col2im"). A float32 3x3 stride-1 convolution with enough
-  input channels runs instead as Winograd F(2x2, 3x3) when cnnlab's C loops can
-  (cnnlab/ops/_winograd.py): the same sum with 2.25x fewer multiplies.
+  to the pixels they came from ("col2im").
+
+The layers (cnnlab.nn) call :mod:`cnnlab.backend`, which runs faster layouts, Winograd
+F(2x2, 3x3) and compiled loops where they apply and this code elsewhere.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.errors import ShapeError
-from cnnlab.ops import _conv_wide, _gemm, _winograd, _workspace
-from cnnlab.ops._workspace import window
+from cnnlab.ops._args import window
 from cnnlab.validation import array_of, check_image_batch, float_array, int_pair, positive_int
 
 Pads = tuple[int, int, int, int]  # (top, bottom, left, right)
@@ -134,7 +134,7 @@ def conv2d_output_size(input_hw, kernel_size, stride=1, padding=0, dilation=1) -
     return _output_size(input_hw, kernel, stride, pads, dilation, padding)
 
 
-class _ConvSetup:
+class ConvSetup:
     """Validated shapes and hyper-parameters of one convolution call."""
 
     __slots__ = ("batch", "in_channels", "out_channels", "groups", "kernel", "stride", "pads",
@@ -214,7 +214,7 @@ def conv2d_naive(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1
     one for real work.
     """
     weight, bias = array_of(weight, "conv2d", "weight"), _optional_array(bias)
-    setup = _ConvSetup(x, weight, bias, stride, padding, dilation, groups)
+    setup = ConvSetup(x, weight, bias, stride, padding, dilation, groups)
     (s_h, s_w), (d_h, d_w), (p_t, _, p_l, _) = setup.stride, setup.dilation, setup.pads
     out_per_group = setup.out_channels // setup.groups
     in_per_group, k_h, k_w = weight.shape[1:]
@@ -257,7 +257,7 @@ def conv2d_naive_backward(dy, x, weight, bias=None, stride=1, padding=0, dilatio
     Returns:
         ``(dx, dweight, dbias)``; dbias is None when ``bias`` is None.
     """
-    setup = _ConvSetup(x, weight, bias, stride, padding, dilation, groups)
+    setup = ConvSetup(x, weight, bias, stride, padding, dilation, groups)
     dy = np.asarray(dy, dtype=x.dtype)
     if dy.shape != (setup.batch, setup.out_channels) + setup.out_hw:
         raise ShapeError(f"conv2d gradient has shape {dy.shape}, expected "
@@ -311,97 +311,93 @@ def _naive_input_grad(dy, x, weight, setup):
 
 
 # ---------------------------------------------------------------------------
-# The fast path: im2col + one GEMM
+# im2col: the sum as matrix products
 # ---------------------------------------------------------------------------
 #
-# cols holds, for output pixel (b, i, j) and row r = (c_in, m, n), the input pixel that
-# W[:, c_in, m, n] multiplies; one extra row of ones carries the bias through the GEMM
-# (and hands back dbias from the weight-gradient GEMM for free). Three memory layouts:
-#   "batch":   (N, K + 1, H_out W_out); Y[b] = W cols[b] lands in NCHW directly. Best when
-#              K is small next to H_out W_out (the first layer: K = 9, 784 pixels).
-#   "channel": (K + 1, N H_out W_out); one big GEMM, then Y is transposed to NCHW. Best
-#              when K is large (deep layers), where the per-item dW partials would be big.
-#   "wide":    the "channel" layout computed on the padded width, for stride 1 (see
-#              cnnlab/ops/_conv_wide.py): long contiguous copies in im2col and col2im.
-# And, not im2col at all, "winograd" (cnnlab/ops/_winograd.py): 3x3 stride-1 float32
-# convolutions in 2.25x fewer multiplies, when the C loops run on an AVX-512 CPU.
+# cols[b] holds, for output pixel (i, j) of image b and row r = (c_in, m, n), the input
+# pixel that W[:, c_in, m, n] multiplies: shape (N, K + 1, H_out W_out) with K = C_in kH kW.
+# The extra row of ones carries the bias through the product (and hands dbias back from the
+# weight-gradient product for free).
 
-class _ConvCache:
-    """What the backward needs; ``cols`` is a pooled buffer released by the backward, ``u``
-    Winograd's transformed weights."""
+class ConvCache:
+    """What :func:`conv2d_backward` needs from the forward."""
 
-    __slots__ = ("setup", "x", "weight", "has_bias", "layout", "cols", "u")
+    __slots__ = ("setup", "x", "weight", "has_bias", "cols")
+    layout = "im2col"
 
-    def __init__(self, setup, x, weight, has_bias, layout, cols, u=None):
-        self.setup, self.x, self.weight = setup, x, weight
-        self.has_bias, self.layout, self.cols, self.u = has_bias, layout, cols, u
+    def __init__(self, setup, x, weight, has_bias, cols):
+        self.setup, self.x, self.weight, self.has_bias, self.cols = setup, x, weight, has_bias, cols
 
 
-def _choose_layout(setup: _ConvSetup) -> str:
-    if _winograd.usable(setup):
-        return "winograd"
-    rows = setup.in_channels * setup.kernel[0] * setup.kernel[1]
-    pixels = setup.out_hw[0] * setup.out_hw[1]
-    if setup.groups > 1 or rows + 1 < pixels:
-        return "batch"
-    return "wide" if _conv_wide.usable(setup) else "channel"
+def patches_view(cols: np.ndarray, setup: ConvSetup) -> np.ndarray:
+    """cols (N, K + 1, P) without the ones row, seen as (N, C_in, kH, kW, H_out, W_out)."""
+    return cols[:, :-1].reshape((setup.batch, setup.in_channels) + setup.kernel + setup.out_hw)
 
 
-def _cols_shape(setup: _ConvSetup, layout: str) -> tuple[int, ...]:
-    rows = setup.in_channels * setup.kernel[0] * setup.kernel[1]
-    pixels = setup.out_hw[0] * setup.out_hw[1]
-    if layout == "batch":
-        return (setup.batch, rows + 1, pixels)
-    return (rows + 1, setup.batch * pixels)
-
-
-def _fill_bias_row(cols: np.ndarray) -> None:
-    """The constant ones row, written once when the buffer is allocated."""
-    if cols.ndim == 3:
-        cols[:, -1] = 1
-    else:
-        cols[-1] = 1
-
-
-def _patches_view(cols: np.ndarray, setup: _ConvSetup, layout: str) -> np.ndarray:
-    """cols (without the ones row) seen as (N, C_in, kH, kW, H_out, W_out)."""
-    n, c, (k_h, k_w), (h_out, w_out) = setup.batch, setup.in_channels, setup.kernel, setup.out_hw
-    if layout == "batch":
-        return cols[:, :-1].reshape(n, c, k_h, k_w, h_out, w_out)
-    return cols[:-1].reshape(c, k_h, k_w, n, h_out, w_out).transpose(3, 0, 1, 2, 4, 5)
-
-
-def _padded_input(x: np.ndarray, setup: _ConvSetup) -> tuple[np.ndarray, bool]:
-    """x with its zero border, in a pooled buffer (True) or x itself when unpadded (False)."""
+def padded_input(x: np.ndarray, setup: ConvSetup, out: np.ndarray | None = None) -> np.ndarray:
+    """x inside its zero border (``out``, whose border is already zero, when given)."""
     if not any(setup.pads):
-        return x, False
+        return x
     top, _, left, _ = setup.pads
-    padded = _workspace.take("conv-padded", x.shape[:2] + setup.padded_hw, x.dtype,
-                             init=lambda buffer: buffer.fill(0), variant=setup.pads)
-    # Only the interior is written, so the border keeps the zeros of its first fill.
-    padded[:, :, top:top + x.shape[2], left:left + x.shape[3]] = x
-    return padded, True
+    if out is None:
+        out = np.zeros(x.shape[:2] + setup.padded_hw, dtype=x.dtype)
+    out[:, :, top:top + x.shape[2], left:left + x.shape[3]] = x
+    return out
 
 
-def _im2col(x: np.ndarray, setup: _ConvSetup, layout: str) -> np.ndarray:
-    """Copy every kernel tap's view of the input into cols: one strided copy per tap."""
-    cols = _workspace.take("conv-cols", _cols_shape(setup, layout), x.dtype, init=_fill_bias_row)
-    padded, pooled = _padded_input(x, setup)
-    patches = _patches_view(cols, setup, layout)
+def fill_patches(patches: np.ndarray, padded: np.ndarray, setup: ConvSetup) -> None:
+    """im2col: copy every kernel tap's view of the padded input into its rows of cols."""
     for m in range(setup.kernel[0]):
         for n in range(setup.kernel[1]):
             np.copyto(patches[:, :, m, n], window(padded, *setup.offset(m, n), setup.stride, setup.out_hw))
-    if pooled:
-        _workspace.give(padded, "conv-padded", variant=setup.pads)
-    return cols
 
 
-def _weight_matrix(weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+def add_patches(patches: np.ndarray, dx_padded: np.ndarray, setup: ConvSetup) -> None:
+    """col2im: add each kernel tap's rows of dcols back onto the input pixels they came from."""
+    for m in range(setup.kernel[0]):
+        for n in range(setup.kernel[1]):
+            target = window(dx_padded, *setup.offset(m, n), setup.stride, setup.out_hw)
+            np.add(target, patches[:, :, m, n], out=target)
+
+
+def crop_padding(dx_padded: np.ndarray, setup: ConvSetup) -> np.ndarray:
+    """The input-sized interior of a padded gradient, as a fresh array."""
+    if not any(setup.pads):
+        return dx_padded
+    top, _, left, _ = setup.pads
+    return dx_padded[:, :, top:top + setup.input_hw[0], left:left + setup.input_hw[1]].copy()
+
+
+def weight_matrix(weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     """W as (C_out, K), with the bias appended as column K when there is one."""
     matrix = weight.reshape(weight.shape[0], -1)
     if bias is None:
         return matrix
     return np.concatenate([matrix, bias[:, None]], axis=1)
+
+
+def split_weight_grad(dweight_ext: np.ndarray, weight_shape, has_bias: bool):
+    """Column K of the extended weight gradient is dbias (the ones row's partner)."""
+    dweight = np.ascontiguousarray(dweight_ext[:, :-1]).reshape(weight_shape)
+    dbias = dweight_ext[:, -1].copy() if has_bias else None
+    return dweight, dbias
+
+
+def check_output_grad(dy, setup: ConvSetup) -> np.ndarray:
+    """dy as a C-contiguous (N, C_out, H_out W_out) array of the input's dtype, or a ShapeError."""
+    expected = (setup.batch, setup.out_channels) + setup.out_hw
+    if not isinstance(dy, np.ndarray) or dy.shape != expected:
+        raise ShapeError(f"conv2d gradient has shape {getattr(dy, 'shape', dy)}, expected {expected} "
+                         "(the shape of the forward's output)")
+    return np.ascontiguousarray(dy, dtype=setup.dtype).reshape(setup.batch, setup.out_channels, -1)
+
+
+def _group_slices(setup: ConvSetup):
+    """(output channels, cols rows) of each group."""
+    rows = setup.in_channels * setup.kernel[0] * setup.kernel[1] // setup.groups
+    outputs = setup.out_channels // setup.groups
+    return [(slice(g * outputs, (g + 1) * outputs), slice(g * rows, (g + 1) * rows))
+            for g in range(setup.groups)]
 
 
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -411,9 +407,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
         Y[b, c_o, i, j] = \sum_{c_i, m, n} W[c_o, c_i, m, n] \,
             X[b, c_i, s i + d m - p, s j + d n - p] + \text{bias}[c_o]
 
-    computed as one matrix product per group over im2col columns, or by Winograd F(2x2, 3x3)
-    for float32 3x3 stride-1 convolutions (see the module docs); the same result up to float
-    rounding.
+    computed as one matrix product per image and group over im2col columns.
 
     Args:
         x: input images.
@@ -435,7 +429,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
           H_out = floor((H_in + 2 p_h - d_h (kH - 1) - 1) / s_h + 1), likewise W_out
 
     Returns:
-        ``(y, cache)``; pass the cache once to :func:`conv2d_backward`. ``y`` is a fresh
+        ``(y, cache)``; pass the cache to :func:`conv2d_backward`. ``y`` is a fresh
         array that later calls never touch.
 
     Raises:
@@ -448,68 +442,30 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     and ``weight`` themselves: they must not change before the backward.
     """
     weight, bias = array_of(weight, "conv2d", "weight"), _optional_array(bias)
-    setup = _ConvSetup(x, weight, bias, stride, padding, dilation, groups)
-    if setup.batch == 0:
-        return _empty_forward(x, weight, bias, setup)
-    layout = _choose_layout(setup)
+    setup = ConvSetup(x, weight, bias, stride, padding, dilation, groups)
+    rows = setup.in_channels * setup.kernel[0] * setup.kernel[1]
+    cols = np.empty((setup.batch, rows + 1, setup.out_hw[0] * setup.out_hw[1]), dtype=x.dtype)
+    cols[:, -1] = 1
+    fill_patches(patches_view(cols, setup), padded_input(x, setup), setup)
     y = np.empty((setup.batch, setup.out_channels) + setup.out_hw, dtype=x.dtype)
-    if layout == "winograd":
-        u = _winograd.forward(x, weight, bias, setup, y)
-        return y, _ConvCache(setup, x, weight, bias is not None, layout, None, u)
-    if layout == "wide":
-        # chunk by chunk; the backward redoes im2col from x, so no cols are kept
-        _conv_wide.forward(x, _weight_matrix(weight, bias), setup, _padded_input, y)
-        return y, _ConvCache(setup, x, weight, bias is not None, layout, None)
-    cols = _im2col(x, setup, layout)
-    if setup.groups > 1:
-        _grouped_forward(cols, weight, bias, setup, y)
-    elif layout == "batch":
-        columns = cols if bias is not None else cols[:, :-1]
-        np.matmul(_weight_matrix(weight, bias), columns, out=y.reshape(y.shape[0], y.shape[1], -1))
+    y3 = y.reshape(setup.batch, setup.out_channels, -1)
+    if setup.groups == 1:
+        np.matmul(weight_matrix(weight, bias), cols if bias is not None else cols[:, :-1], out=y3)
     else:
-        columns = cols if bias is not None else cols[:-1]
-        product = _workspace.take("conv-product", (setup.out_channels, columns.shape[1]), x.dtype)
-        _gemm.matmul(_weight_matrix(weight, bias), columns, out=product)
-        # (C_out, N, P) -> (N, C_out, P): the one transpose this layout pays.
-        np.copyto(y.reshape(y.shape[0], y.shape[1], -1),
-                  product.reshape(setup.out_channels, setup.batch, -1).transpose(1, 0, 2))
-        _workspace.give(product, "conv-product")
-    return y, _ConvCache(setup, x, weight, bias is not None, layout, cols)
+        for outputs, rows_of_group in _group_slices(setup):
+            np.matmul(weight[outputs].reshape(weight[outputs].shape[0], -1), cols[:, rows_of_group],
+                      out=y3[:, outputs])
+        if bias is not None:
+            y3 += bias[:, None]
+    return y, ConvCache(setup, x, weight, bias is not None, cols)
 
 
 def _optional_array(bias):
     return None if bias is None else array_of(bias, "conv2d", "bias")
 
 
-def _empty_forward(x, weight, bias, setup):
-    """No images: an empty output, as in PyTorch."""
-    y = np.zeros((0, setup.out_channels) + setup.out_hw, dtype=x.dtype)
-    return y, _ConvCache(setup, x, weight, bias is not None, "empty", None)
-
-
-def _empty_backward(dy, cache, input_grad):
-    setup = cache.setup
-    dx = np.zeros(cache.x.shape, dtype=setup.dtype) if input_grad else None
-    dbias = dy.sum(axis=(0, 2, 3), dtype=setup.dtype) if cache.has_bias else None
-    return dx, np.zeros(cache.weight.shape, dtype=setup.dtype), dbias
-
-
-def _grouped_forward(cols, weight, bias, setup, y) -> None:
-    """One batched GEMM per group (groups > 1 always uses the "batch" layout)."""
-    in_rows = cols.shape[1] - 1
-    rows_per_group = in_rows // setup.groups
-    out_per_group = setup.out_channels // setup.groups
-    y3 = y.reshape(y.shape[0], y.shape[1], -1)
-    for group in range(setup.groups):
-        outputs = slice(group * out_per_group, (group + 1) * out_per_group)
-        rows = slice(group * rows_per_group, (group + 1) * rows_per_group)
-        np.matmul(weight[outputs].reshape(out_per_group, -1), cols[:, rows], out=y3[:, outputs])
-    if bias is not None:
-        y3 += bias[:, None]
-
-
 def conv2d_backward(dy, cache, input_grad=True):
-    r"""Gradients of :func:`conv2d_forward` (lecture 002's three formulas, as GEMMs).
+    r"""Gradients of :func:`conv2d_forward` (lecture 002's three formulas, as products).
 
     - dbias[c_o] = sum over b, i, j of dY[b, c_o, i, j]
     - dW = dY cols^T: the input correlated with dY
@@ -528,122 +484,23 @@ def conv2d_backward(dy, cache, input_grad=True):
     Returns:
         ``(dx, dweight, dbias)``, all fresh arrays of the input's dtype.
     """
-    setup = cache.setup
-    expected = (setup.batch, setup.out_channels) + setup.out_hw
-    if not isinstance(dy, np.ndarray) or dy.shape != expected:
-        raise ShapeError(f"conv2d gradient has shape {getattr(dy, 'shape', dy)}, expected {expected} "
-                         "(the shape of the forward's output)")
-    if cache.layout == "empty":
-        return _empty_backward(dy, cache, input_grad)
-    dy3 = np.ascontiguousarray(dy, dtype=setup.dtype).reshape(setup.batch, setup.out_channels, -1)
-    if cache.layout == "winograd":
-        dweight, dbias, dx = _winograd.backward(dy3.reshape(expected), cache.x, cache.u, setup,
-                                                input_grad)
-        return dx, dweight, dbias.astype(setup.dtype) if cache.has_bias else None
-    if cache.layout == "wide":
-        return _wide_backward(dy3, cache, input_grad)
-    cols = cache.cols if cache.cols is not None else _im2col(cache.x, setup, cache.layout)
-    # The cache gives its buffer back now, so a second backward rebuilds cols instead of
-    # reading a buffer another forward may have refilled.
-    cache.cols = None
-    if setup.groups > 1:
-        dweight, dbias, dcols = _grouped_backward(dy3, cols, cache, input_grad)
-    elif cache.layout == "batch":
-        dweight, dbias, dcols = _batch_layout_backward(dy3, cols, cache, input_grad)
-    else:
-        dweight, dbias, dcols = _channel_layout_backward(dy3, cols, cache, input_grad)
-    _workspace.give(cols, "conv-cols")
-    dx = None
-    if input_grad:
-        dx = _col2im(dcols, setup, cache.layout)
-        _workspace.give(dcols, "conv-dcols")
-    return dx, dweight, dbias
-
-
-def _wide_backward(dy3, cache, input_grad):
-    setup = cache.setup
-    dy4 = dy3.reshape((setup.batch, setup.out_channels) + setup.out_hw)
-    dweight_ext, dx = _conv_wide.backward(dy4, cache.x, cache.weight, setup, _padded_input,
-                                          input_grad)
-    dweight, dbias = _split_weight_grad(dweight_ext, cache)
-    return dx, dweight, dbias
-
-
-def _split_weight_grad(dweight_ext: np.ndarray, cache) -> tuple[np.ndarray, np.ndarray | None]:
-    """Column K of the extended weight gradient is dbias (the ones row's partner)."""
-    dweight = np.ascontiguousarray(dweight_ext[:, :-1]).reshape(cache.weight.shape)
-    dbias = dweight_ext[:, -1].copy() if cache.has_bias else None
-    return dweight, dbias
-
-
-def _batch_layout_backward(dy3, cols, cache, input_grad):
-    # dW[b] = dY[b] cols[b]^T per item, then summed over the batch.
-    dweight_ext = np.matmul(dy3, cols.transpose(0, 2, 1)).sum(axis=0)
-    dweight, dbias = _split_weight_grad(dweight_ext, cache)
-    dcols = None
-    if input_grad:
-        dcols = _workspace.take("conv-dcols", (cols.shape[0], cols.shape[1] - 1, cols.shape[2]),
-                                dy3.dtype)
-        np.matmul(cache.weight.reshape(cache.weight.shape[0], -1).T, dy3, out=dcols)
-    return dweight, dbias, dcols
-
-
-def _channel_layout_backward(dy3, cols, cache, input_grad):
-    setup = cache.setup
-    # dY as (C_out, N P), the layout of the forward's GEMM output.
-    dy_matrix = _workspace.take("conv-product", (setup.out_channels, cols.shape[1]), dy3.dtype)
-    np.copyto(dy_matrix.reshape(setup.out_channels, setup.batch, -1), dy3.transpose(1, 0, 2))
-    dweight, dbias = _split_weight_grad(_gemm.matmul(dy_matrix, cols.T), cache)
-    dcols = None
-    if input_grad:
-        dcols = _workspace.take("conv-dcols", (cols.shape[0] - 1, cols.shape[1]), dy3.dtype)
-        _gemm.matmul(cache.weight.reshape(cache.weight.shape[0], -1).T, dy_matrix, out=dcols)
-    _workspace.give(dy_matrix, "conv-product")
-    return dweight, dbias, dcols
-
-
-def _grouped_backward(dy3, cols, cache, input_grad):
-    setup, weight = cache.setup, cache.weight
-    rows_per_group = (cols.shape[1] - 1) // setup.groups
-    out_per_group = setup.out_channels // setup.groups
+    setup, cols, weight = cache.setup, cache.cols, cache.weight
+    dy3 = check_output_grad(dy, setup)
     dweight = np.empty_like(weight)
-    dcols = None
-    if input_grad:
-        dcols = _workspace.take("conv-dcols", (cols.shape[0], cols.shape[1] - 1, cols.shape[2]),
-                                dy3.dtype)
-    for group in range(setup.groups):
-        outputs = slice(group * out_per_group, (group + 1) * out_per_group)
-        rows = slice(group * rows_per_group, (group + 1) * rows_per_group)
+    dcols = np.empty((setup.batch, cols.shape[1] - 1, cols.shape[2]), dtype=setup.dtype) if input_grad else None
+    for outputs, rows in _group_slices(setup):
         group_dy = dy3[:, outputs]
+        # dW = sum over images b of dY[b] cols[b]^T
         dweight[outputs] = np.matmul(group_dy, cols[:, rows].transpose(0, 2, 1)).sum(axis=0).reshape(
             dweight[outputs].shape)
         if input_grad:
-            np.matmul(weight[outputs].reshape(out_per_group, -1).T, group_dy, out=dcols[:, rows])
+            np.matmul(weight[outputs].reshape(weight[outputs].shape[0], -1).T, group_dy,
+                      out=dcols[:, rows])
     dbias = dy3.sum(axis=(0, 2)) if cache.has_bias else None
-    return dweight, dbias, dcols
-
-
-def _col2im(dcols: np.ndarray, setup: _ConvSetup, layout: str) -> np.ndarray:
-    """Add each kernel tap's slice of dcols back onto the input pixels it was copied from."""
-    padded = any(setup.pads)
-    shape = (setup.batch, setup.in_channels) + setup.padded_hw
-    if padded:
-        dx_padded = _workspace.take("conv-dx-padded", shape, setup.dtype)
-        dx_padded.fill(0)
-    else:
-        dx_padded = np.zeros(shape, dtype=setup.dtype)
-    n, c, (k_h, k_w), (h_out, w_out) = setup.batch, setup.in_channels, setup.kernel, setup.out_hw
-    if layout == "batch":
-        patches = dcols.reshape(n, c, k_h, k_w, h_out, w_out)
-    else:
-        patches = dcols.reshape(c, k_h, k_w, n, h_out, w_out).transpose(3, 0, 1, 2, 4, 5)
-    for m in range(k_h):
-        for n_tap in range(k_w):
-            target = window(dx_padded, *setup.offset(m, n_tap), setup.stride, setup.out_hw)
-            np.add(target, patches[:, :, m, n_tap], out=target)
-    if not padded:
-        return dx_padded
-    top, _, left, _ = setup.pads
-    dx = dx_padded[:, :, top:top + setup.input_hw[0], left:left + setup.input_hw[1]].copy()
-    _workspace.give(dx_padded, "conv-dx-padded")
-    return dx
+    dx = None
+    if input_grad:
+        dx_padded = np.zeros((setup.batch, setup.in_channels) + setup.padded_hw, dtype=setup.dtype)
+        add_patches(dcols.reshape((setup.batch, setup.in_channels) + setup.kernel + setup.out_hw),
+                    dx_padded, setup)
+        dx = crop_padding(dx_padded, setup)
+    return dx, dweight, dbias

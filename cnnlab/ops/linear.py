@@ -13,11 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.errors import ShapeError
-from cnnlab.ops import _gemm
 from cnnlab.validation import check_input, float_array, optional_float_array
 
 
-def _check_linear_shapes(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> None:
+def check_linear_shapes(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> None:
     if x.ndim != 2:
         raise ShapeError(f"linear expects input of shape (N, in_features), got {x.shape}; "
                          "flatten the input first")
@@ -52,8 +51,8 @@ def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = 
     check_input(x, "linear")
     weight = float_array(weight, "linear", "weight", like=x)
     bias = optional_float_array(bias, "linear", "bias", like=x)
-    _check_linear_shapes(x, weight, bias)
-    y = _gemm.matmul(x, weight.T)
+    check_linear_shapes(x, weight, bias)
+    y = x @ weight.T
     if bias is not None:
         y += bias
     return y, (x, weight, bias is not None)
@@ -73,7 +72,7 @@ def linear_backward(dy: np.ndarray, cache, input_grad: bool = True):
           dbias: (out_features,) or None when the forward had no bias.
     """
     x, weight, has_bias = cache
-    dx = _gemm.matmul(dy, weight) if input_grad else None
-    dweight = _gemm.matmul(dy.T, x)
+    dx = dy @ weight if input_grad else None
+    dweight = dy.T @ x
     dbias = dy.sum(axis=0) if has_bias else None
     return dx, dweight, dbias

@@ -9,8 +9,8 @@ Each output pixel summarises one kH x kW window of its channel:
 with reduce = max (max pooling) or mean (average pooling). Both ops loop over the kH*kW
 kernel taps only; each step is one vectorised pass over an (N, C, H_out, W_out) strided
 view (for the common 2x2/stride-2 max pool, over contiguous copies of the four tap views).
-When cnnlab's C loops are built (cnnlab/ops/_kernels.py), that 2x2 max pool runs as one
-compiled loop instead, with the same results bit for bit, several times faster.
+The layers run the backend (cnnlab.backend), whose compiled loop computes that 2x2 max
+pool with the same results bit for bit, several times faster.
 
 Max pooling's backward sends each window's gradient to its FIRST largest element in
 row-major window order, exactly as PyTorch does on ties; the forward records which tap
@@ -23,8 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.errors import ShapeError
-from cnnlab.ops import _kernels, _workspace
-from cnnlab.ops._workspace import window
+from cnnlab.ops._args import window
 from cnnlab.ops.conv import output_length
 from cnnlab.validation import check_image_batch, int_pair
 
@@ -68,7 +67,7 @@ floor + 1
     return out_hw
 
 
-class _PoolSetup:
+class PoolSetup:
     """Validated kernel, stride, padding and sizes of one pooling call."""
 
     __slots__ = ("kernel", "stride", "padding", "input_shape", "out_hw", "dtype")
@@ -99,23 +98,18 @@ class _PoolSetup:
         return window(padded, tap[0], tap[1], self.stride, self.out_hw)
 
 
-def _padded(x: np.ndarray, setup: _PoolSetup, fill: float) -> tuple[np.ndarray, bool]:
-    """x inside a border of ``fill`` (a pooled buffer, True), or x itself without padding."""
+def _padded(x: np.ndarray, setup: PoolSetup, fill: float) -> np.ndarray:
+    """x inside a border of ``fill``, or x itself without padding."""
     pad_h, pad_w = setup.padding
     if not (pad_h or pad_w):
-        return x, False
-    shape = x.shape[:2] + (x.shape[2] + 2 * pad_h, x.shape[3] + 2 * pad_w)
-    padded = _workspace.take("pool-padded", shape, x.dtype, init=lambda buffer: buffer.fill(fill),
-                             variant=(setup.padding, fill))
+        return x
+    padded = np.full(x.shape[:2] + (x.shape[2] + 2 * pad_h, x.shape[3] + 2 * pad_w), fill,
+                     dtype=x.dtype)
     padded[:, :, pad_h:pad_h + x.shape[2], pad_w:pad_w + x.shape[3]] = x
-    return padded, True
+    return padded
 
 
-def _release_padded(padded: np.ndarray, setup: _PoolSetup, fill: float) -> None:
-    _workspace.give(padded, "pool-padded", variant=(setup.padding, fill))
-
-
-def _gradient_input(dy, setup: _PoolSetup, op: str) -> np.ndarray:
+def checked_output_grad(dy, setup: PoolSetup, op: str) -> np.ndarray:
     expected = setup.output_shape()
     if not isinstance(dy, np.ndarray) or dy.shape != expected:
         raise ShapeError(f"{op} gradient has shape {getattr(dy, 'shape', dy)}, expected {expected} "
@@ -123,10 +117,10 @@ def _gradient_input(dy, setup: _PoolSetup, op: str) -> np.ndarray:
     return np.asarray(dy, dtype=setup.dtype)
 
 
-class _GradientTarget:
+class GradientTarget:
     """Where a pooling backward adds each tap's gradient: dx itself or a padded scratch."""
 
-    def __init__(self, setup: _PoolSetup):
+    def __init__(self, setup: PoolSetup):
         self.setup = setup
         pad_h, pad_w = setup.padding
         n, c, h, w = setup.input_shape
@@ -136,9 +130,7 @@ class _GradientTarget:
             self.padded[:, :, setup.out_hw[0] * setup.kernel[0]:] = 0
             self.padded[:, :, :, setup.out_hw[1] * setup.kernel[1]:] = 0
         elif pad_h or pad_w:
-            self.padded = _workspace.take("pool-dx-padded", (n, c, h + 2 * pad_h, w + 2 * pad_w),
-                                          setup.dtype)
-            self.padded.fill(0)
+            self.padded = np.zeros((n, c, h + 2 * pad_h, w + 2 * pad_w), dtype=setup.dtype)
         else:
             self.padded = np.zeros(setup.input_shape, dtype=setup.dtype)
 
@@ -154,9 +146,7 @@ class _GradientTarget:
         if not (pad_h or pad_w):
             return self.padded
         n, c, h, w = self.setup.input_shape
-        dx = self.padded[:, :, pad_h:pad_h + h, pad_w:pad_w + w].copy()
-        _workspace.give(self.padded, "pool-dx-padded")
-        return dx
+        return self.padded[:, :, pad_h:pad_h + h, pad_w:pad_w + w].copy()
 
 
 # The 2x2 / stride-2 max pool (every CNN here) runs the same tap loop on contiguous
@@ -166,18 +156,15 @@ class _GradientTarget:
 # every later pass then runs over a whole flat array (forward 1.3-1.4x faster, same bits).
 # The backward keeps its four strided writes: scattering planes back cost more than it saved.
 
-def _is_2x2_tiling(setup: _PoolSetup) -> bool:
+def is_2x2_tiling(setup: PoolSetup) -> bool:
     return setup.kernel == (2, 2) and setup.tiles_exactly
 
 
-def _tap_planes(x: np.ndarray, setup: _PoolSetup) -> np.ndarray:
-    """x's four tap views as a pooled (4, N, C, H_out, W_out) buffer, taps in row-major order.
-
-    Give it back with ``_workspace.give(planes, "pool-planes")``.
-    """
+def _tap_planes(x: np.ndarray, setup: PoolSetup) -> np.ndarray:
+    """x's four tap views as one (4, N, C, H_out, W_out) array, taps in row-major order."""
     n, c = x.shape[:2]
     h_out, w_out = setup.out_hw
-    planes = _workspace.take("pool-planes", (4,) + setup.output_shape(), setup.dtype)
+    planes = np.empty((4,) + setup.output_shape(), dtype=setup.dtype)
     # x's covered part as (N, C, H_out, m, W_out, n), copied to (m, n, N, C, H_out, W_out).
     tiles = x[:, :, :2 * h_out, :2 * w_out].reshape(n, c, h_out, 2, w_out, 2)
     np.copyto(planes.reshape((2, 2) + planes.shape[1:]), tiles.transpose(3, 5, 0, 1, 2, 4))
@@ -208,19 +195,11 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
     Returns:
         ``(y, cache)``; the cache records the position of each window's first maximum.
     """
-    setup = _PoolSetup(x, kernel_size, stride, padding, "max_pool2d")
-    kernels = _kernels.get() if _is_2x2_tiling(setup) else None
-    if kernels is not None:
-        y = np.empty(setup.output_shape(), dtype=setup.dtype)
-        index = np.empty(y.shape, dtype=np.uint8)
-        kernels.max_pool_2x2_forward(np.ascontiguousarray(x), y, index)
-        return y, (setup, index)
-    planes, pooled = None, False
-    if _is_2x2_tiling(setup):
-        planes = _tap_planes(x, setup)
-        views = list(planes)
+    setup = PoolSetup(x, kernel_size, stride, padding, "max_pool2d")
+    if is_2x2_tiling(setup):
+        views = list(_tap_planes(x, setup))
     else:
-        padded, pooled = _padded(x, setup, -np.inf)
+        padded = _padded(x, setup, -np.inf)
         views = [setup.view(padded, tap) for tap in setup.taps]
     index_type = np.uint8 if len(views) <= 256 else np.int32
     if len(views) == 1:
@@ -242,10 +221,6 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
         np.multiply(step, larger, out=step)
         np.add(index, step, out=index)
         np.maximum(y, candidate, out=y)
-    if pooled:
-        _release_padded(padded, setup, -np.inf)
-    if planes is not None:
-        _workspace.give(planes, "pool-planes")
     return y, (setup, index)
 
 
@@ -260,12 +235,8 @@ def max_pool2d_backward(dy, cache):
         - dx: (N, C, H_in, W_in), a fresh array
     """
     setup, index = cache
-    dy = _gradient_input(dy, setup, "max_pool2d")
-    target = _GradientTarget(setup)
-    kernels = _kernels.get() if _is_2x2_tiling(setup) else None
-    if kernels is not None:
-        kernels.max_pool_2x2_backward(np.ascontiguousarray(dy), index, target.padded)
-        return target.result()
+    dy = checked_output_grad(dy, setup, "max_pool2d")
+    target = GradientTarget(setup)
     chosen = np.empty(index.shape, dtype=bool)
     routed = None if setup.tiles_exactly else np.empty(dy.shape, dtype=setup.dtype)
     for number, tap in enumerate(setup.taps):
@@ -303,15 +274,13 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0):
     Returns:
         ``(y, cache)``; pass the cache to :func:`avg_pool2d_backward`.
     """
-    setup = _PoolSetup(x, kernel_size, stride, padding, "avg_pool2d")
-    padded, pooled = _padded(x, setup, 0.0)
+    setup = PoolSetup(x, kernel_size, stride, padding, "avg_pool2d")
+    padded = _padded(x, setup, 0.0)
     taps = setup.taps
     y = setup.view(padded, taps[0]).copy()
     for tap in taps[1:]:
         y += setup.view(padded, tap)
     y /= len(taps)
-    if pooled:
-        _release_padded(padded, setup, 0.0)
     return y, setup
 
 
@@ -323,9 +292,9 @@ def avg_pool2d_backward(dy, cache):
         - dx: (N, C, H_in, W_in), a fresh array
     """
     setup = cache
-    dy = _gradient_input(dy, setup, "avg_pool2d")
+    dy = checked_output_grad(dy, setup, "avg_pool2d")
     share = dy / (setup.kernel[0] * setup.kernel[1])
-    target = _GradientTarget(setup)
+    target = GradientTarget(setup)
     for tap in setup.taps:
         target.add(tap, share)
     return target.result()

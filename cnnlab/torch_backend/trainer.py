@@ -149,6 +149,11 @@ class TorchTrainer(Trainer):
                 parameter.grad = torch.from_numpy(
                     np.array(checkpoint.grads[name], dtype=np.float32)).to(self.device)
 
+    def _kernels_summary(self) -> dict:
+        import torch
+
+        return {"device": str(self.device), "threads": torch.get_num_threads()}
+
     def _explained_model(self):
         """The live view draws cnnlab layers: the module's weights in a cnnlab model."""
         model = _build_model(self.config, self.input_shape, self.num_classes)

@@ -1,96 +1,64 @@
-"""Matrix products of conv and linear layers: cnnlab's AVX-512 GEMM, or NumPy's BLAS.
+"""Matrix products of conv and linear layers: cnnlab's GEMM, or NumPy's BLAS.
 
 Training splits each batch over threads with BLAS held to one thread per shard
-(cnnlab/parallel.py). One thread of OpenBLAS is then the speed limit of the convolution,
-and OpenBLAS may run AVX2 kernels on an AVX-512 CPU (its choice, or ``OPENBLAS_CORETYPE``).
-``cnnlab._sgemm`` (cnnlab/backend/native/sgemm.c, built by ``pip install`` when a C compiler is
-there) is a blocked GEMM with an AVX-512 micro-kernel, measured 1.4-1.8x faster than
-one-thread OpenBLAS with its AVX2 kernel on the convolution's shapes here.
+(cnnlab/backend/parallel.py). One thread of OpenBLAS is then the speed limit of the
+convolution, and OpenBLAS may run AVX2 kernels on an AVX-512 CPU (its choice, or
+``OPENBLAS_CORETYPE``). ``cnnlab.backend._sgemm`` (native/sgemm.c) is a blocked GEMM with
+a micro-kernel per level, measured 1.4-1.8x faster than one-thread OpenBLAS with its
+AVX2 kernel on the convolution's shapes (AVX-512 machine).
 
 :func:`matmul` and :func:`matmul_batched` use it for float32 operands whose rows are
-contiguous: on one thread while :func:`one_thread_blas` is active (inside a data-parallel
-step), and elsewhere split over the cores (``OPENBLAS_NUM_THREADS`` or ``OMP_NUM_THREADS``
-cap them) when a product has at least :data:`SPLIT_FLOPS`; the split gives the same bits
-as one thread. Other dtypes and layouts, and CPUs without AVX-512, use NumPy's BLAS.
-``CNNLAB_KERNELS=numpy`` turns cnnlab's GEMM off.
+contiguous: on one thread while :func:`one_thread_blas` is active in the calling thread
+(a data-parallel shard), and elsewhere split over the cores the thread policy grants
+(cnnlab/backend/threads.py) when a product has at least :data:`SPLIT_FLOPS`; the split
+gives the same bits as one thread. Other dtypes and layouts, and the "numpy" level, use
+NumPy's BLAS.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 
 import numpy as np
 
-from cnnlab.ops import _kernels
+from cnnlab.backend import dispatch, threads as thread_policy
 
-_native = None
-_tried = False
-_one_thread_depth = 0
-_lock = threading.Lock()  # guards _one_thread_depth and the one-time import
-
-
-def native():
-    """The compiled module when it is built, the CPU has AVX-512 and it is not turned off."""
-    global _native, _tried
-    if _kernels._turned_off():
-        return None
-    if not _tried:
-        # As in _kernels.get: a shard thread must not see "tried" before the import finished
-        # (it would run that step's products in OpenBLAS: other rounding, a flaky run).
-        with _lock:
-            if not _tried:
-                try:
-                    from cnnlab.backend import _sgemm
-                    _native = _sgemm if _sgemm.avx512() else None
-                except ImportError:
-                    pass
-                _tried = True
-    return _native
+_local = threading.local()  # .depth: one_thread_blas nesting of this thread
 
 
 def describe() -> str:
-    """For benchmarks and bug reports: which GEMM the training step's conv and linear layers use."""
-    if _kernels._turned_off():
-        return "NumPy's BLAS (CNNLAB_KERNELS=numpy)"
-    if native() is None:
-        return "NumPy's BLAS (cnnlab._sgemm not built, or no AVX-512)"
-    return "cnnlab AVX-512 GEMM (one thread per data-parallel shard, else split over the cores)"
+    """For benchmarks and bug reports: which GEMM the conv and linear layers use."""
+    if dispatch.sgemm() is None:
+        return f"NumPy's BLAS (level {dispatch.level()})"
+    return (f"cnnlab GEMM, {dispatch.level()} (one thread per data-parallel shard, else split "
+            "over the cores)")
 
 
 @contextlib.contextmanager
 def one_thread_blas():
-    """Marks a region where BLAS runs one thread per caller (data-parallel shards)."""
-    global _one_thread_depth
-    with _lock:
-        _one_thread_depth += 1
+    """Marks a region where this thread's products run on one thread (a data-parallel shard)."""
+    _local.depth = getattr(_local, "depth", 0) + 1
     try:
         yield
     finally:
-        with _lock:
-            _one_thread_depth -= 1
+        _local.depth -= 1
+
+
+def in_one_thread_region() -> bool:
+    return getattr(_local, "depth", 0) > 0
 
 
 #: Products smaller than this (FLOPs) run on one thread: waking a second costs ~40 us.
 SPLIT_FLOPS = 16e6
-_cores: int | None = None
 
 
 def _threads_for(flops: float) -> int:
-    """Threads for a product outside data-parallel shards: the cores (as OPENBLAS_NUM_THREADS
-    or OMP_NUM_THREADS limit them) for big products, else one."""
-    global _cores
-    if flops < SPLIT_FLOPS:
+    """Threads for one product: one inside a shard or for small products, else the cores
+    the thread policy grants now."""
+    if flops < SPLIT_FLOPS or in_one_thread_region():
         return 1
-    if _cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-            value = os.environ.get(name, "")
-            if value.strip().isdigit() and int(value) > 0:
-                cores = min(cores or 1, int(value))
-        _cores = max(1, cores or 1)
-    return _cores
+    return thread_policy.product_threads()
 
 
 def _as_row_major(matrix: np.ndarray):
@@ -118,13 +86,13 @@ def matmul_batched(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bo
     Each stack is C-contiguous, or the swapaxes view of a C-contiguous one (a stack of
     transposes); ``out`` is C-contiguous.
     """
-    module = native()
+    module = dispatch.sgemm()
     if (module is not None and a.dtype == b.dtype == out.dtype == np.float32
             and a.ndim == b.ndim == out.ndim == 3 and out.flags.c_contiguous and a.size and b.size):
         left, right = _as_row_major_batch(a), _as_row_major_batch(b)
         if left is not None and right is not None:
             (a_rows, trans_a, lda, stride_a), (b_rows, trans_b, ldb, stride_b) = left, right
-            threads = 1 if _one_thread_depth else _threads_for(2.0 * a.size * b.shape[2])
+            threads = _threads_for(2.0 * a.size * b.shape[2])
             module.gemm(trans_a, trans_b, a.shape[1], b.shape[2], a.shape[2], a_rows, lda,
                         b_rows, ldb, out, out.shape[2], accumulate, a.shape[0], stride_a,
                         stride_b, out.shape[1] * out.shape[2], threads)
@@ -146,7 +114,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
     ``accumulate=True`` adds the product to ``out`` instead (``out += a @ b``)."""
     if accumulate and out is None:
         raise ValueError("matmul(accumulate=True) needs out, the array to add the product to")
-    module = native()
+    module = dispatch.sgemm()
     if (module is not None and a.dtype == b.dtype == np.float32 and a.ndim == b.ndim == 2
             and a.size and b.size
             and (out is None or (out.dtype == np.float32 and out.flags.c_contiguous))):
@@ -155,7 +123,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
             if out is None:
                 out = np.empty((a.shape[0], b.shape[1]), dtype=np.float32)
             (a_rows, trans_a, lda), (b_rows, trans_b, ldb) = left, right
-            threads = 1 if _one_thread_depth else _threads_for(2.0 * a.size * b.shape[1])
+            threads = _threads_for(2.0 * a.size * b.shape[1])
             module.gemm(trans_a, trans_b, a.shape[0], b.shape[1], a.shape[1],
                         a_rows, lda, b_rows, ldb, out, out.shape[1], accumulate, 1, 0, 0, 0, threads)
             return out

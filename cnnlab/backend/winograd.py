@@ -15,12 +15,12 @@ linear maps, again as 16 products each:
 - dX: ``dV[xi] = U[xi]^T Yhat[xi]``, and each tile adds ``B dV B^T`` back onto the padded input.
 
 The transforms (cnnlab/backend/native/winograd.c) work a few images at a time, like the wide
-im2col (cnnlab/ops/_conv_wide.py), so the transformed arrays stay in cache; the products
+im2col (cnnlab/backend/conv_wide.py), so the transformed arrays stay in cache; the products
 are cnnlab's GEMM in data-parallel steps, NumPy's elsewhere. The result equals the
 direct convolution up to float32 rounding (the transforms add a few roundings of their
 own; the tests compare against PyTorch at the same tolerance as im2col).
 
-Used for float32 when cnnlab._loops is built and the CPU has AVX-512; ``ENABLED = False``
+Used for float32 when the compiled transforms run at the chosen level; ``ENABLED = False``
 (or ``CNNLAB_KERNELS=numpy``) sends these convolutions to im2col instead.
 """
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.ops import _gemm, _kernels, _workspace
+from cnnlab.backend import dispatch, gemm, workspace
 
 #: Set to False to run 3x3 convolutions through im2col (tests compare the two).
 ENABLED = True
@@ -49,31 +49,29 @@ def usable(setup) -> bool:
             and setup.in_channels >= MIN_IN_CHANNELS
             and setup.stride == (1, 1) and setup.dilation == (1, 1) and setup.groups == 1):
         return False
-    module = _kernels.get()
-    return module is not None and module.winograd_usable()
+    return dispatch.winograd_loops() is not None
 
 
 def describe() -> str:
     """For benchmarks and bug reports: whether 3x3 convolutions run as Winograd here."""
-    module = _kernels.get()
     if not ENABLED:
-        return "off (cnnlab.ops._winograd.ENABLED = False)"
-    if module is None or not module.winograd_usable():
-        return "off (needs cnnlab._loops on an AVX-512 CPU)"
+        return "off (cnnlab.backend.winograd.ENABLED = False)"
+    if dispatch.winograd_loops() is None:
+        return f"off (no compiled transforms at level {dispatch.level()})"
     return f"F(2x2, 3x3) for float32 3x3 stride-1 convolutions with >= {MIN_IN_CHANNELS} input channels"
 
 
 def weight_transform(weight: np.ndarray) -> np.ndarray:
     """U[xi] = (G g G^T)[xi] for every filter g: (16, C_out, C_in), float32."""
     u = np.empty((16,) + weight.shape[:2], dtype=np.float32)
-    _kernels.get().winograd_weights(np.ascontiguousarray(weight), u)
+    dispatch.winograd_loops().winograd_weights(np.ascontiguousarray(weight), u)
     return u
 
 
 def weight_gradient(du: np.ndarray) -> np.ndarray:
     """dW = G^T dU G for each filter, the adjoint of :func:`weight_transform`: (C_out, C_in, 3, 3)."""
     dweight = np.empty(du.shape[1:] + (3, 3), dtype=np.float32)
-    _kernels.get().winograd_weight_grad(du, dweight)
+    dispatch.winograd_loops().winograd_weight_grad(du, dweight)
     return dweight
 
 
@@ -93,7 +91,7 @@ def _geometry(setup) -> tuple[int, int, int, int]:
     return (setup.pads[0], setup.pads[2]) + setup.out_hw
 
 
-def _chunk_buffers(borrowed: _workspace.Borrowed, setup, images: int, tags: dict[str, int]):
+def _chunk_buffers(borrowed: workspace.Borrowed, setup, images: int, tags: dict[str, int]):
     """(16, channels, tiles) float32 scratch arrays, one per tag, for a chunk of ``images`` images."""
     tiles = images * _tiles(setup)
     return [borrowed.get(tag, (16, channels, tiles), np.float32) for tag, channels in tags.items()]
@@ -109,15 +107,15 @@ def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, setup, y
     tile's 2x2 outputs being one pool window, and code records each window's maximum
     (its tap 0..3, or 255 where the ReLU gave 0): the conv output is never stored.
     """
-    module = _kernels.get()
+    module = dispatch.winograd_loops()
     u = weight_transform(weight)
     bias = np.zeros(setup.out_channels, np.float32) if bias is None else np.ascontiguousarray(bias)
     tags = {"winograd-v": setup.in_channels, "winograd-m": setup.out_channels}
-    with _workspace.Borrowed() as borrowed:
+    with workspace.Borrowed() as borrowed:
         for start, stop in _chunks(setup):
             v, m = _chunk_buffers(borrowed, setup, stop - start, tags)
             module.winograd_input(np.ascontiguousarray(x[start:stop]), v, *_geometry(setup))
-            _gemm.matmul_batched(u, v, out=m)
+            gemm.matmul_batched(u, v, out=m)
             if code is None:
                 module.winograd_output(m, bias, y[start:stop])
             else:
@@ -131,14 +129,14 @@ def backward(dy: np.ndarray, x: np.ndarray, u: np.ndarray, setup, input_grad: bo
     """(dweight, dbias float64, dx or None) of :func:`forward`, given the U it returned; dy is
     C-contiguous float32. With ``code`` (from a pooled forward), dy is the pooled output's gradient.
     """
-    module = _kernels.get()
+    module = dispatch.winograd_loops()
     du = np.empty((16, setup.out_channels, setup.in_channels), dtype=np.float32)
     dbias = np.zeros(setup.out_channels, dtype=np.float64)
     dx = np.empty(x.shape, dtype=np.float32) if input_grad else None
     tags = {"winograd-v": setup.in_channels, "winograd-m": setup.out_channels}
     if input_grad:
         tags["winograd-dv"] = setup.in_channels
-    with _workspace.Borrowed() as borrowed:
+    with workspace.Borrowed() as borrowed:
         for start, stop in _chunks(setup):
             v, y_hat, *dv = _chunk_buffers(borrowed, setup, stop - start, tags)
             module.winograd_input(np.ascontiguousarray(x[start:stop]), v, *_geometry(setup))
@@ -148,8 +146,8 @@ def backward(dy: np.ndarray, x: np.ndarray, u: np.ndarray, setup, input_grad: bo
                 module.winograd_grad_output_pooled(dy[start:stop], code[start:stop], y_hat, dbias,
                                                    *setup.out_hw)
             # dU[xi] = sum over chunks of Yhat[xi] V[xi]^T
-            _gemm.matmul_batched(y_hat, v.transpose(0, 2, 1), out=du, accumulate=start > 0)
+            gemm.matmul_batched(y_hat, v.transpose(0, 2, 1), out=du, accumulate=start > 0)
             if input_grad:
-                _gemm.matmul_batched(u.transpose(0, 2, 1), y_hat, out=dv[0])  # dV = U^T Yhat
+                gemm.matmul_batched(u.transpose(0, 2, 1), y_hat, out=dv[0])  # dV = U^T Yhat
                 module.winograd_grad_input(dv[0], dx[start:stop], *_geometry(setup))
     return weight_gradient(du), dbias, dx

@@ -17,7 +17,7 @@ are ~1 MB (:data:`CHUNK_BYTES`), so im2col, the GEMM, and col2im pass each chunk
 is still in cache. The forward keeps only x for the backward, which redoes the cheap
 im2col chunk by chunk and adds each chunk's share of dW into one accumulator.
 
-With cnnlab's C loops built (cnnlab/ops/_kernels.py), im2col, col2im and the two layout
+With cnnlab's C loops at the chosen level (cnnlab/backend/dispatch.py), im2col, col2im and the two layout
 copies run as single loops over one image plane at a time (a zero-padded plane sits in L1),
 with the same bits as the NumPy code here.
 """
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.ops import _gemm, _kernels, _workspace
+from cnnlab.backend import dispatch, gemm, workspace
 
 CHUNK_BYTES = 1 << 20  # one chunk's cols: about the L2 cache of one core
 
@@ -48,7 +48,7 @@ def usable(setup) -> bool:
 
 def _loops(module, *arrays):
     """``module`` (cnnlab._loops or None) when it takes these arrays, else None (the NumPy code)."""
-    return module if module is not None and _kernels.contiguous_float(*arrays) else None
+    return module if module is not None and dispatch.contiguous_float(*arrays) else None
 
 
 def _loop_geometry(setup) -> tuple[int, ...]:
@@ -86,10 +86,10 @@ def _im2col(module, x: np.ndarray, setup, geometry, padded_input, cols: np.ndarr
     for tap, start in enumerate(starts):
         np.copyto(taps[:, tap, :, :run], flat[:, :, start:start + run].transpose(1, 0, 2))
     if pooled:
-        _workspace.give(padded, "conv-padded", variant=setup.pads)
+        workspace.give(padded, "conv-padded", variant=setup.pads)
 
 
-def _chunk_buffers(borrowed: _workspace.Borrowed, setup, images: int, tags: tuple[str, ...]):
+def _chunk_buffers(borrowed: workspace.Borrowed, setup, images: int, tags: tuple[str, ...]):
     """The scratch arrays named by ``tags`` for a chunk of ``images`` images."""
     columns = images * _geometry(setup)[1]
     shapes = {"conv-cols-wide": (_cols_rows(setup), columns),
@@ -103,13 +103,13 @@ def _chunk_buffers(borrowed: _workspace.Borrowed, setup, images: int, tags: tupl
 def forward(x: np.ndarray, weight_matrix: np.ndarray, setup, padded_input, y: np.ndarray) -> None:
     """y = W cols + b, chunk by chunk; ``weight_matrix`` is (C_out, K), or (C_out, K + 1) with the bias."""
     with_bias = weight_matrix.shape[1] == _cols_rows(setup)
-    geometry, module = _geometry(setup), _kernels.get()
-    with _workspace.Borrowed() as borrowed:
+    geometry, module = _geometry(setup), dispatch.loops()
+    with workspace.Borrowed() as borrowed:
         for start, stop in chunks(setup):
             cols, product = _chunk_buffers(borrowed, setup, stop - start,
                                            ("conv-cols-wide", "conv-product"))
             _im2col(module, x[start:stop], setup, geometry, padded_input, cols)
-            _gemm.matmul(weight_matrix, cols if with_bias else cols[:-1], out=product)  # Y = W cols
+            gemm.matmul(weight_matrix, cols if with_bias else cols[:-1], out=product)  # Y = W cols
             _to_nchw(module, product, y[start:stop], setup)
 
 
@@ -119,17 +119,17 @@ def backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, setup, padded_in
     dweight_ext = np.empty((setup.out_channels, _cols_rows(setup)), dtype=setup.dtype)
     dx = np.empty(x.shape, dtype=setup.dtype) if input_grad else None
     weight_t = weight.reshape(weight.shape[0], -1).T
-    geometry, module = _geometry(setup), _kernels.get()
-    with _workspace.Borrowed() as borrowed:
+    geometry, module = _geometry(setup), dispatch.loops()
+    with workspace.Borrowed() as borrowed:
         for start, stop in chunks(setup):
             cols, dy_matrix, dcols = _chunk_buffers(borrowed, setup, stop - start,
                                                     ("conv-cols-wide", "conv-dy-wide", "conv-dcols"))
             _im2col(module, x[start:stop], setup, geometry, padded_input, cols)
             _to_wide(module, dy[start:stop], dy_matrix, setup)
             # dW = sum over chunks of dY_chunk cols_chunk^T
-            _gemm.matmul(dy_matrix, cols.T, out=dweight_ext, accumulate=start > 0)
+            gemm.matmul(dy_matrix, cols.T, out=dweight_ext, accumulate=start > 0)
             if input_grad:
-                _gemm.matmul(weight_t, dy_matrix, out=dcols)  # dcols = W^T dY
+                gemm.matmul(weight_t, dy_matrix, out=dcols)  # dcols = W^T dY
                 _col2im(module, dcols, setup, geometry, dx[start:stop])
     return dweight_ext, dx
 
@@ -164,7 +164,7 @@ def _col2im(module, dcols: np.ndarray, setup, geometry, dx: np.ndarray) -> None:
     if module is not None and len(starts) <= 64:
         module.wide_col2im(dcols, dx, *_loop_geometry(setup))
         return
-    dx_padded = _workspace.take("conv-dx-padded", dx.shape[:2] + setup.padded_hw, dcols.dtype)
+    dx_padded = workspace.take("conv-dx-padded", dx.shape[:2] + setup.padded_hw, dcols.dtype)
     dx_padded.fill(0)
     flat = dx_padded.reshape(dx.shape[0], setup.in_channels, image)
     taps = dcols.reshape(setup.in_channels, len(starts), dx.shape[0], wide)
@@ -173,4 +173,4 @@ def _col2im(module, dcols: np.ndarray, setup, geometry, dx: np.ndarray) -> None:
         np.add(target, taps[:, tap, :, :run].transpose(1, 0, 2), out=target)
     top, _, left, _ = setup.pads
     np.copyto(dx, dx_padded[:, :, top:top + setup.input_hw[0], left:left + setup.input_hw[1]])
-    _workspace.give(dx_padded, "conv-dx-padded")
+    workspace.give(dx_padded, "conv-dx-padded")

@@ -18,18 +18,23 @@ from a generator seeded, step by step, from the model's own, so a run is reprodu
 equals the single-thread step up to float rounding (the same sums, in another order)
 for models without BatchNorm and Dropout; for the same seed and thread count, the
 result is the same every time.
+
+How many shards run *at once* is the thread policy's (cnnlab/backend/threads.py): the cores
+free now. With one free core the shards run one after the other on the calling thread,
+with the same bits, so a busy machine never makes a step slower than one thread would.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import os
+import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
-from cnnlab.ops import _gemm, _workspace
+from cnnlab.backend import blas, gemm, threads as thread_policy, workspace
 from cnnlab.ops.loss import cross_entropy
 
 #: Fewer images than this per thread and BatchNorm's per-shard statistics get noisy.
@@ -43,7 +48,7 @@ MIN_SHARD_FLOPS = 200e6
 def default_threads(batch_size: int, flops_per_image: float | None = None) -> int:
     """One thread per CPU core, but at least ``MIN_SHARD`` images and (when the model's
     forward FLOPs per image are given) ``MIN_SHARD_FLOPS`` of work per thread."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = thread_policy.affinity_cores()
     shards = batch_size // MIN_SHARD
     if flops_per_image:
         shards = min(shards, int(batch_size * flops_per_image // MIN_SHARD_FLOPS))
@@ -65,41 +70,42 @@ def shard_bounds(batch: int, shards: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
-class _SingleThreadedBlas:
-    """Holds BLAS to one thread while shards run (each shard is a thread of its own).
+def in_step() -> bool:
+    """True inside a data-parallel call (on its calling thread or a shard's)."""
+    return gemm.in_one_thread_region() or getattr(_local, "stepping", False)
 
-    Uses threadpoolctl when it is installed; without it, BLAS keeps its threads and the
-    shards share the cores with them (correct, only slower). Re-entrant: only the
-    outermost ``with`` switches, so a caller can hold it over many steps.
+
+def shards_for_call(model, x: np.ndarray) -> int:
+    """How many shards a plain ``model(x)`` runs over (1: the plain single call).
+
+    The same split as ``cnnlab train`` for models whose shards compute what one call computes
+    (up to float rounding): none inside a shard, and in training mode none for models with
+    buffers (BatchNorm's batch statistics) or random layers (Dropout's masks).
     """
+    if in_step() or x.ndim < 2 or len(x) < 2 * MIN_SHARD:
+        return 1
+    if model.training and (model.named_buffers() or _random_layers(model)):
+        return 1
+    flops = _flops_per_image(model, tuple(x.shape[1:]))
+    return default_threads(len(x), flops) if flops else 1
 
-    def __init__(self) -> None:
+
+_FLOPS: dict = {}
+_local = threading.local()  # .stepping: inside a DataParallel call on this thread
+
+
+def _flops_per_image(model, image_shape: tuple) -> float | None:
+    """The forward FLOPs of one image (cnnlab.summary), cached per model structure and shape."""
+    key = (repr(model), image_shape)
+    if key not in _FLOPS:
+        from cnnlab.errors import CnnlabError
+        from cnnlab.summary import summarize, totals
+
         try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:
-            self._controller = None
-        else:
-            self._controller = ThreadpoolController()
-        self._depth = 0
-
-    def __enter__(self):
-        self._depth += 1
-        if self._depth == 1:
-            self._limit = None
-            if self._controller is not None:
-                self._limit = self._controller.limit(limits=1, user_api="blas")
-                self._limit.__enter__()
-            # ... and lets conv and linear layers use cnnlab's one-thread GEMM (ops/_gemm.py).
-            self._marker = _gemm.one_thread_blas()
-            self._marker.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._depth -= 1
-        if self._depth == 0:
-            self._marker.__exit__(*exc)
-            if self._limit is not None:
-                self._limit.__exit__(*exc)
+            _FLOPS[key] = totals(summarize(model, image_shape))["flops"]
+        except (CnnlabError, ValueError, TypeError):
+            _FLOPS[key] = None  # shapes that do not fit: the plain call reports the error
+    return _FLOPS[key]
 
 
 def replicate(model):
@@ -107,14 +113,10 @@ def replicate(model):
     buffers and caches (what a forward/backward on another thread needs)."""
     memo = {id(parameter.data): parameter.data for parameter in model.parameters()}
     for module in model.modules():
-        for name in ("_cache", "_relu_mask", "_fused_cache"):
-            if name in module.__dict__:
-                memo[id(module.__dict__[name])] = None  # not worth copying: the next forward replaces it
+        for cached in module.cached():
+            memo[id(cached)] = None  # not worth copying: the next forward replaces it
     replica = copy.deepcopy(model, memo)
-    for module in replica.modules():
-        module.__dict__.pop("_cache", None)
-        module.__dict__.pop("_relu_mask", None)
-        module.__dict__.pop("_fused_cache", None)
+    replica.clear_cache()
     for parameter in replica.parameters():
         parameter.grad = np.zeros_like(parameter.data)
     return replica
@@ -136,8 +138,10 @@ class DataParallel:
             per shard and step; shard 0 is the model, whose layers draw as usual).
             Default: the generator of the model's first Dropout layer.
 
-    Creating one also tunes glibc's malloc for the process to keep freed memory
-    (:func:`cnnlab.ops._workspace.keep_freed_memory`): steps then run without page faults.
+    While it is open, the workspace pool keeps a buffer of each shape per shard; :meth:`close`
+    (or garbage collection) lowers that limit again. (``cnnlab train`` also tunes glibc's
+    malloc for its process, :func:`cnnlab.backend.workspace.keep_freed_memory`; the class
+    does not.)
 
     Example::
 
@@ -156,16 +160,67 @@ class DataParallel:
         self.rng = rng if rng is not None or not random_layers else random_layers[0].rng
         self._replicas: list = [model]
         self._pool: ThreadPoolExecutor | None = None
-        self._blas = _SingleThreadedBlas() if threads > 1 else None
         # Each shard borrows its own scratch buffers of each shape; keep them all pooled.
-        _workspace.keep_per_key(2 * threads)
-        # Steps free and reallocate the same big arrays: keep their pages (no page faults).
-        _workspace.keep_freed_memory()
+        self._reservation = workspace.keep_per_key(2 * threads)
+        self._finalizer = weakref.finalize(self, self._reservation.release)
+        self._last_forward: tuple | None = None
+        self._blas_limit: contextlib.ExitStack | None = None
+        self._blas_threads: int | None = None
+        self._holding = False
 
+    @contextlib.contextmanager
     def hold_blas(self):
-        """Context manager: keep BLAS at one thread over many steps (a training epoch)
-        instead of switching it at every step, which costs more than a small step."""
-        return self._blas if self._blas is not None else contextlib.nullcontext()
+        """Keep BLAS's thread limit over many steps (a training epoch) instead of switching
+        it at every step, which costs more than a small step."""
+        self._holding = True
+        try:
+            yield self
+        finally:
+            self._holding = False
+            self._release_blas()
+
+    def _limit_blas(self, threads: int) -> None:
+        if self._blas_threads == threads:
+            return
+        self._release_blas()
+        self._blas_limit = contextlib.ExitStack()
+        self._blas_limit.enter_context(blas.limit(threads))
+        self._blas_threads = threads
+
+    def _release_blas(self) -> None:
+        if self._blas_limit is not None:
+            self._blas_limit.close()
+            self._blas_limit, self._blas_threads = None, None
+
+    @contextlib.contextmanager
+    def _step(self, shards: int):
+        """BLAS at one thread per shard (or the free cores for a single shard) during a step;
+        yields how many shards run at once."""
+        workers = thread_policy.workers(limit=shards) if shards > 1 else 1
+        self._limit_blas(1 if shards > 1 else thread_policy.workers())
+        outer, _local.stepping = getattr(_local, "stepping", False), True  # no shards in shards
+        try:
+            yield workers
+        finally:
+            _local.stepping = outer
+            if not self._holding:
+                self._release_blas()
+
+    def _run_shards(self, function, work: list, workers: int) -> list:
+        """``function(*args, errors)`` for each args in ``work``, in that order: shards k,
+        k + workers, ... on worker k, worker 0 being this thread (one worker: all here)."""
+        errors = np.geterr()  # np.errstate is per thread: the shards follow the caller's settings.
+        groups = [work[first::workers] for first in range(workers)]
+        if workers > 1 and self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="cnnlab-shard")
+        futures = [self._pool.submit(_run_group, function, group, errors) for group in groups[1:]]
+        try:
+            own = _run_group(function, groups[0], errors)
+        finally:
+            # Every shard finishes before anything is raised or reduced.
+            wait(futures)
+        results = [own] + [future.result() for future in futures]
+        return [results[index % workers][index // workers] for index in range(len(work))]
 
     def _replicas_for(self, shards: int) -> list:
         parameters = self.model.parameters()
@@ -178,6 +233,8 @@ class DataParallel:
             self._replicas.append(replicate(self.model))
         for replica in self._replicas[1:]:
             replica.train(self.model.training)
+            for ours, theirs in zip(self.model.modules(), replica.modules()):
+                theirs.requires_input_grad = ours.requires_input_grad
         return self._replicas[:shards]
 
     def forward_backward(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
@@ -185,25 +242,15 @@ class DataParallel:
         the model's ``.grad`` (as ``model.backward`` does)."""
         bounds = shard_bounds(len(x), self.threads)
         if len(bounds) == 1:
-            return _shard_step(self.model, x, y, 1.0)
+            with self._step(1):
+                return _shard_step(self.model, x, y, 1.0)
         replicas = self._replicas_for(len(bounds))
         self._seed_random_layers(replicas)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="cnnlab-shard")
         weights = [(stop - start) / len(x) for start, stop in bounds]
-        # np.errstate is per thread: the shards follow the caller's settings.
-        errors = np.geterr()
-        with self._blas:
-            futures = [self._pool.submit(_shard_step, replica, x[start:stop], y[start:stop], weight,
-                                         errors)
-                       for replica, (start, stop), weight in zip(replicas[1:], bounds[1:], weights[1:])]
-            try:
-                start, stop = bounds[0]
-                own = _shard_step(replicas[0], x[start:stop], y[start:stop], weights[0])
-            finally:
-                # Every shard finishes before anything is raised or reduced.
-                wait(futures)
-        results = [own] + [future.result() for future in futures]
+        work = [(replica, x[start:stop], y[start:stop], weight)
+                for replica, (start, stop), weight in zip(replicas, bounds, weights)]
+        with self._step(len(bounds)) as workers:
+            results = self._run_shards(_shard_step, work, workers)
         self._reduce_gradients(replicas)
         loss = sum(shard_loss * weight for (shard_loss, _), weight in zip(results, weights))
         return loss, np.concatenate([logits for _, logits in results])
@@ -216,24 +263,42 @@ class DataParallel:
         """
         bounds = shard_bounds(len(x), self.threads)
         if len(bounds) == 1:
-            return self.model(x)
+            with self._step(1):
+                return self.model(x)
         replicas = self._replicas_for(len(bounds))
         if not self.model.training:
             for replica in replicas[1:]:
                 for (_, ours), (_, theirs) in zip(self.model.named_buffers(), replica.named_buffers()):
                     np.copyto(theirs, ours)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="cnnlab-shard")
-        errors = np.geterr()
-        with self._blas:
-            futures = [self._pool.submit(_shard_forward, replica, x[start:stop], errors)
-                       for replica, (start, stop) in zip(replicas[1:], bounds[1:])]
-            try:
-                start, stop = bounds[0]
-                own = replicas[0](x[start:stop])
-            finally:
-                wait(futures)
-        return np.concatenate([own] + [future.result() for future in futures])
+        with self._step(len(bounds)) as workers:
+            outputs = self._run_shards(_shard_forward, [(replica, x[start:stop]) for replica, (start, stop)
+                                                         in zip(replicas, bounds)], workers)
+        self._last_forward = (bounds, replicas)
+        return np.concatenate(outputs)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        """The backward of the last :meth:`forward` (in training mode), shard by shard: adds the
+        whole batch's gradient into the model's ``.grad``; returns dx, or None where the model
+        returns None (no input gradient wanted)."""
+        bounds, replicas = self._last_forward
+        if len(dy) != bounds[-1][1]:
+            raise ValueError(f"backward got a gradient for {len(dy)} images, the forward had "
+                             f"{bounds[-1][1]}")
+        work = [(replica, dy[start:stop]) for replica, (start, stop) in zip(replicas, bounds)]
+        with self._step(len(bounds)) as workers:
+            grads = self._run_shards(_shard_backward, work, workers)
+        self._reduce_gradients(replicas)
+        return None if grads[0] is None else np.concatenate(grads)
+
+    def clear_cache(self) -> None:
+        """Forget the replicas' caches (the model's own are the caller's)."""
+        self._last_forward = None
+        for replica in self._replicas[1:]:
+            replica.clear_cache()
+
+    def __deepcopy__(self, memo):
+        # Threads and replicas belong to one model in one process: a copy starts without.
+        return None
 
     def _seed_random_layers(self, replicas: list) -> None:
         """Shard 0 (the model) draws its Dropout masks as usual; every other shard gets a
@@ -256,9 +321,18 @@ class DataParallel:
                 other.grad.fill(0)
 
     def close(self) -> None:
+        """Stop the shard threads and give the workspace pool's raised limit back."""
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+        self._release_blas()
+        self._finalizer()
+
+
+def _run_group(function, group: list, errors: dict) -> list:
+    """The shards of one worker, one after the other, each product on this thread alone."""
+    with gemm.one_thread_blas():
+        return [function(*args, errors) for args in group]
 
 
 def _shard_step(replica, x: np.ndarray, y: np.ndarray, weight: float,
@@ -271,6 +345,11 @@ def _shard_step(replica, x: np.ndarray, y: np.ndarray, weight: float,
         if np.isfinite(loss):
             replica.backward(dlogits)
     return loss, logits
+
+
+def _shard_backward(replica, dy: np.ndarray, errors: dict) -> np.ndarray | None:
+    with np.errstate(**errors):
+        return replica.backward(dy)
 
 
 def _shard_forward(replica, x: np.ndarray, errors: dict) -> np.ndarray:

@@ -1,9 +1,8 @@
-"""Private helpers shared by the convolution and pooling ops.
+"""A small pool of reusable scratch buffers for the backend's fast paths.
 
-Argument normalisation (an int or a pair -> a pair of ints) and a small pool of
-reusable scratch buffers. Big temporaries allocated fresh on every training step cost
+Big temporaries allocated fresh on every training step cost
 page faults (glibc hands large blocks straight to and from the kernel with mmap), so the
-ops borrow their scratch arrays here and give them back when done.
+fast paths borrow their scratch arrays here and give them back when done.
 
 Rule that keeps results correct: a buffer taken with :func:`take` belongs to the taker
 until it calls :func:`give`; nothing handed to a caller (an op's output or gradient) ever
@@ -19,7 +18,6 @@ from typing import Callable
 
 import numpy as np
 
-from cnnlab.errors import ShapeError
 
 _LOCK = threading.Lock()
 # key -> free buffers; least recently used keys first, so eviction drops stale shapes.
@@ -93,12 +91,39 @@ class Borrowed:
         self._taken = {}
 
 
-def keep_per_key(count: int) -> None:
-    """Pool at least ``count`` free buffers of each shape (threads running the same op at
-    once each borrow one)."""
+class Reservation:
+    """Keeps at least ``count`` free buffers of each shape pooled until :meth:`release`
+    (threads running the same op at once each borrow one); the limit then comes back down."""
+
+    def __init__(self, count: int) -> None:
+        self.count = int(count)
+        with _LOCK:
+            _RESERVATIONS.append(self)
+            _apply_limit()
+
+    def release(self) -> None:
+        with _LOCK:
+            if self in _RESERVATIONS:
+                _RESERVATIONS.remove(self)
+                _apply_limit()
+
+
+_RESERVATIONS: list[Reservation] = []
+_DEFAULT_FREE_PER_KEY = _MAX_FREE_PER_KEY
+
+
+def _apply_limit() -> None:
+    """The per-key limit is the largest live reservation (caller holds _LOCK)."""
     global _MAX_FREE_PER_KEY
-    with _LOCK:
-        _MAX_FREE_PER_KEY = max(_MAX_FREE_PER_KEY, int(count))
+    _MAX_FREE_PER_KEY = max([_DEFAULT_FREE_PER_KEY] + [r.count for r in _RESERVATIONS])
+    for arrays in _FREE.values():
+        del arrays[_MAX_FREE_PER_KEY:]
+
+
+def keep_per_key(count: int) -> Reservation:
+    """Pool at least ``count`` free buffers of each shape until the returned reservation's
+    ``release()``."""
+    return Reservation(count)
 
 
 def clear() -> None:
@@ -121,6 +146,8 @@ def keep_freed_memory() -> bool:
     glibc's moving threshold would reach) and the trim threshold at 1 GB keeps those pages
     mapped; the peak memory stays what it was.
 
+    A process-wide setting, so the library never applies it by itself: ``cnnlab train``
+    and ``cnnlab bench`` opt in (a notebook keeps glibc's defaults unless it calls this).
     Done once per process, on Linux with glibc only, and not when the user tuned malloc
     (a ``MALLOC_*`` or ``GLIBC_TUNABLES`` environment variable). Returns True if applied.
     """
@@ -140,28 +167,3 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     return _MALLOC_TUNED
-
-
-def as_pair(value, name: str, minimum: int) -> tuple[int, int]:
-    """``3 -> (3, 3)``, ``(3, 5) -> (3, 5)``; each must be an int >= ``minimum``."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        pair = (int(value), int(value))
-    elif (isinstance(value, (tuple, list)) and len(value) == 2
-          and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)):
-        pair = (int(value[0]), int(value[1]))
-    else:
-        raise ShapeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if min(pair) < minimum:
-        raise ShapeError(f"{name} must be >= {minimum}, got {value!r}")
-    return pair
-
-
-def window(padded: np.ndarray, row: int, col: int, stride: tuple[int, int],
-           out_hw: tuple[int, int]) -> np.ndarray:
-    """The (N, C, H_out, W_out) view of the input pixels that kernel offset (row, col) sees.
-
-    ``row``/``col`` are the offset in input pixels (m * dilation); output (i, j) reads
-    ``padded[..., s_h * i + row, s_w * j + col]``.
-    """
-    return padded[:, :, row:row + stride[0] * (out_hw[0] - 1) + 1:stride[0],
-                  col:col + stride[1] * (out_hw[1] - 1) + 1:stride[1]]
