@@ -340,7 +340,7 @@ class Trainer:
         return build_scheduler(self.config, self.optimizer, self.steps_per_epoch)
 
     def _epoch_context(self):
-        """Held over a training epoch: BLAS at one thread per shard (cnnlab/parallel.py)."""
+        """Held over a training epoch: BLAS at one thread per shard (cnnlab/backend/parallel.py)."""
         return self.parallel.hold_blas()
 
     def _learning_rate(self) -> float:

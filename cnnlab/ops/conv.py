@@ -389,7 +389,8 @@ def check_output_grad(dy, setup: ConvSetup) -> np.ndarray:
     if not isinstance(dy, np.ndarray) or dy.shape != expected:
         raise ShapeError(f"conv2d gradient has shape {getattr(dy, 'shape', dy)}, expected {expected} "
                          "(the shape of the forward's output)")
-    return np.ascontiguousarray(dy, dtype=setup.dtype).reshape(setup.batch, setup.out_channels, -1)
+    return np.ascontiguousarray(dy, dtype=setup.dtype).reshape(
+        setup.batch, setup.out_channels, setup.out_hw[0] * setup.out_hw[1])
 
 
 def _group_slices(setup: ConvSetup):
@@ -448,7 +449,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     cols[:, -1] = 1
     fill_patches(patches_view(cols, setup), padded_input(x, setup), setup)
     y = np.empty((setup.batch, setup.out_channels) + setup.out_hw, dtype=x.dtype)
-    y3 = y.reshape(setup.batch, setup.out_channels, -1)
+    y3 = y.reshape(setup.batch, setup.out_channels, setup.out_hw[0] * setup.out_hw[1])
     if setup.groups == 1:
         np.matmul(weight_matrix(weight, bias), cols if bias is not None else cols[:, :-1], out=y3)
     else:

@@ -167,7 +167,7 @@ class Run:
         (:func:`cnnlab.evaluation.evaluate` with ``cnnlab evaluate``'s batches and threads;
         computed once per limit)."""
         from cnnlab.evaluation import evaluate
-        from cnnlab.parallel import threads_for
+        from cnnlab.backend.parallel import threads_for
 
         if limit not in self._evaluations:
             normalization = self.meta.get("normalization") or {}
