@@ -495,8 +495,8 @@ def test_bad_config_file(capsys, workspace, tmp_path):
 
 @pytest.mark.parametrize("argv, needles", [
     (["summary", "cnnn"], ["'cnnn'", "did you mean 'cnn'"]),
-    (["summary", "cnn", "--input-shape", "1,0,28"], ["--input-shape", "1,0,28"]),
-    (["summary", "cnn", "--input-shape", "abc"], ["--input-shape", "'abc'"]),
+    (["summary", "cnn", "--input-shape", "1,0,28"], ["--input", "1,0,28"]),
+    (["summary", "cnn", "--input-shape", "abc"], ["--input", "'abc'"]),
     (["summary", "cnn", "--num-classes", "0"], ["classes", "0"]),
     (["summary", "c8k5-p2-c8k5-p2-c8k5-fc10"], ["layer 5", "4x4"]),
     (["data", "info", "mnsit"], ["'mnsit'", "did you mean 'mnist'"]),

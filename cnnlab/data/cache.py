@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,7 @@ def load_entry(path: Path, key: str) -> tuple[dict[str, np.ndarray], dict] | Non
             if info.get("format") != FORMAT or info.get("key") != key:
                 return None
             arrays = {name: archive[name] for name in archive.files if name != "info"}
-    except (OSError, ValueError, KeyError, EOFError, UnicodeDecodeError):
+    except (OSError, ValueError, KeyError, EOFError, UnicodeDecodeError, zipfile.BadZipFile):
         return None
     return arrays, info
 
