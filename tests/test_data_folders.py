@@ -318,7 +318,7 @@ def test_fashion_mnist_as_png_folders_trains_as_from_idx(tmp_path, fashion_test)
 
 
 @pytest.mark.slow
-def test_a_tinted_colour_version_trains_with_three_channels(tmp_path, fashion_test):
+def test_a_tinted_colour_version_trains_with_three_channels(tmp_path, fashion_test, capsys):
     images, labels = fashion_test
     tint = np.random.default_rng(5).uniform(0.3, 1.0, (3000, 3))   # independent of the class
     root = write_fashion_folders(tmp_path / "tinted", images[:3000], labels[:3000], train=2500,
@@ -332,6 +332,14 @@ def test_a_tinted_colour_version_trains_with_three_channels(tmp_path, fashion_te
     assert meta["input_shape"] == [3, 28, 28] and meta["preprocess"]["polarity"] == "dark"
     assert run_accuracy(run) > 0.7
     assert json.loads((run / "config.json").read_text())["augment"] == "flip,shift:1"
+    # predict prepares the colour pictures exactly as training did: the same test accuracy
+    pictures = sorted((root / "test").glob("*/*.png"))
+    capsys.readouterr()
+    assert main(["predict", str(run), *map(str, pictures), "--json", "--top-k", "1"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    truth = [int(Path(result["image"]).parent.name.split("-")[0]) for result in results]
+    correct = [result["top"][0]["class"] == label for result, label in zip(results, truth)]
+    assert abs(np.mean(correct) - run_accuracy(run)) < 1e-9
     for kind in ("montage", "filters", "features", "saliency", "mistakes"):
         assert main(["plot", kind, str(run), "--out", str(tmp_path / f"{kind}.png")]) == 0
         assert (tmp_path / f"{kind}.png").stat().st_size > 1000
