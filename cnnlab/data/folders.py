@@ -50,7 +50,7 @@ class FolderListing:
 
     root: Path
     classes: list[str]
-    files: dict[str, list[tuple[int, Path]]]   # split -> [(label, path), ...] in sorted order
+    files: dict[str, list[tuple[int, str]]]    # split -> [(label, path), ...] in sorted order
     split_by_folders: bool
     ignored: int = 0                            # files that are not images (by extension)
     folder_of: dict[str, str] = field(default_factory=dict)   # split -> its folder's name
@@ -61,19 +61,27 @@ class FolderListing:
         return sum(len(items) for items in self.files.values())
 
 
-def _image_files(folder: Path) -> tuple[list[Path], int]:
+def _image_files(folder: str, relative: str) -> tuple[list[tuple[str, int, int]], int]:
+    """The image files under ``folder`` (sorted, recursively) as (path relative to the dataset
+    folder, size, mtime_ns), and how many other files there are. os.scandir and plain strings:
+    pathlib took 5 s to list 70,000 files, this takes a tenth of that."""
     from cnnlab.images import IMAGE_EXTENSIONS
 
     images, ignored = [], 0
-    for root, folders, names in os.walk(folder, followlinks=True):
-        folders[:] = sorted(name for name in folders if not name.startswith("."))
-        for name in sorted(names):
-            if name.startswith("."):
-                continue
-            if name.lower().endswith(IMAGE_EXTENSIONS):
-                images.append(Path(root) / name)
-            else:
-                ignored += 1
+    with os.scandir(folder) as entries:
+        entries = sorted(entries, key=lambda entry: entry.name)
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            found, skipped = _image_files(entry.path, f"{relative}/{entry.name}")
+            images += found
+            ignored += skipped
+        elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+            status = entry.stat()
+            images.append((f"{relative}/{entry.name}", status.st_size, status.st_mtime_ns))
+        else:
+            ignored += 1
     return images, ignored
 
 
@@ -106,14 +114,15 @@ def list_folder(folder: str | os.PathLike) -> FolderListing:
     root = Path(folder)
     subfolders = {child.name: child for child in _class_folders(root)}
     split_by_folders = "train" in subfolders and any(name in subfolders for name in TEST_FOLDERS)
-    per_split: dict[str, dict[str, list[Path]]] = {}
+    per_split: dict[str, dict[str, list[tuple[str, int, int]]]] = {}
     ignored = 0
     if split_by_folders:
         for split in SPLIT_NAMES:
             if split in subfolders:
                 per_split[split] = {}
                 for class_folder in _class_folders(subfolders[split]):
-                    files, skipped = _image_files(class_folder)
+                    files, skipped = _image_files(str(class_folder),
+                                                  f"{split}/{class_folder.name}")
                     per_split[split][class_folder.name] = files
                     ignored += skipped
         folder_of = {split: split for split in per_split}
@@ -123,7 +132,7 @@ def list_folder(folder: str | os.PathLike) -> FolderListing:
     else:
         per_split["all"], folder_of = {}, {}
         for class_folder in subfolders.values():
-            files, skipped = _image_files(class_folder)
+            files, skipped = _image_files(str(class_folder), class_folder.name)
             per_split["all"][class_folder.name] = files
             ignored += skipped
     first = "train" if split_by_folders else "all"
@@ -144,12 +153,11 @@ def list_folder(folder: str | os.PathLike) -> FolderListing:
                             f"but no folder in {root / first}; add its training images or "
                             "remove the folder from the split")
     files, stats = {}, []
+    prefix = str(root) + os.sep
     for split, by_class in per_split.items():
-        files[split] = [(classes.index(name), path) for name in classes
-                        for path in by_class.get(name, [])]
-        for _, path in files[split]:
-            status = path.stat()
-            stats.append((path.relative_to(root).as_posix(), status.st_size, status.st_mtime_ns))
+        files[split] = [(label, prefix + item[0]) for label, name in enumerate(classes)
+                        for item in by_class.get(name, [])]
+        stats += [item for name in classes for item in by_class.get(name, [])]
     return FolderListing(root, classes, files, split_by_folders, ignored, folder_of, stats)
 
 
