@@ -46,7 +46,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 #: How ``cnnlab predict`` may prepare a picture (see the module docstring).
 PREPARATIONS = ("digit", "resize", "none")
 #: Pillow modes decoded as colour; every other mode is grayscale.
-_COLOUR_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV", "P", "PA")
+_COLOUR_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "P", "PA")
 # a training set's background is "dark" ("light") when at least this share of its images
 # have a border darker (lighter) than mid-gray
 _POLARITY_SHARE = 0.9
@@ -120,8 +120,8 @@ def prepare(pixels: np.ndarray, preprocess: dict) -> np.ndarray:
         pixels = match_polarity(pixels, preprocess.get("polarity"))
         pixels = resize_pixels(pixels, size)
     elif pixels.shape[1:] != size:
-        raise ImageError(f"the image is {pixels.shape[2]}x{pixels.shape[1]} pixels (width x "
-                         f"height) but the model takes {size[1]}x{size[0]}; --prepare none uses "
+        raise ImageError(f"the image is {pixels.shape[1]}x{pixels.shape[2]} pixels (height x "
+                         f"width) but the model takes {size[0]}x{size[1]}; --prepare none uses "
                          "images as they are: resize it, or use --prepare resize")
     return pixels[0] if len(pixels) == 1 else pixels
 

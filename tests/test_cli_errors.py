@@ -332,8 +332,11 @@ IMAGE_CASES = [
 @pytest.mark.parametrize("name, needles", [case[1:] for case in IMAGE_CASES],
                          ids=[case[0] for case in IMAGE_CASES])
 def test_bad_image_for_predict(capsys, workspace, images, name, needles):
+    # a blank picture is only a problem for the digit preparation (there is no ink to centre);
+    # this run's own preparation (resize) takes it as it is
+    prepare = ["--prepare", "digit"] if name == "blank.png" else []
     expect_error(capsys, ["predict", str(workspace["checkpoint"]), str(images / "digit.png"),
-                          str(images / name)], *needles, folder=images)
+                          str(images / name), *prepare], *needles, folder=images)
 
 
 def test_folder_given_as_image(capsys, workspace, images):

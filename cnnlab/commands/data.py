@@ -103,8 +103,9 @@ def _info(args) -> int:
     print(f"folder       {dataset.source}")
     print(f"layout       {dataset.layout}")
     print(f"checksums    {status}")
+    titles = {"train": "training", "test": "test", "val": "validation"}
     for name, _, labels in splits:
-        print(f"{name:<12} {len(labels)} images")
+        print(f"{titles[name]:<12} {len(labels)} images")
     colour = "grayscale" if dataset.channels == 1 else "RGB" if dataset.channels == 3 else ""
     print(f"image size   {height}x{width} pixels (height x width), {dataset.channels} channel"
           f"{'s' if dataset.channels != 1 else ''} ({colour}), uint8")

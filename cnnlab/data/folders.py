@@ -218,7 +218,7 @@ def _decode_all(paths: list[Path], channels, size, progress: bool, description: 
 
 
 def _size_text(shape) -> str:
-    return f"{shape[-1]}x{shape[-2]}"
+    return f"{shape[-2]}x{shape[-1]}"
 
 
 def _check_sizes(decoded: list, paths: list[Path], root: Path) -> None:
@@ -228,12 +228,11 @@ def _check_sizes(decoded: list, paths: list[Path], root: Path) -> None:
             sizes.setdefault(pixels.shape[1:], []).append(path)
     if len(sizes) > 1:
         ranked = sorted(sizes.items(), key=lambda item: -len(item[1]))
-        counts = ", ".join(f"{len(files)} are {_size_text(shape)} (e.g. {files[0]})"
-                           for shape, files in ranked[:3])
-        common = ranked[0][0]
-        raise DataError(f"{root}: the images have {len(sizes)} different sizes (width x height): "
+        counts = ", ".join(f"{len(files)} {'is' if len(files) == 1 else 'are'} "
+                           f"{_size_text(shape)} (e.g. {files[0]})" for shape, files in ranked[:3])
+        raise DataError(f"{root}: the images have {len(sizes)} different sizes (height x width): "
                         f"{counts}; give --image-size to resize them all, e.g. --image-size "
-                        f"{common[0]}x{common[1]} (height x width)")
+                        f"{_size_text(ranked[0][0])}")
 
 
 def decode_folder(listing: FolderListing, channels: int | None = None, size=None,
