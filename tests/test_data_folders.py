@@ -344,3 +344,27 @@ def test_a_tinted_colour_version_trains_with_three_channels(tmp_path, fashion_te
         assert main(["plot", kind, str(run), "--out", str(tmp_path / f"{kind}.png")]) == 0
         assert (tmp_path / f"{kind}.png").stat().st_size > 1000
     assert (run / "report.html").is_file()
+
+
+# --------------------------------------------------------------------------- models
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 64, 48), (3, 28, 28), (1, 9, 9)])
+@pytest.mark.parametrize("spec", ["mlp", "cnn", "cnn-bn", "c8k3p1-bn-p2-fc16", "c4k5-p2"])
+def test_models_take_the_datasets_shape(spec, shape):
+    from cnnlab.models import build_model
+
+    model = build_model(spec, np.random.default_rng(0), input_shape=shape, num_classes=7)
+    x = np.zeros((2,) + shape, np.float32)
+    assert model(x).shape == (2, 7)
+    first = next(layer for layer in model if hasattr(layer, "weight"))
+    assert first.weight.shape[1] in (shape[0], int(np.prod(shape)))
+
+
+def test_a_spec_that_does_not_fit_the_pictures_names_the_layer(capsys):
+    from cnnlab.models import build_model
+
+    with pytest.raises(ConfigError, match=r"layer 9 'p2'.*does not fit the 1x1 input"):
+        build_model("cnn-bn", np.random.default_rng(0), input_shape=(3, 4, 4))
+    assert main(["summary", "cnn", "--input", "3x32x32", "--num-classes", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "Conv2d(3, 32" in out and "input 3x32x32" in out and "in_features=4096" in out
