@@ -200,7 +200,7 @@ def test_a_damaged_cache_entry_is_decoded_again(tmp_path, private_cache):
 def test_parallel_decoding_gives_the_serial_result(tmp_path, fashion_test, monkeypatch):
     images, labels = fashion_test
     root = write_fashion_folders(tmp_path / "fm", images[:600], labels[:600], train=500)
-    monkeypatch.setattr(folders, "_PARALLEL_FROM", 1)
+    monkeypatch.setattr(folders, "_PARALLEL_AFTER", 0.0)
     monkeypatch.setattr(folders, "_CHUNK", 64)
     monkeypatch.setattr(folders, "worker_count", lambda tasks: 2)
     listing = folders.list_folder(root)

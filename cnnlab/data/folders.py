@@ -38,8 +38,9 @@ SPLIT_SEED = 0
 DEFAULT_TEST_FRACTION = 0.2
 #: bad files named in the error message
 SHOWN_BAD_FILES = 5
-# below this many files, decoding in this process is faster than starting workers (~0.3 s)
-_PARALLEL_FROM = 2000
+# decoding goes to worker processes when the files after the first chunk would take longer
+# than this here: starting the workers costs about as much
+_PARALLEL_AFTER = 1.0
 _CHUNK = 256
 _MAX_WORKERS = 8
 
@@ -186,32 +187,39 @@ def worker_count(tasks: int) -> int:
     return max(1, min(cores, _MAX_WORKERS, tasks))
 
 
-def _decode_all(paths: list[Path], channels, size, progress: bool, description: str) -> list:
+def _decode_all(paths: list, channels, size, progress: bool, description: str) -> list:
+    """Decode ``paths`` in order: the first chunk here, and the rest in worker processes
+    when that chunk's pace says the rest would take more than :data:`_PARALLEL_AFTER`
+    seconds here (starting workers costs ~0.3-1 s: they import NumPy and Pillow)."""
     from cnnlab.progress import ProgressBar
 
     texts = [str(path) for path in paths]
     chunks = [texts[start:start + _CHUNK] for start in range(0, len(texts), _CHUNK)]
     results: list = [None] * len(chunks)
     bar = ProgressBar(len(texts), description, unit="img", enabled=progress)
-    workers = worker_count(len(chunks))
     try:
-        if workers > 1 and len(texts) >= _PARALLEL_FROM:
+        started = time.perf_counter()
+        results[0] = _decode_chunk(chunks[0], channels, size)
+        bar.update(len(chunks[0]))
+        remaining = (time.perf_counter() - started) / len(chunks[0]) * (len(texts) - len(chunks[0]))
+        workers = worker_count(len(chunks) - 1)
+        if workers > 1 and remaining > _PARALLEL_AFTER:
             # forkserver: the training process has threads (BLAS, the GEMM pool), which a
             # plain fork would copy in whatever state they are in
             method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() \
                 else "spawn"
             with concurrent.futures.ProcessPoolExecutor(
                     workers, mp_context=multiprocessing.get_context(method)) as pool:
-                futures = {pool.submit(_decode_chunk, chunk, channels, size): index
-                           for index, chunk in enumerate(chunks)}
+                futures = {pool.submit(_decode_chunk, chunks[index], channels, size): index
+                           for index in range(1, len(chunks))}
                 for future in concurrent.futures.as_completed(futures):
                     index = futures[future]
                     results[index] = future.result()
                     bar.update(len(chunks[index]))
         else:
-            for index, chunk in enumerate(chunks):
-                results[index] = _decode_chunk(chunk, channels, size)
-                bar.update(len(chunk))
+            for index in range(1, len(chunks)):
+                results[index] = _decode_chunk(chunks[index], channels, size)
+                bar.update(len(chunks[index]))
     finally:
         bar.close()
     return [item for chunk in results for item in chunk]
