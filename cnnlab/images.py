@@ -327,9 +327,10 @@ def resize_pixels(pixels: np.ndarray, size) -> np.ndarray:
 
 
 def border_level(pixels: np.ndarray) -> np.ndarray:
-    """The median of each image's border pixels (mean over channels): uint8 (N, C, H, W)
-    -> (N,) float. Small for a dark background, large for a light one."""
-    gray = np.asarray(pixels, dtype=np.float32).mean(axis=1)
+    """The median of each image's border pixels (mean over channels): uint8 (N, C, H, W) or
+    (N, H, W) -> (N,) float. Small for a dark background, large for a light one."""
+    pixels = np.asarray(pixels, dtype=np.float32)
+    gray = pixels if pixels.ndim == 3 else pixels.mean(axis=1)
     border = np.concatenate([gray[:, 0], gray[:, -1], gray[:, 1:-1, 0], gray[:, 1:-1, -1]], axis=1)
     return np.median(border, axis=1)
 

@@ -123,7 +123,7 @@ class _Data:
     val_labels: np.ndarray | None
     classes: list
     normalization: dict
-    preprocess: dict        # how the images were prepared: the checkpoint's meta["preprocess"]
+    preprocess: dict | None  # how the images were prepared: the checkpoint's meta["preprocess"]
     augment: object = None  # a cnnlab.data.augment.Augmentation, or None
     skipped_images: int = 0
 
@@ -177,20 +177,17 @@ def _load_data(config: TrainConfig) -> _Data:
         mean, std = None, None
     normalization = {"kind": config.normalization, "mean": mean, "std": std}
     digits = dataset.digits if config.digits is None else config.digits
-    channels = 1 if train_images.ndim == 3 else train_images.shape[1]
     augment = parse_augment(config.augment)
     if augment is not None:
         augment.check(train_images.shape, digits, dataset.name)
-    preprocess = preprocess_record(
-        "digit" if digits and channels == 1 else "resize", channels, train_images.shape[-2:],
-        normalization, background_polarity(_as_nchw(train_images[:2000])))
-    return _Data(train_images, train_labels, test_images, test_labels, val_images, val_labels,
-                 list(dataset.classes), normalization, preprocess, augment,
-                 len(dataset.skipped))
-
-
-def _as_nchw(images: np.ndarray) -> np.ndarray:
-    return images[:, None] if images.ndim == 3 else images
+    data = _Data(train_images, train_labels, test_images, test_labels, val_images, val_labels,
+                 list(dataset.classes), normalization, None, augment, len(dataset.skipped))
+    channels = data.input_shape[0]
+    data.preprocess = preprocess_record(
+        "digit" if digits and channels == 1 else "resize", channels, data.input_shape[1:],
+        # up to 2,000 images spread over the set (a folder dataset is sorted by class)
+        normalization, background_polarity(train_images[::max(1, len(train_images) // 2000)]))
+    return data
 
 
 def _build_model(config: TrainConfig, input_shape, num_classes: int):
