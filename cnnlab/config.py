@@ -50,10 +50,20 @@ class TrainConfig:
 
     Args:
         model: "mlp", "cnn", "cnn-bn" or a model spec string (docs/models.md).
-        dataset: "mnist", "fashion-mnist", "kmnist" or a folder of IDX files (default
-            fashion-mnist: Debian's dataset-fashion-mnist installs it, and MNIST's training
-            files must be downloaded).
+        dataset: "mnist", "fashion-mnist", "kmnist", or a folder: IDX files, CIFAR binary
+            batches, or one folder of images per class (docs/data.md). Default fashion-mnist:
+            Debian's dataset-fashion-mnist installs it, and MNIST's training files must be
+            downloaded.
         data_dir: where named datasets are stored (None: cnnlab's default folder).
+        channels: 1 or 3: convert the images to grayscale or RGB (None: as they are).
+        image_size: "H" or "HxW": resize every image (None: the images' own size).
+        test_fraction: a folder of class folders without train/ and test/: the share of
+            each class held out for testing (None: 0.2), with a fixed seed.
+        skip_bad_images: leave out image files that cannot be decoded (counted in
+            summary.json) instead of stopping with an error naming them.
+        digits: the images are handwritten digits or characters: predict prepares pictures
+            like MNIST digits and flips are refused (None: MNIST and KMNIST are).
+        augment: "shift:S,flip,rotate:D" or a part of it (None: no augmentation).
         epochs: passes over the training set (None: the model's default).
         batch_size: images per optimizer step.
         optimizer: "sgd", "adam" or "adamw".
@@ -96,6 +106,12 @@ class TrainConfig:
     model: str = "cnn"
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
+    channels: int | None = None
+    image_size: str | None = None
+    test_fraction: float | None = None
+    skip_bad_images: bool = False
+    digits: bool | None = None
+    augment: str | None = None
     epochs: int | None = None
     batch_size: int = 128
     optimizer: str = "adam"
@@ -128,11 +144,12 @@ class TrainConfig:
 
 FIELD_NAMES = tuple(field.name for field in dataclasses.fields(TrainConfig))
 _INT_FIELDS = {"epochs", "batch_size", "step_epochs", "seed", "limit_train", "limit_test",
-               "threads", "log_every", "world_size"}
-_FLOAT_FIELDS = {"lr", "gamma", "momentum", "weight_decay", "val_fraction"}
-_BOOL_FIELDS = {"progress", "report", "wandb"}
+               "threads", "log_every", "world_size", "channels"}
+_FLOAT_FIELDS = {"lr", "gamma", "momentum", "weight_decay", "val_fraction", "test_fraction"}
+_BOOL_FIELDS = {"progress", "report", "wandb", "skip_bad_images", "digits"}
 _OPTIONAL_FIELDS = {"data_dir", "epochs", "lr", "step_epochs", "limit_train", "limit_test",
-                    "threads", "wandb_name", "init_from"}
+                    "threads", "wandb_name", "init_from", "channels", "image_size",
+                    "test_fraction", "digits", "augment"}
 
 
 def suggest(value: str, choices) -> str:
@@ -278,6 +295,19 @@ def validate_config(config: TrainConfig) -> None:
         raise ConfigError("--momentum and --weight-decay must be 0 or more")
     if not 0 <= config.val_fraction < 1:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {config.val_fraction}")
+    if config.test_fraction is not None and not 0 < config.test_fraction < 1:
+        raise ConfigError(f"--test-fraction must be between 0 and 1 (exclusive), "
+                          f"got {config.test_fraction}")
+    if config.channels not in (None, 1, 3):
+        raise ConfigError(f"--channels must be 1 (grayscale) or 3 (RGB), got {config.channels}")
+    if config.image_size is not None:
+        from cnnlab.data.folders import parse_image_size
+
+        parse_image_size(config.image_size)
+    if config.augment is not None:
+        from cnnlab.data.augment import parse_augment
+
+        parse_augment(config.augment)
     if config.seed < 0:
         raise ConfigError(f"--seed must be 0 or more, got {config.seed}")
     if not config.model.strip():

@@ -1,14 +1,26 @@
-"""Reading images for ``cnnlab predict`` and preparing them the way MNIST was prepared.
+"""Reading image files, and preparing a picture the way a model's training images were prepared.
 
-MNIST digits are white ink on black, anti-aliased, scaled so the longer side of the ink is
-20 pixels (aspect ratio kept), and pasted into a 28x28 field so that the ink's centre of mass
-is at the centre (LeCun et al.'s description of the dataset). :func:`prepare_digit` does the
-same to any picture: grayscale, invert when the background is light (decided by the border
-pixels), stretch the contrast, crop to the ink, scale, centre by mass.
+Training images come from IDX files, CIFAR binaries or folders of PNG/JPEG/BMP/WebP files
+(cnnlab.data); :func:`decode_image` turns one file into uint8 (C, H, W) pixels and
+:func:`resize_pixels` brings them to the training size, for the folders and for
+``cnnlab predict`` alike, so a picture given to predict is prepared exactly as the training
+pictures were. The checkpoint records how (``meta["preprocess"]``, see
+:func:`preprocess_record` and docs/architecture.md):
 
-PNG, JPEG and the other formats Pillow reads need Pillow (``pip install 'cnnlab[plot]'``,
+- ``"digit"`` (MNIST, KMNIST and folders marked as digits): MNIST digits are white ink on
+  black, anti-aliased, scaled so the longer side of the ink is 20 pixels (aspect ratio kept),
+  and pasted into a 28x28 field so that the ink's centre of mass is at the centre (LeCun et
+  al.'s description of the dataset). :func:`prepare_digit` does the same to any picture:
+  grayscale, invert when the background is light (decided by the border pixels), stretch the
+  contrast, crop to the ink, scale, centre by mass.
+- ``"resize"`` (everything else): the training set's channels (grayscale by ITU-R 601-2 luma,
+  or RGB), inverted when its background is the opposite of the training images' (light
+  against dark), resized to the training size (Pillow's antialiased bilinear filter).
+- ``"none"``: channels converted, nothing else; the picture must have the training size.
+
+PNG, JPEG and the other formats Pillow reads need Pillow (``pip install 'cnnlab[images]'``,
 imported only when such a file is read); IDX files (like MNIST's own) are read with NumPy, and
-each image of a 3-D IDX array is one input, used as it is when it already has the model's size.
+each image of a 3-D IDX array is one input.
 """
 
 from __future__ import annotations
@@ -20,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.errors import CnnlabError, DataError, ImageError
+from cnnlab.errors import CnnlabError, DataError, ImageError, ShapeError
 
 MAX_PIXELS = 10_000 * 10_000
 # the ink must differ from the background by at least this many gray levels (of 255)
@@ -28,6 +40,16 @@ MIN_CONTRAST = 16
 # pixels brighter than this fraction of the ink's peak count as ink for the bounding box
 INK_THRESHOLD = 0.1
 _IDX_TYPE_CODES = {0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E}
+INSTALL_HINT = "pip install 'cnnlab[images]'"
+#: The file types read as images in dataset folders (matched case-insensitively).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+#: How ``cnnlab predict`` may prepare a picture (see the module docstring).
+PREPARATIONS = ("digit", "resize", "none")
+#: Pillow modes decoded as colour; every other mode is grayscale.
+_COLOUR_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "P", "PA")
+# a training set's background is "dark" ("light") when at least this share of its images
+# have a border darker (lighter) than mid-gray
+_POLARITY_SHARE = 0.9
 
 
 @dataclass
@@ -38,35 +60,137 @@ class InputImage:
     pixels: np.ndarray
 
 
-def load_inputs(paths, image_size=(28, 28)) -> list[InputImage]:
-    """Read every path (PNG/JPEG/... or IDX) and prepare each image as MNIST.
+def load_inputs(paths, image_size=(28, 28), preprocess: dict | None = None) -> list[InputImage]:
+    """Read every path (PNG/JPEG/... or IDX) and prepare each image as the training images were.
 
     Args:
         paths: image files; an IDX file may hold many images.
-        image_size: (H, W) the model expects.
+        image_size: (H, W) the model expects, used when ``preprocess`` is None.
+        preprocess: a checkpoint's ``meta["preprocess"]`` (:func:`preprocess_record`); None
+            means the MNIST digit preparation at ``image_size``, one channel.
 
     Returns:
-        list of :class:`InputImage`, uint8 (H, W), white ink on black.
+        list of :class:`InputImage`: uint8 (H, W) for one channel, (C, H, W) for more.
     """
+    if preprocess is None:
+        preprocess = preprocess_record("digit", 1, image_size, None)
+    kind = preprocess["kind"]
+    if kind not in PREPARATIONS:
+        raise ImageError(f"unknown preparation '{kind}'; use one of {', '.join(PREPARATIONS)}")
+    if kind == "digit" and int(preprocess["channels"]) != 1:
+        raise ImageError("the digit preparation makes grayscale images, but this model takes "
+                         f"{preprocess['channels']} channels: use --prepare resize")
     inputs = []
     for path in paths:
         path = Path(path)
         if _is_idx(path):
-            inputs.extend(_idx_inputs(path, image_size))
-        else:
+            inputs.extend(_idx_inputs(path, preprocess))
+        elif kind == "digit":
             gray = read_image(path)
-            inputs.append(InputImage(str(path), _prepare_named(gray, image_size, path)))
+            inputs.append(InputImage(str(path), _prepare_named(gray, preprocess, path)))
+        else:
+            pixels = decode_image(path, int(preprocess["channels"]))
+            inputs.append(InputImage(str(path), _prepare_named(pixels, preprocess, path)))
     return inputs
 
 
-def _prepare_named(gray: np.ndarray, image_size, name) -> np.ndarray:
+def _prepare_named(pixels: np.ndarray, preprocess: dict, name) -> np.ndarray:
     try:
-        return prepare_digit(gray, image_size)
+        return prepare(pixels, preprocess)
     except ImageError as error:
         raise ImageError(f"{name}: {error}") from None
 
 
+def prepare(pixels: np.ndarray, preprocess: dict) -> np.ndarray:
+    """One picture prepared as ``preprocess`` says (see the module docstring).
+
+    Args:
+        pixels: "digit": (H, W) gray levels in [0, 255]; "resize" and "none": uint8
+            (C, H, W) with the training channels (from :func:`decode_image`).
+        preprocess: a :func:`preprocess_record`.
+
+    Returns:
+        uint8 (H, W) for one channel, (C, H, W) for more, at the training size.
+    """
+    size = tuple(int(side) for side in preprocess["size"])
+    if preprocess["kind"] == "digit":
+        return prepare_digit(pixels, size)
+    pixels = np.asarray(pixels, dtype=np.uint8)
+    if preprocess["kind"] == "resize":
+        pixels = match_polarity(pixels, preprocess.get("polarity"))
+        pixels = resize_pixels(pixels, size)
+    elif pixels.shape[1:] != size:
+        raise ImageError(f"the image is {pixels.shape[1]}x{pixels.shape[2]} pixels (height x "
+                         f"width) but the model takes {size[0]}x{size[1]}; --prepare none uses "
+                         "images as they are: resize it, or use --prepare resize")
+    return pixels[0] if len(pixels) == 1 else pixels
+
+
+def preprocess_record(kind: str, channels: int, size, normalization: dict | None,
+                      polarity: str | None = None) -> dict:
+    """How a model's training images were prepared: the checkpoint's ``meta["preprocess"]``.
+
+    Args:
+        kind: "digit", "resize" or "none": what ``cnnlab predict`` does to a new picture.
+        channels: 1 (grayscale) or 3 (RGB).
+        size: (H, W) of the training images.
+        normalization: {"kind": "unit" or "standard", "mean", "std"} (of pixel / 255).
+        polarity: the training images' background, "dark", "light" or "mixed"
+            (:func:`background_polarity`).
+    """
+    return {"kind": kind, "channels": int(channels), "size": [int(side) for side in size],
+            "polarity": polarity, "grayscale": "ITU-R 601-2 luma (Pillow mode L)",
+            "resize": "bilinear, antialiased (Pillow)",
+            "normalization": dict(normalization or {"kind": "unit", "mean": None, "std": None})}
+
+
+def default_preprocess(meta: dict) -> dict:
+    """``meta["preprocess"]``, or for a checkpoint saved before it existed what it implies:
+    the digit preparation, except for Fashion-MNIST (resize, dark background)."""
+    if isinstance(meta.get("preprocess"), dict):
+        return meta["preprocess"]
+    shape = tuple(meta.get("input_shape", (1, 28, 28)))
+    dataset = meta.get("dataset")
+    kind = "resize" if dataset == "fashion-mnist" or shape[0] != 1 else "digit"
+    return preprocess_record(kind, shape[0], shape[-2:], meta.get("normalization"),
+                             "dark" if dataset == "fashion-mnist" else None)
+
+
 # reading
+
+def _load_image(path: str | os.PathLike):
+    """The decoded, EXIF-rotated Pillow image of ``path``; every failure is an ImageError."""
+    path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder, not an image; give image files")
+    if not path.is_file():
+        raise ImageError(f"{path}: no such image file")
+    try:
+        from PIL import Image, ImageOps, UnidentifiedImageError
+    except ImportError:
+        raise CnnlabError(f"{path}: reading PNG/JPEG images needs Pillow: "
+                          f"{INSTALL_HINT} (IDX files work without it)") from None
+    try:
+        with warnings.catch_warnings():
+            # the size is checked below, before decoding; Pillow's warning would repeat it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise ImageError(f"{path}: {width}x{height} pixels is too large (the limit "
+                                     f"is {MAX_PIXELS:,} pixels): shrink it first")
+                image.load()
+                return ImageOps.exif_transpose(image)
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image Pillow can read (use PNG, JPEG, BMP, WebP, GIF, "
+                         "TIFF or an IDX file)") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"{path}: the image is too large (the limit is {MAX_PIXELS:,} "
+                         "pixels): shrink it first") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageError(f"{path}: cannot decode the image, it is truncated or corrupt "
+                         f"({' '.join(str(error).split())[:100]})") from None
+
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """A picture file as float64 (H, W) gray levels in [0, 255] (Pillow; lazy import).
@@ -79,37 +203,35 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         ImageError: missing file, not an image, corrupt, larger than 10,000 x 10,000, or an
             unsupported mode. A CnnlabError when Pillow is not installed.
     """
+    return _to_gray(_load_image(path), Path(path))
+
+
+def decode_image(path: str | os.PathLike, channels: int | None = None) -> np.ndarray:
+    """A picture file as uint8 (C, H, W) pixels: the way dataset folders are decoded.
+
+    Args:
+        channels: 1 (grayscale: ITU-R 601-2 luma, as Pillow's mode "L"), 3 (RGB; a grayscale
+            picture gets three equal channels), or None: what the file is (3 for colour and
+            palette modes, 1 for the others).
+
+    Transparent pixels become the background (:func:`read_image`); 16-bit images are scaled
+    to [0, 255]; EXIF rotation is applied.
+
+    Raises:
+        ImageError: as :func:`read_image`.
+    """
     path = Path(path)
-    if path.is_dir():
-        raise ImageError(f"{path}: is a folder, not an image; give image files")
-    if not path.is_file():
-        raise ImageError(f"{path}: no such image file")
-    try:
-        from PIL import Image, ImageOps, UnidentifiedImageError
-    except ImportError:
-        raise CnnlabError(f"{path}: reading PNG/JPEG images needs Pillow: "
-                          "pip install 'cnnlab[plot]' (IDX files work without it)") from None
-    try:
-        with warnings.catch_warnings():
-            # the size is checked below, before decoding; Pillow's warning would repeat it
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > MAX_PIXELS:
-                    raise ImageError(f"{path}: {width}x{height} pixels is too large (the limit "
-                                     f"is {MAX_PIXELS:,} pixels): shrink it first")
-                image.load()
-                image = ImageOps.exif_transpose(image)
-                return _to_gray(image, path)
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image Pillow can read (use PNG, JPEG, BMP, GIF, "
-                         "TIFF or an IDX file)") from None
-    except Image.DecompressionBombError:
-        raise ImageError(f"{path}: the image is too large (the limit is {MAX_PIXELS:,} "
-                         "pixels): shrink it first") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageError(f"{path}: cannot decode the image, it is truncated or corrupt "
-                         f"({' '.join(str(error).split())[:100]})") from None
+    image = _load_image(path)
+    if channels is None:
+        channels = 3 if image.mode in _COLOUR_MODES else 1
+    if channels == 1 or image.mode not in _COLOUR_MODES:
+        gray = np.clip(np.rint(_to_gray(image, path)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[None], channels, axis=0)
+    if image.mode in ("RGBA", "PA", "RGBa") or "transparency" in image.info:
+        rgb = _composite_alpha_rgb(image.convert("RGBA"), path)
+    else:
+        rgb = np.asarray(image.convert("RGB"))
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
 
 def _to_gray(image, path: Path) -> np.ndarray:
@@ -147,6 +269,93 @@ def _composite_alpha(image, path: Path) -> np.ndarray:
     return gray * alpha + background * (1.0 - alpha)
 
 
+def _composite_alpha_rgb(image, path: Path) -> np.ndarray:
+    """RGB (H, W, 3) uint8 with transparent pixels set to the background, as in
+    :func:`_composite_alpha`."""
+    rgba = np.asarray(image, dtype=np.float64)
+    alpha = rgba[..., 3:] / 255.0
+    if alpha.min() == 1.0:
+        return rgba[..., :3].astype(np.uint8)
+    opaque = alpha[..., 0] > 0.5
+    if not opaque.any():
+        raise ImageError(f"{path}: the image is fully transparent: nothing to classify")
+    background = 255.0 if rgba[..., :3][opaque].mean() < 128 else 0.0
+    blended = rgba[..., :3] * alpha + background * (1.0 - alpha)
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+# converting pixels
+
+def to_gray(pixels: np.ndarray) -> np.ndarray:
+    """uint8 (..., 3, H, W) RGB -> (..., 1, H, W) gray by ITU-R 601-2 luma, bit for bit as
+    Pillow's ``convert("L")``: L = (19595 R + 38470 G + 7471 B + 2^15) >> 16."""
+    pixels = np.asarray(pixels)
+    red, green, blue = (pixels[..., index:index + 1, :, :].astype(np.uint32) for index in range(3))
+    return ((19595 * red + 38470 * green + 7471 * blue + 0x8000) >> 16).astype(np.uint8)
+
+
+def convert_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 (..., C, H, W) -> (..., channels, H, W): gray to RGB repeats the channel, RGB
+    to gray is :func:`to_gray`."""
+    have = pixels.shape[-3]
+    if have == channels:
+        return pixels
+    if have == 1 and channels == 3:
+        return np.repeat(pixels, 3, axis=-3)
+    if have == 3 and channels == 1:
+        return to_gray(pixels)
+    raise ShapeError(f"cannot convert {have} channels to {channels}; use 1 or 3")
+
+
+def resize_pixels(pixels: np.ndarray, size) -> np.ndarray:
+    """uint8 (C, H, W) -> (C, size[0], size[1]) with Pillow's antialiased bilinear filter
+    (the one resize of the training folders and of ``cnnlab predict``)."""
+    height, width = (int(side) for side in size)
+    if pixels.shape[1:] == (height, width):
+        return pixels
+    try:
+        from PIL import Image
+    except ImportError:
+        raise CnnlabError(f"resizing images needs Pillow: {INSTALL_HINT}") from None
+    channels = pixels.shape[0]
+    if channels == 3:
+        image = Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0)), "RGB")
+        return np.asarray(image.resize((width, height), Image.BILINEAR)).transpose(2, 0, 1).copy()
+    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(plane), "L")
+                         .resize((width, height), Image.BILINEAR)) for plane in pixels]
+    return np.stack(planes)
+
+
+def border_level(pixels: np.ndarray) -> np.ndarray:
+    """The median of each image's border pixels (mean over channels): uint8 (N, C, H, W) or
+    (N, H, W) -> (N,) float. Small for a dark background, large for a light one."""
+    pixels = np.asarray(pixels, dtype=np.float32)
+    gray = pixels if pixels.ndim == 3 else pixels.mean(axis=1)
+    border = np.concatenate([gray[:, 0], gray[:, -1], gray[:, 1:-1, 0], gray[:, 1:-1, -1]], axis=1)
+    return np.median(border, axis=1)
+
+
+def background_polarity(pixels: np.ndarray) -> str:
+    """"dark" when at least 90% of the images have a border darker than mid-gray (MNIST,
+    Fashion-MNIST), "light" when at least 90% have a lighter one, otherwise "mixed"."""
+    levels = border_level(pixels)
+    dark = float(np.mean(levels < 127.5))
+    if dark >= _POLARITY_SHARE:
+        return "dark"
+    if 1.0 - dark >= _POLARITY_SHARE:
+        return "light"
+    return "mixed"
+
+
+def match_polarity(pixels: np.ndarray, polarity: str | None) -> np.ndarray:
+    """Invert uint8 (C, H, W) pixels whose background is the opposite of ``polarity``
+    ("dark" or "light"; "mixed" or None leaves them as they are)."""
+    if polarity not in ("dark", "light"):
+        return pixels
+    light = bool(border_level(pixels[None])[0] > 127.5)
+    return 255 - pixels if light == (polarity == "dark") else pixels
+
+
 def _is_idx(path: Path) -> bool:
     try:
         with open(path, "rb") as stream:
@@ -158,7 +367,7 @@ def _is_idx(path: Path) -> bool:
     return len(start) == 4 and start[:2] == b"\x00\x00" and start[2] in _IDX_TYPE_CODES
 
 
-def _idx_inputs(path: Path, image_size) -> list[InputImage]:
+def _idx_inputs(path: Path, preprocess: dict) -> list[InputImage]:
     from cnnlab.data.idx import read_idx
 
     try:
@@ -172,14 +381,18 @@ def _idx_inputs(path: Path, image_size) -> list[InputImage]:
                          "(N, H, W) or (H, W); a 1-D file holds labels)")
     if array.dtype != np.uint8:
         array = _to_uint8_range(array.astype(np.float64))
+    size = tuple(int(side) for side in preprocess["size"])
     inputs = []
     for index, image in enumerate(array):
         name = f"{path}[{index}]" if len(array) > 1 else str(path)
-        if image.shape == tuple(image_size):
-            inputs.append(InputImage(name, np.ascontiguousarray(image, dtype=np.uint8)))
+        if preprocess["kind"] == "digit":
+            # an IDX image of the model's size is an MNIST-style image already
+            pixels = (np.ascontiguousarray(image) if image.shape == size
+                      else _prepare_named(image.astype(np.float64), preprocess, name))
         else:
-            inputs.append(InputImage(name, _prepare_named(image.astype(np.float64), image_size,
-                                                          name)))
+            gray = convert_channels(image[None], int(preprocess["channels"]))
+            pixels = _prepare_named(gray, preprocess, name)
+        inputs.append(InputImage(name, pixels))
     return inputs
 
 
@@ -272,7 +485,8 @@ def _paste_centred(scaled: np.ndarray, image_size) -> np.ndarray:
 
 
 def to_model_input(pixels: np.ndarray, normalization: dict | None = None) -> np.ndarray:
-    """uint8 (N, H, W) -> float32 (N, 1, H, W) normalised as the model was trained.
+    """uint8 (N, H, W) or (N, C, H, W) -> float32 (N, C, H, W) normalised as the model was
+    trained.
 
     Args:
         normalization: the checkpoint's ``meta["normalization"]``: {"kind": "unit" or

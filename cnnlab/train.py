@@ -130,22 +130,39 @@ class _Data:
     val_labels: np.ndarray | None
     classes: list
     normalization: dict
+    preprocess: dict | None  # how the images were prepared: the checkpoint's meta["preprocess"]
+    augment: object = None  # a cnnlab.data.augment.Augmentation, or None
+    skipped_images: int = 0
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        images = self.train_images
+        return ((1,) if images.ndim == 3 else (images.shape[1],)) + tuple(images.shape[-2:])
 
 
 def _load_data(config: TrainConfig) -> _Data:
     from cnnlab.data import load_dataset
+    from cnnlab.data.augment import parse_augment
+    from cnnlab.data.datasets import dataset_options
     from cnnlab.data.loader import dataset_mean_std, split_validation
+    from cnnlab.images import background_polarity, preprocess_record
 
     dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=True,
-                           progress=config.progress)
+                           progress=config.progress, **dataset_options(config.to_dict()))
+    if dataset.skipped:
+        print(f"cnnlab: left out {len(dataset.skipped)} image files that cannot be decoded "
+              f"(first: {dataset.skipped[0]})", file=sys.stderr)
     train_images, train_labels = dataset.train_images, dataset.train_labels
     test_images, test_labels = dataset.test_images, dataset.test_labels
     if config.limit_train is not None:
         train_images, train_labels = train_images[:config.limit_train], train_labels[:config.limit_train]
     if config.limit_test is not None:
         test_images, test_labels = test_images[:config.limit_test], test_labels[:config.limit_test]
-    val_images = val_labels = None
+    val_images, val_labels = dataset.val_images, dataset.val_labels
     if config.val_fraction > 0:
+        if val_images is not None:
+            raise ConfigError(f"{dataset.source} has a val/ folder, which is the validation "
+                              "split; leave out --val-fraction")
         train_images, train_labels, val_images, val_labels = split_validation(
             train_images, train_labels, config.val_fraction, config.seed)
     if len(train_labels) == 0:
@@ -156,8 +173,19 @@ def _load_data(config: TrainConfig) -> _Data:
         mean, std = dataset_mean_std(train_images)
     else:
         mean, std = None, None
-    return _Data(train_images, train_labels, test_images, test_labels, val_images, val_labels,
-                 list(dataset.classes), {"kind": config.normalization, "mean": mean, "std": std})
+    normalization = {"kind": config.normalization, "mean": mean, "std": std}
+    digits = dataset.digits if config.digits is None else config.digits
+    augment = parse_augment(config.augment)
+    if augment is not None:
+        augment.check(train_images.shape, digits, dataset.name)
+    data = _Data(train_images, train_labels, test_images, test_labels, val_images, val_labels,
+                 list(dataset.classes), normalization, None, augment, len(dataset.skipped))
+    channels = data.input_shape[0]
+    data.preprocess = preprocess_record(
+        "digit" if digits and channels == 1 else "resize", channels, data.input_shape[1:],
+        # up to 2,000 images spread over the set (a folder dataset is sorted by class)
+        normalization, background_polarity(train_images[::max(1, len(train_images) // 2000)]))
+    return data
 
 
 def _build_model(config: TrainConfig, input_shape, num_classes: int):
@@ -300,7 +328,7 @@ class Trainer:
         self.world = self.collective.world
         self.is_main = self.world.is_main
         self.out = (out if out is not None else sys.stdout) if self.is_main else _Discard()
-        self.input_shape = (1,) + tuple(data.train_images.shape[1:])
+        self.input_shape = data.input_shape
         self.num_classes = len(data.classes)
         self._build_engine()
         self.steps_per_epoch = math.ceil(len(data.train_labels) / config.batch_size)
@@ -444,6 +472,7 @@ class Trainer:
             "num_classes": self.num_classes,
             "classes": self.data.classes,
             "normalization": self.data.normalization,
+            "preprocess": self.data.preprocess,
             "dataset": self.config.dataset,
             "epoch": self.progress.epochs_done,
             "step": self.progress.global_step,
@@ -540,6 +569,9 @@ class Trainer:
             "train_images": int(len(self.data.train_labels)),
             "test_images": int(len(self.data.test_labels)),
             "dataset": self.config.dataset,
+            "input_shape": list(self.input_shape),
+            "skipped_images": self.data.skipped_images,
+            "augment": self.data.augment.spec if self.data.augment is not None else None,
             "model": self.config.model,
             "parameters": self._parameter_count(),
             "seed": self.config.seed,
@@ -594,7 +626,8 @@ class Trainer:
         batches = iterate_batches(data.train_images, data.train_labels, config.batch_size,
                                   order=order, normalization=config.normalization,
                                   mean=data.normalization["mean"], std=data.normalization["std"],
-                                  start_batch=progress.batch_in_epoch, reuse_buffer=True)
+                                  start_batch=progress.batch_in_epoch, reuse_buffer=True,
+                                  augment=data.augment, augment_seed=(config.seed, epoch))
         bar = ProgressBar(len(data.train_labels), f"epoch {epoch}/{config.epochs}", unit="img",
                           enabled=config.progress and self.is_main)
         if progress.batch_in_epoch:
@@ -781,7 +814,7 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, runs_root: str
     spec_tokens(config.model)  # a misspelt model name fails before any data is loaded
     data = _load_data(config)
     # Build once before making the folder, so a bad model spec leaves no empty run folder.
-    input_shape = (1,) + tuple(data.train_images.shape[1:])
+    input_shape = data.input_shape
     model = _build_model(config, input_shape, len(data.classes))
     _initialize_from(config, model)  # weights that do not fit fail before the folder is made
     if config.backend == "numpy":

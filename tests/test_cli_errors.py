@@ -336,8 +336,11 @@ IMAGE_CASES = [
 @pytest.mark.parametrize("name, needles", [case[1:] for case in IMAGE_CASES],
                          ids=[case[0] for case in IMAGE_CASES])
 def test_bad_image_for_predict(capsys, workspace, images, name, needles):
+    # a blank picture is only a problem for the digit preparation (there is no ink to centre);
+    # this run's own preparation (resize) takes it as it is
+    prepare = ["--prepare", "digit"] if name == "blank.png" else []
     expect_error(capsys, ["predict", str(workspace["checkpoint"]), str(images / "digit.png"),
-                          str(images / name)], *needles, folder=images)
+                          str(images / name), *prepare], *needles, folder=images)
 
 
 def test_folder_given_as_image(capsys, workspace, images):
@@ -499,8 +502,8 @@ def test_bad_config_file(capsys, workspace, tmp_path):
 
 @pytest.mark.parametrize("argv, needles", [
     (["summary", "cnnn"], ["'cnnn'", "did you mean 'cnn'"]),
-    (["summary", "cnn", "--input-shape", "1,0,28"], ["--input-shape", "1,0,28"]),
-    (["summary", "cnn", "--input-shape", "abc"], ["--input-shape", "'abc'"]),
+    (["summary", "cnn", "--input-shape", "1,0,28"], ["--input", "1,0,28"]),
+    (["summary", "cnn", "--input-shape", "abc"], ["--input", "'abc'"]),
     (["summary", "cnn", "--num-classes", "0"], ["classes", "0"]),
     (["summary", "c8k5-p2-c8k5-p2-c8k5-fc10"], ["layer 5", "4x4"]),
     (["data", "info", "mnsit"], ["'mnsit'", "did you mean 'mnist'"]),

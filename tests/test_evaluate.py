@@ -130,4 +130,4 @@ def test_cli_evaluate_errors_are_one_line(tiny, tmp_path, capsys):
         write_idx(other / f"{split}-labels-idx1-ubyte", np.zeros(count, np.uint8))
     assert main(["evaluate", str(run), "--dataset", str(other)]) == 2
     error = capsys.readouterr().err.splitlines()[-1]
-    assert error.startswith("cnnlab: error:") and "5x5 images but the model takes 6x6" in error
+    assert error.startswith("cnnlab: error:") and "1x5x5 images (channels x height x width) but the model takes 1x6x6" in error

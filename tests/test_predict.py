@@ -158,7 +158,7 @@ def test_missing_pillow_says_how_to_install(tmp_path, monkeypatch):
     path = tmp_path / "digit.png"
     Image.new("L", (10, 10)).save(path)
     monkeypatch.setitem(sys.modules, "PIL", None)
-    with pytest.raises(CnnlabError, match=r"pip install 'cnnlab\[plot\]'"):
+    with pytest.raises(CnnlabError, match=r"pip install 'cnnlab\[images\]'"):
         read_image(path)
 
 

@@ -29,6 +29,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from cnnlab.checkpoint import load_weights, model_from_checkpoint
     from cnnlab.data import load_dataset
+    from cnnlab.data.datasets import dataset_options
     from cnnlab.errors import ConfigError
     from cnnlab.evaluation import evaluate
     from cnnlab.fileio import write_json
@@ -43,11 +44,16 @@ def run(args) -> int:
     if not dataset_name:
         raise ConfigError(f"{checkpoint.path} does not say which dataset it was trained on: "
                           "give --dataset NAME")
-    dataset = load_dataset(dataset_name, data_dir=args.data_dir, splits=("test",))
+    trained_on = meta.get("config") or {}
+    options = dataset_options(trained_on) if dataset_name == _dataset_name(meta.get("dataset")) \
+        else {}
+    dataset = load_dataset(dataset_name, data_dir=args.data_dir or trained_on.get("data_dir"),
+                           splits=("test",), **options)
     input_shape = tuple(meta.get("input_shape", (1, 28, 28)))
-    if tuple(dataset.image_shape) != input_shape[-2:]:
-        raise ConfigError(f"dataset '{dataset_name}' has {format_shape(dataset.image_shape)} images but "
-                          f"the model takes {format_shape(input_shape[-2:])}: choose another --dataset")
+    if tuple(dataset.input_shape) != input_shape:
+        raise ConfigError(f"dataset '{dataset_name}' has {format_shape(dataset.input_shape)} "
+                          f"images (channels x height x width) but the model takes "
+                          f"{format_shape(input_shape)}: choose another --dataset")
     num_classes = int(meta.get("num_classes", 10))
     classes = list(meta.get("classes") or dataset.classes)
     if len(classes) != num_classes:

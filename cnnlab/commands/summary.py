@@ -14,8 +14,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("model", metavar="MODEL",
                         help="mlp, cnn, cnn-bn, a spec like 'c32k3p1-p2-fc128' "
                              "(docs/models.md), or a checkpoint .npz / run folder")
-    parser.add_argument("--input-shape", default=None, metavar="C,H,W",
-                        help="shape of one input image (default 1,28,28, or the checkpoint's)")
+    parser.add_argument("--input", "--input-shape", dest="input_shape", default=None,
+                        metavar="CxHxW",
+                        help="shape of one input image, like 3x32x32 or 1,28,28 (default "
+                             "1x28x28, or the checkpoint's)")
     parser.add_argument("--num-classes", type=int, default=None, metavar="K",
                         help="number of classes (default: the last size of a list like "
                              "784-500-10, the checkpoint's, or 10)")
@@ -30,9 +32,10 @@ def parse_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(part) for part in parts)
     except ValueError:
-        raise ConfigError(f"--input-shape must be C,H,W like 1,28,28, got '{text}'") from None
+        raise ConfigError(f"--input must be CxHxW like 3x32x32 (or C,H,W), got '{text}'") from None
     if len(shape) not in (1, 3) or min(shape) < 1:
-        raise ConfigError(f"--input-shape must be C,H,W (or F) with sizes >= 1, got '{text}'")
+        raise ConfigError(f"--input must be CxHxW like 3x32x32 (or F) with sizes >= 1, "
+                          f"got '{text}'")
     return shape
 
 

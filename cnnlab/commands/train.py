@@ -7,7 +7,8 @@ import argparse
 HELP = "train a model (mlp, cnn, cnn-bn or a spec) and save a run folder"
 
 # Options that map one-to-one onto TrainConfig fields (dest == field name).
-CONFIG_OPTIONS = ("model", "dataset", "data_dir", "epochs", "batch_size", "optimizer", "lr",
+CONFIG_OPTIONS = ("model", "dataset", "data_dir", "channels", "image_size", "test_fraction",
+                  "skip_bad_images", "digits", "augment", "epochs", "batch_size", "optimizer", "lr",
                   "schedule", "step_epochs", "gamma", "momentum", "weight_decay", "seed",
                   "normalization", "val_fraction", "limit_train", "limit_test", "threads", "log_every",
                   "wandb", "wandb_project", "wandb_name", "progress", "report", "backend",
@@ -37,9 +38,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("what to train")
     what.add_argument("--model", help="mlp, cnn, cnn-bn or a model spec string "
                       f"(docs/models.md); {_default('model')}")
-    what.add_argument("--dataset", help="mnist, fashion-mnist, kmnist or a folder of IDX files; "
-                      f"{_default('dataset')}")
+    what.add_argument("--dataset", help="mnist, fashion-mnist, kmnist, or a folder: IDX files, "
+                      "CIFAR binary batches, or one subfolder of images per class "
+                      f"(docs/data.md); {_default('dataset')}")
     what.add_argument("--data-dir", help="where named datasets are downloaded and kept")
+    what.add_argument("--channels", type=int, metavar="1|3",
+                      help="convert the images to grayscale (1) or RGB (3) (default: as they are)")
+    what.add_argument("--image-size", metavar="H[xW]",
+                      help="resize every image to H x W pixels (default: the images' size, "
+                      "which must then agree)")
+    what.add_argument("--test-fraction", type=float, metavar="F",
+                      help="class folders without train/ and test/: the share of each class "
+                      "held out for testing (default 0.2, fixed seed)")
+    what.add_argument("--skip-bad-images", action="store_const", const=True, default=None,
+                      help="leave out image files that cannot be decoded (counted in "
+                      "summary.json) instead of stopping")
+    what.add_argument("--digits", action="store_const", const=True, default=None,
+                      help="the images are handwritten digits or characters: predict centres "
+                      "pictures like MNIST and flips are refused (MNIST and KMNIST are)")
+    what.add_argument("--augment", metavar="LIST",
+                      help="augment training images: shift:S (pixels), flip, rotate:D "
+                      "(degrees), e.g. shift:2,flip,rotate:10 (docs/data.md)")
     what.add_argument("--limit-train", type=int, metavar="N",
                       help="use only the first N training images (quick runs)")
     what.add_argument("--limit-test", type=int, metavar="N",

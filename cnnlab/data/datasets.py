@@ -1,5 +1,6 @@
-"""Finding, verifying and loading datasets: named ones (mnist, fashion-mnist, kmnist) or
-any folder holding the four MNIST-format files.
+"""Finding, verifying and loading datasets: named ones (mnist, fashion-mnist, kmnist), a
+folder holding the four MNIST-format files, CIFAR binary files (cnnlab/data/cifar.py) or
+class folders of pictures (cnnlab/data/folders.py).
 
 Where a named dataset is looked for, in order (the first folder holding all four files
 wins; see docs/data.md):
@@ -40,12 +41,20 @@ class Dataset:
     Attributes:
         name: the registry name, or the folder's name for a user dataset.
         classes: class names, index = label.
-        train_images: (N_train, H, W) uint8.  train_labels: (N_train,) int64.
-        test_images: (N_test, H, W) uint8.  test_labels: (N_test,) int64.
+        train_images: uint8 (N_train, H, W) for grayscale, (N_train, C, H, W) for colour.
+        train_labels: (N_train,) int64.
+        test_images, test_labels: the same for the test split.
         source: the folder the files were read from.
         verified: True when every file matched its published checksum.
         files: key ("train_images", ...) -> path of the file read.
         verification: key -> how that file was verified ("md5", "sha256", "structure").
+        val_images, val_labels: a validation split the data came with (a folder's val/), or None.
+        digits: handwritten digits or characters (MNIST, KMNIST, or a folder marked so):
+            predict prepares pictures like MNIST digits, and flips are refused.
+        kind: "idx", "cifar" or "images" (a folder of pictures).
+        layout: how the splits were found, in words.
+        skipped: image files left out because they could not be decoded.
+        cache: for a folder of pictures, {"path", "hit", "seconds", "ignored_files"}.
     """
 
     name: str
@@ -58,6 +67,13 @@ class Dataset:
     verified: bool
     files: dict[str, str] = field(default_factory=dict)
     verification: dict[str, str] = field(default_factory=dict)
+    val_images: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
+    digits: bool = False
+    kind: str = "idx"
+    layout: str = "IDX files"
+    skipped: list[str] = field(default_factory=list)
+    cache: dict | None = None
 
     @property
     def num_classes(self) -> int:
@@ -65,7 +81,24 @@ class Dataset:
 
     @property
     def image_shape(self) -> tuple[int, int]:
-        return tuple(self.train_images.shape[1:])
+        """(H, W) of every image."""
+        return tuple(self.train_images.shape[-2:])
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.train_images.ndim == 3 else int(self.train_images.shape[1])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W): what a model of this dataset takes."""
+        return (self.channels,) + self.image_shape
+
+    def splits(self):
+        """(name, images, labels) of each split: train, test, and val when there is one."""
+        yield "train", self.train_images, self.train_labels
+        yield "test", self.test_images, self.test_labels
+        if self.val_images is not None:
+            yield "val", self.val_images, self.val_labels
 
 
 # ----------------------------------------------------------------------------- folders
@@ -331,7 +364,59 @@ def load_folder(folder: str | os.PathLike, info: DatasetInfo | None = None,
         raise DataError(f"{folder}: missing {', '.join(missing)} (the .gz or uncompressed); a "
                         f"dataset folder holds {', '.join(FILE_NAMES.values())}")
     name = info.name if info else (folder.resolve().name or str(folder))
-    return _build(name, folder, files, info)
+    dataset = _build(name, folder, files, info)
+    dataset.digits = info is not None and info.digits
+    return dataset
+
+
+def load_user_folder(folder: str | os.PathLike, channels: int | None = None, image_size=None,
+                     test_fraction: float | None = None, skip_bad_images: bool = False,
+                     progress: bool = True) -> Dataset:
+    """A user's folder, whatever it holds: the four IDX files, CIFAR binary batches, or class
+    folders of pictures (``DIR/CLASS/*.png``, optionally under ``train/`` and ``test/``)."""
+    from cnnlab.data import cifar, folders
+
+    folder = Path(folder)
+    if folder.is_dir() and not find_files(folder):
+        if cifar.find_cifar(folder) is not None:
+            return adapt_images(cifar.load_cifar(folder), channels, image_size)
+        if folders.looks_like_image_folder(folder):
+            return folders.load_image_folder(
+                folder, channels, image_size,
+                folders.DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction,
+                skip_bad_images, progress)
+        raise DataError(f"{folder}: holds no dataset; use the four IDX files "
+                        f"({', '.join(FILE_NAMES.values())}), CIFAR binary batches "
+                        "(data_batch_1.bin ... test_batch.bin), or one folder of images per "
+                        f"class ({folder}/CLASS/IMAGE.png, see docs/data.md)")
+    return adapt_images(load_folder(folder), channels, image_size)
+
+
+def adapt_images(dataset: Dataset, channels: int | None = None, image_size=None) -> Dataset:
+    """``dataset`` with its images converted to ``channels`` and resized to ``image_size``
+    (the conversions of cnnlab.images, as for folders of pictures); None keeps them."""
+    from cnnlab.data.folders import parse_image_size
+    from cnnlab.images import convert_channels, resize_pixels
+
+    if channels not in (None, 1, 3):
+        raise ConfigError(f"--channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+    size = parse_image_size(image_size)
+    if (channels in (None, dataset.channels)) and size in (None, dataset.image_shape):
+        return dataset
+
+    def convert(images):
+        if images is None:
+            return None
+        batch = images[:, None] if images.ndim == 3 else images
+        batch = convert_channels(batch, channels or batch.shape[1])
+        if size is not None and batch.shape[-2:] != size:
+            batch = np.stack([resize_pixels(image, size) for image in batch])
+        return batch[:, 0] if batch.shape[1] == 1 else batch
+
+    dataset.train_images = convert(dataset.train_images)
+    dataset.test_images = convert(dataset.test_images)
+    dataset.val_images = convert(dataset.val_images)
+    return dataset
 
 
 def _looks_like_path(text: str) -> bool:
@@ -340,8 +425,11 @@ def _looks_like_path(text: str) -> bool:
 
 def load_dataset(name_or_folder: str | os.PathLike, data_dir: str | os.PathLike | None = None,
                  download: bool = True, progress: bool = True,
-                 timeout: float | None = None, splits=SPLITS) -> Dataset:
-    """Load a named dataset (finding or downloading it) or a folder of MNIST-format files.
+                 timeout: float | None = None, channels: int | None = None, image_size=None,
+                 test_fraction: float | None = None, skip_bad_images: bool = False,
+                 splits=SPLITS) -> Dataset:
+    """Load a named dataset (finding or downloading it) or a folder: IDX files, CIFAR binary
+    batches, or class folders of pictures (see :func:`load_user_folder`).
 
     Args:
         name_or_folder: "mnist", "fashion-mnist", "kmnist", or a folder path. A registry
@@ -352,6 +440,10 @@ def load_dataset(name_or_folder: str | os.PathLike, data_dir: str | os.PathLike 
         progress: show download progress, and say on standard error when a folder's data is
             not verified.
         timeout: seconds a download may wait to connect or for data (default 30).
+        channels: 1 or 3 to convert the images to (None: as they are).
+        image_size: (H, W) or "HxW" to resize them to (None: as they are).
+        test_fraction: a picture folder without train/ and test/: the test share (default 0.2).
+        skip_bad_images: a picture folder: leave out files that cannot be decoded.
         splits: the splits needed: ("test",) for an evaluation, which then needs (and
             downloads) only the test files; the training split is left empty.
 
@@ -370,8 +462,9 @@ def load_dataset(name_or_folder: str | os.PathLike, data_dir: str | os.PathLike 
     if canonical is None:
         folder = Path(text).expanduser()
         if folder.is_dir():
-            dataset = load_folder(folder, splits=splits)
-            if progress:
+            dataset = load_user_folder(folder, channels, image_size, test_fraction,
+                                       skip_bad_images, progress)
+            if progress and dataset.kind == "idx":
                 print(f"cnnlab: {folder}: user data, checked for structure only "
                       f"(no published checksums)", file=sys.stderr)
             return dataset
@@ -383,7 +476,7 @@ def load_dataset(name_or_folder: str | os.PathLike, data_dir: str | os.PathLike 
     if folder is None:
         folder = download_dataset(info.name, data_dir=data_dir, progress=progress,
                                   timeout=timeout, allow=download, splits=splits)
-    return load_folder(folder, info, splits)
+    return adapt_images(load_folder(folder, info, splits), channels, image_size)
 
 
 def check_data_dir(data_dir: str | os.PathLike | None) -> None:
@@ -396,6 +489,13 @@ def check_data_dir(data_dir: str | os.PathLike | None) -> None:
         what = "is not a folder" if path.exists() else "no such folder"
         raise DataError(f"--data-dir {path}: {what}; check the path, or create the folder "
                         f"(mkdir -p {path}) for downloads to go there")
+
+
+def dataset_options(config: dict) -> dict:
+    """The keyword arguments of :func:`load_dataset` recorded in a run's config (a dict)."""
+    return {"channels": config.get("channels"), "image_size": config.get("image_size"),
+            "test_fraction": config.get("test_fraction"),
+            "skip_bad_images": bool(config.get("skip_bad_images", False))}
 
 
 # ---------------------------------------------------------------------------- download

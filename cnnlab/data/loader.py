@@ -1,7 +1,8 @@
-"""Batches for training and evaluation: seeded epoch order, uint8 -> float32 per batch.
+"""Batches for training and evaluation: seeded epoch order, augmentation, uint8 -> float32.
 
 Images stay uint8 in memory (the full Fashion-MNIST training set is 47 MB); each batch
-is converted to float32 (B, 1, H, W) only when it is needed.
+is augmented (cnnlab/data/augment.py) and converted to float32 (B, C, H, W) only when it
+is needed.
 
 The lectures draw a random contiguous window of the training set for each batch; that
 visits some samples twice and others never. Here every epoch is a fresh permutation
@@ -37,11 +38,12 @@ def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([int(seed), int(epoch)]).permutation(int(num_samples))
 
 
-def _as_nhw(images: np.ndarray) -> np.ndarray:
-    if images.ndim == 4 and images.shape[1] == 1:
-        return images[:, 0]
-    if images.ndim != 3:
-        raise ShapeError(f"images must be (N, H, W) or (N, 1, H, W), got shape {images.shape}")
+def _as_nchw(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) grayscale -> a (N, 1, H, W) view; (N, C, H, W) as it is."""
+    if images.ndim == 3:
+        return images[:, None]
+    if images.ndim != 4:
+        raise ShapeError(f"images must be (N, H, W) or (N, C, H, W), got shape {images.shape}")
     return images
 
 
@@ -50,20 +52,20 @@ def to_float(images: np.ndarray, normalization: str = "unit", mean: float | None
     """Convert uint8 images to the network's float32 input.
 
     "unit":     x = pixel / 255                   (the lectures' [0, 1] inputs)
-    "standard": x = (pixel / 255 - mean) / std    (mean, std of pixel / 255 on the training set)
+    "standard": x = (pixel / 255 - mean) / std    (mean, std of pixel / 255 on the training
+                set, over all channels)
 
     Args:
-        images: uint8 (B, H, W) or (B, 1, H, W).
+        images: uint8 (B, H, W) grayscale or (B, C, H, W).
         normalization: "unit" or "standard".
         mean, std: required for "standard" (see :func:`dataset_mean_std`).
-        out: optional float32 (B, 1, H, W) C-contiguous array to write into (no allocation).
+        out: optional float32 (B, C, H, W) C-contiguous array to write into (no allocation).
 
     Shape:
-        Input: (B, H, W) or (B, 1, H, W)
-        Output: (B, 1, H, W) float32
+        Input: (B, H, W) or (B, C, H, W)
+        Output: (B, C, H, W) float32 (C = 1 for (B, H, W))
     """
-    images = _as_nhw(np.asarray(images))
-    batch, height, width = images.shape
+    images = _as_nchw(np.asarray(images))
     if normalization not in NORMALIZATIONS:
         raise ConfigError(f"unknown normalization '{normalization}'; use 'unit' or 'standard'")
     if normalization == "standard":
@@ -73,12 +75,11 @@ def to_float(images: np.ndarray, normalization: str = "unit", mean: float | None
         if not std > 0:
             raise ConfigError(f"std must be > 0 for 'standard' normalization, got {std}")
     if out is None:
-        out = np.empty((batch, 1, height, width), dtype=np.float32)
-    elif (out.shape != (batch, 1, height, width) or out.dtype != np.float32
-          or not out.flags.c_contiguous):
+        out = np.empty(images.shape, dtype=np.float32)
+    elif out.shape != images.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ShapeError(f"out must be a C-contiguous float32 array of shape "
-                         f"{(batch, 1, height, width)}, got {out.dtype} {out.shape}")
-    np.divide(images, np.float32(255), out=out[:, 0], dtype=np.float32, casting="unsafe")
+                         f"{images.shape}, got {out.dtype} {out.shape}")
+    np.divide(images, np.float32(255), out=out, dtype=np.float32, casting="unsafe")
     if normalization == "standard":
         out -= np.float32(mean)
         out /= np.float32(std)
@@ -88,12 +89,13 @@ def to_float(images: np.ndarray, normalization: str = "unit", mean: float | None
 def iterate_batches(images: np.ndarray, labels: np.ndarray, batch_size: int,
                     order: np.ndarray | None = None, normalization: str = "unit",
                     mean: float | None = None, std: float | None = None, start_batch: int = 0,
-                    drop_last: bool = False, reuse_buffer: bool = False
+                    drop_last: bool = False, reuse_buffer: bool = False, augment=None,
+                    augment_seed: tuple[int, ...] = (0,)
                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(x, y)`` batches: x float32 (B, 1, H, W), y int64 (B,).
+    """Yield ``(x, y)`` batches: x float32 (B, C, H, W), y int64 (B,).
 
     Args:
-        images: uint8 (N, H, W); labels: integer (N,).
+        images: uint8 (N, H, W) or (N, C, H, W); labels: integer (N,).
         batch_size: samples per batch (use a large one, e.g. 1000, for evaluation).
         order: the visiting order (from :func:`epoch_order`); None means 0..N-1 in turn.
         normalization, mean, std: as in :func:`to_float`.
@@ -101,8 +103,12 @@ def iterate_batches(images: np.ndarray, labels: np.ndarray, batch_size: int,
         drop_last: leave out a last batch smaller than ``batch_size``.
         reuse_buffer: write every full batch into the same x array (no allocation); the
             previous x is then overwritten, so only use it when each x is consumed at once.
+        augment: a :class:`cnnlab.data.augment.Augmentation` applied to each uint8 batch
+            before it is converted, or None.
+        augment_seed: batch b is augmented with ``default_rng([*augment_seed, b])`` (the
+            trainer passes (seed, epoch)): the same batch gets the same draws, resumed or not.
     """
-    images = _as_nhw(np.asarray(images))
+    images = _as_nchw(np.asarray(images))
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != len(images):
         raise ShapeError(f"labels must be (N,) with N = {len(images)} images, "
@@ -116,31 +122,39 @@ def iterate_batches(images: np.ndarray, labels: np.ndarray, batch_size: int,
         raise ShapeError(f"order holds indices outside 0..{len(images) - 1}")
     to_float(images[:0], normalization, mean, std)  # reject bad options before the first batch
     return _batches(images, labels, int(batch_size), np.asarray(order), normalization, mean,
-                    std, int(start_batch), drop_last, reuse_buffer)
+                    std, int(start_batch), drop_last, reuse_buffer, augment,
+                    tuple(int(part) for part in augment_seed))
 
 
 def _batches(images, labels, batch_size, order, normalization, mean, std, start_batch,
-             drop_last, reuse_buffer):
-    height, width = images.shape[1:]
-    gathered = np.empty((batch_size, height, width), dtype=images.dtype)
-    buffer = np.empty((batch_size, 1, height, width), np.float32) if reuse_buffer else None
-    for start in range(start_batch * batch_size, len(order), batch_size):
+             drop_last, reuse_buffer, augment, augment_seed):
+    sample_shape = images.shape[1:]
+    gathered = np.empty((batch_size,) + sample_shape, dtype=images.dtype)
+    buffer = np.empty((batch_size,) + sample_shape, np.float32) if reuse_buffer else None
+    for batch_index, start in enumerate(range(start_batch * batch_size, len(order), batch_size),
+                                        start=start_batch):
         indices = order[start:start + batch_size]
         size = len(indices)
         if drop_last and size < batch_size:
             return
         np.take(images, indices, axis=0, out=gathered[:size])
+        batch = gathered[:size]
+        if augment is not None:
+            batch = augment(batch, np.random.default_rng([*augment_seed, batch_index]))
         out = buffer if (buffer is not None and size == batch_size) else None
-        x = to_float(gathered[:size], normalization, mean, std, out=out)
+        x = to_float(batch, normalization, mean, std, out=out)
         yield x, labels[indices].astype(np.int64)
 
 
 def split_validation(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int,
-                     stratified: bool = True):
+                     stratified: bool = True, what: str = "validation"):
     """Hold out ``fraction`` of the training set for validation, seeded.
 
     Stratified (the default): each class gives the same share, so the validation set has
     the training set's class balance. Both parts keep the original order.
+
+    Args:
+        what: the held-out part's name in error messages ("validation", "test").
 
     Returns:
         (train_images, train_labels, val_images, val_labels)
@@ -149,12 +163,12 @@ def split_validation(images: np.ndarray, labels: np.ndarray, fraction: float, se
     if len(labels) != len(images):
         raise ShapeError(f"{len(images)} images but {len(labels)} labels")
     if not 0 < fraction < 1:
-        raise ConfigError(f"validation fraction must be between 0 and 1 (exclusive), "
+        raise ConfigError(f"{what} fraction must be between 0 and 1 (exclusive), "
                           f"got {fraction}")
     total = len(labels)
     count = int(round(fraction * total))
     if count == 0 or count == total:
-        raise ConfigError(f"a validation fraction of {fraction} of {total} samples leaves one "
+        raise ConfigError(f"a {what} fraction of {fraction} of {total} samples leaves one "
                           f"part empty; choose a fraction that keeps both parts non-empty")
     rng = np.random.default_rng([int(seed), 0x5A11D])
     shuffled = rng.permutation(total)

@@ -46,6 +46,8 @@ class DatasetInfo:
     apt_package: str | None = None
     verification: str = "MD5 of the published .gz, or SHA-256 of the decompressed content"
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # handwritten digits or characters: prepared like MNIST by predict, never flipped
+    digits: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -81,6 +83,7 @@ MNIST = DatasetInfo(
     license="CC BY-SA 3.0",
     verification="MD5 of the published .gz (training files), or MD5/SHA-256 of the "
                  "decompressed content (test files)",
+    digits=True,
 )
 
 FASHION_MNIST = DatasetInfo(
@@ -129,6 +132,7 @@ KMNIST = DatasetInfo(
     homepage="https://github.com/rois-codh/kmnist",
     license="CC BY-SA 4.0",
     verification="MD5 of the .gz as served by CODH only (no content SHA-256 is published)",
+    digits=True,
 )
 
 DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (MNIST, FASHION_MNIST, KMNIST)}

@@ -12,21 +12,41 @@ import numpy as np
 
 from cnnlab.errors import ShapeError
 from cnnlab.plots._backend import FULL_WIDTH, SMALL_FONT, TITLE_FONT, new_figure, remove_unused
-from cnnlab.plots.tiling import tile
+from cnnlab.plots.tiling import tile, tile_channels
 
 GRAY = "gray"
 
 
 def as_hw(images: np.ndarray) -> np.ndarray:
-    """Images (N, H, W) or (N, 1, H, W) -> (N, H, W) float32; ShapeError otherwise."""
+    """Images (N, H, W) or (N, 1, H, W) -> (N, H, W) float32; colour (N, 3, H, W) stays
+    (N, 3, H, W); ShapeError otherwise."""
     images = np.asarray(images)
     if images.ndim == 4 and images.shape[1] == 1:
         images = images[:, 0]
-    if images.ndim != 3:
-        raise ShapeError(
-            f"expected grayscale images of shape (N, H, W) or (N, 1, H, W), got {images.shape}"
-        )
+    if images.ndim != 3 and not (images.ndim == 4 and images.shape[1] == 3):
+        raise ShapeError(f"expected grayscale images (N, H, W) or (N, 1, H, W), or colour "
+                         f"images (N, 3, H, W), got {images.shape}")
     return images.astype(np.float32)
+
+
+def show_image(axes, image: np.ndarray, **options) -> None:
+    """``imshow`` of one (H, W) grayscale or (3, H, W) colour image; colour is scaled from
+    uint8 (0..255), or from its own min..max when it is a normalised float input."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 3 and image.shape[0] == 1:
+        image = image[0]
+    if image.ndim == 2:
+        axes.imshow(image, cmap=GRAY, **options)
+        return
+    axes.imshow(_as_rgb(image.transpose(1, 2, 0)), **options)
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) values -> [0, 1]: /255 for pixel values, else the image's own min..max."""
+    low, high = float(image.min(initial=0)), float(image.max(initial=0))
+    if low >= 0 and high > 1:
+        return np.clip(image / 255.0, 0, 1)
+    return (image - low) / (high - low) if high > low else np.full_like(image, 0.5)
 
 
 def samples_per_class(labels: np.ndarray, num_classes: int, per_class: int) -> list[np.ndarray]:
@@ -42,7 +62,7 @@ def montage(images, labels, classes: Sequence[str], per_class: int = 10):
     per row, one row per class, and the rows are labelled with the class names.
 
     Args:
-        images: (N, H, W) uint8 or (N, 1, H, W) float images.
+        images: (N, H, W) uint8, (N, 1, H, W) float, or colour (N, 3, H, W) images.
         labels: (N,) integer class indices.
         classes: the class names, ``classes[i]`` for label i.
         per_class: images shown per class (the first ones of that class in ``images``).
@@ -51,17 +71,21 @@ def montage(images, labels, classes: Sequence[str], per_class: int = 10):
         the shown image is (len(classes) * (H + 2), per_class * (W + 2)).
     """
     images = as_hw(images)
-    height, width = images.shape[1:]
+    height, width = images.shape[-2:]
     rows = []
     for indices in samples_per_class(labels, len(classes), per_class):
-        row = np.zeros((per_class, height, width), dtype=np.float32)
+        row = np.zeros((per_class,) + images.shape[1:], dtype=np.float32)
         row[: len(indices)] = images[indices]
         rows.append(row)
-    grid = tile(np.concatenate(rows), columns=per_class, pad=1, value=float(images.min(initial=0)))
+    grid = tile_channels(np.concatenate(rows), columns=per_class, pad=1,
+                         value=float(images.min(initial=0)))
     side = min(0.8, (FULL_WIDTH - 2.0) / per_class)  # inches per image
     figure = new_figure(side * per_class + 2.0, side * len(classes) + 0.7)
     axes = figure.add_subplot()
-    axes.imshow(grid, cmap=GRAY, interpolation="nearest")
+    if grid.ndim == 3:
+        axes.imshow(_as_rgb(grid), interpolation="nearest")
+    else:
+        axes.imshow(grid, cmap=GRAY, interpolation="nearest")
     axes.set_yticks([(index + 0.5) * (height + 2) for index in range(len(classes))])
     axes.set_yticklabels(list(classes), fontsize=TITLE_FONT)
     axes.set_xticks([])
@@ -284,7 +308,7 @@ def mistakes(images, labels, probabilities, classes: Sequence[str], k: int = 8):
     for position, index in enumerate(chosen):
         image_axes, bar_axes = panels[2 * position], panels[2 * position + 1]
         truth, predicted = int(labels[index]), int(probabilities[index].argmax())
-        image_axes.imshow(images[index], cmap=GRAY)
+        show_image(image_axes, images[index])
         image_axes.set_xticks([])
         image_axes.set_yticks([])
         image_axes.set_title(

@@ -16,8 +16,8 @@ import numpy as np
 from cnnlab.errors import ConfigError, ShapeError
 from cnnlab.formatting import format_shape
 from cnnlab.plots._backend import FULL_WIDTH, SMALL_FONT, TITLE_FONT, new_figure, remove_unused
-from cnnlab.plots.data_figures import GRAY
-from cnnlab.plots.tiling import normalize_each, tile
+from cnnlab.plots.data_figures import GRAY, show_image
+from cnnlab.plots.tiling import normalize_each, normalize_each_image, tile, tile_channels
 
 
 def _layer_classes():
@@ -52,22 +52,29 @@ def _as_batch(images) -> np.ndarray:
     return images
 
 
-def _image_side(features: int) -> int:
+def _input_image_shape(model, features: int) -> tuple[int, ...]:
+    """The (C, H, W) that ``features`` input weights of a first Linear layer come from: the
+    model's input shape, or a square grayscale image."""
+    shape = tuple(getattr(model, "input_shape", ()) or ())
+    if len(shape) == 3 and math.prod(shape) == features:
+        return shape
     side = math.isqrt(features)
     if side * side != features:
         raise ConfigError(f"cannot show {features} input weights as a square image")
-    return side
+    return (1, side, side)
 
 
 def filters(model, max_filters: int = 64):
     """Every conv layer's filters as a grid of grayscale tiles, or an MLP's first-layer weights.
 
     - First conv layer: one tile per filter, its (k x k) weights (a 1-channel input has exactly
-      one k x k kernel per filter; with more input channels, their mean).
+      one k x k kernel per filter; an RGB input's three kernels are shown as one colour tile,
+      red, green and blue scaled together; other channel counts, their mean).
     - Deeper conv layers: a filter has one kernel per input channel; each tile shows the MEAN
       over the input channels of that output filter's kernels.
-    - No conv layer (an MLP): the first Linear layer's weights, one 28 x 28 image per neuron
-      (row j of the (out, 784) weight matrix reshaped), as the lecture plots its weights.
+    - No conv layer (an MLP): the first Linear layer's weights, one input-sized image per
+      neuron (row j of the (out, C*H*W) weight matrix reshaped; in colour for RGB inputs), as
+      the lecture plots its weights.
 
     Each tile is scaled to its own min (black) .. max (white). At most ``max_filters`` tiles
     per layer are shown; the panel title says how many there are.
@@ -79,8 +86,11 @@ def filters(model, max_filters: int = 64):
         weight = layer.weight.data
         out_channels, in_channels, kh, kw = weight.shape
         shown = min(out_channels, max_filters)
-        tiles = weight[:shown].mean(axis=1)
-        how = "one tile per filter" if in_channels == 1 else f"mean over {in_channels} input channels"
+        if position == 0 and in_channels == 3:
+            tiles, how = weight[:shown], "RGB kernels as colour"
+        else:
+            tiles = weight[:shown].mean(axis=1)
+            how = "one tile per filter" if in_channels == 1 else f"mean over {in_channels} input channels"
         prefix = "first conv" if position == 0 else "conv"
         count = f"{out_channels}" if shown == out_channels else f"first {shown} of {out_channels}"
         panels.append((tiles, f"{prefix} (layer {index}): {count} filters {kh}x{kw}, {how}"))
@@ -90,17 +100,22 @@ def filters(model, max_filters: int = 64):
             raise ConfigError("the model has no Conv2d or Linear layer whose weights could be shown")
         index, layer = linear
         weight = layer.weight.data
-        side = _image_side(weight.shape[1])
+        channels, height, width = _input_image_shape(model, weight.shape[1])
         shown = min(weight.shape[0], max_filters)
-        tiles = weight[:shown].reshape(shown, side, side)
+        tiles = weight[:shown].reshape(shown, channels, height, width)
+        tiles = tiles[:, 0] if channels == 1 else tiles
         count = f"{weight.shape[0]}" if shown == weight.shape[0] else f"first {shown} of {weight.shape[0]}"
-        panels.append((tiles, f"first Linear (layer {index}): weights of {count} neurons as {side}x{side} images"))
+        panels.append((tiles, f"first Linear (layer {index}): weights of {count} neurons as "
+                              f"{height}x{width} images"))
     figure = new_figure(min(FULL_WIDTH, 7.5 * len(panels)), 7.0)
     images = []
     for position, (tiles, title) in enumerate(panels):
         axes = figure.add_subplot(1, len(panels), position + 1)
-        images.append(axes.imshow(tile(normalize_each(tiles)), cmap=GRAY, interpolation="nearest",
-                                  vmin=0, vmax=1))
+        grid = tile_channels(normalize_each_image(tiles))
+        if grid.ndim == 3:   # colour filters: one RGB tile each, no colour scale
+            axes.imshow(grid, interpolation="nearest")
+        else:
+            images.append(axes.imshow(grid, cmap=GRAY, interpolation="nearest", vmin=0, vmax=1))
         axes.set_xticks([])
         axes.set_yticks([])
         axes.set_title(title, fontsize=SMALL_FONT + 1, wrap=True)
@@ -156,7 +171,7 @@ def feature_maps(model, images, max_channels: int = 16, titles: Sequence[str] | 
     figure.subplots_adjust(left=0.01, right=0.99, top=1 - 0.6 / height, bottom=0.05 / height,
                            wspace=0.08, hspace=0.35)
     for row in range(len(batch)):
-        grid[row][0].imshow(batch[row].mean(axis=0), cmap=GRAY)
+        show_image(grid[row][0], batch[row] if len(batch[row]) == 3 else batch[row].mean(axis=0))
         grid[row][0].set_title(titles[row] if titles else "input", fontsize=SMALL_FONT)
         for column, (index, name, output) in enumerate(outputs, start=1):
             channels = output.shape[1]
@@ -229,7 +244,7 @@ def saliency(model, images, labels=None, classes: Sequence[str] | None = None):
     shown = []
     for row in range(len(batch)):
         image_axes, magnitude_axes, signed_axes = panels[3 * row: 3 * row + 3]
-        image_axes.imshow(batch[row].mean(axis=0), cmap=GRAY)
+        show_image(image_axes, batch[row] if len(batch[row]) == 3 else batch[row].mean(axis=0))
         title = f"predicted: {name(int(predicted[row]))}"
         if labels is not None:
             title = f"true: {name(int(labels[row]))}\n{title}"

@@ -54,7 +54,8 @@ def read_metrics(run: str | os.PathLike) -> list[dict]:
 
 
 def to_model_input(images: np.ndarray, meta: dict) -> np.ndarray:
-    """uint8 images (N, H, W) -> float32 (N, 1, H, W), normalized as the checkpoint's model was trained."""
+    """uint8 images (N, H, W) or (N, C, H, W) -> float32 (N, C, H, W), normalized as the
+    checkpoint's model was trained."""
     from cnnlab.images import to_model_input as normalize
 
     return normalize(images, meta.get("normalization"))
@@ -138,6 +139,7 @@ class Run:
     def dataset(self):
         """The run's dataset, from the local data folder (never downloaded for a figure)."""
         from cnnlab.data import load_dataset
+        from cnnlab.data.datasets import dataset_options
 
         meta_dataset = self.meta.get("dataset") if self.checkpoint_path.exists() else None
         reference = self.config.get("dataset") or meta_dataset
@@ -145,7 +147,8 @@ class Run:
             reference = reference.get("source") or reference.get("name")
         if not reference:
             raise DataError(f"{self.path} does not say which dataset it was trained on")
-        return load_dataset(reference, data_dir=self.config.get("data_dir"), download=False, progress=False)
+        return load_dataset(reference, data_dir=self.config.get("data_dir"), download=False,
+                            progress=False, **dataset_options(self.config))
 
     @property
     def classes(self) -> list[str]:
@@ -153,7 +156,7 @@ class Run:
         return list(classes or self.dataset.classes)
 
     def test_inputs(self, indices) -> tuple[np.ndarray, np.ndarray]:
-        """Test images ``indices`` as model input (N, 1, H, W) float32, and their labels."""
+        """Test images ``indices`` as model input (N, C, H, W) float32, and their labels."""
         indices = np.asarray(list(indices), dtype=np.int64)
         count = len(self.dataset.test_labels)
         bad = indices[(indices < 0) | (indices >= count)]

@@ -59,3 +59,24 @@ def normalize_each(images: np.ndarray) -> np.ndarray:
     span = high - low
     scaled = (images - low) / np.where(span > 0, span, 1.0)
     return np.where(span > 0, scaled, 0.5).astype(np.float32)
+
+
+def tile_channels(images: np.ndarray, columns: int | None = None, pad: int = 1,
+                  value: float = 0.0) -> np.ndarray:
+    """Tile (N, H, W) images into (rows*(H+2p), columns*(W+2p)), or (N, C, H, W) colour
+    images channel by channel into (rows*(H+2p), columns*(W+2p), C), for ``imshow``."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 3:
+        return tile(images, columns, pad, value)
+    return np.stack([tile(images[:, channel], columns, pad, value)
+                     for channel in range(images.shape[1])], axis=-1)
+
+
+def normalize_each_image(images: np.ndarray) -> np.ndarray:
+    """Scale each image of (N, H, W) or (N, C, H, W) to [0, 1] on its own, over all of its
+    channels together (so a colour image keeps its hues); a constant image -> 0.5."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 3:
+        return normalize_each(images)
+    flat = normalize_each(images.reshape(len(images), images.shape[1], -1))
+    return flat.reshape(images.shape)
