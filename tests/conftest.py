@@ -90,6 +90,30 @@ def real_mnist(data_root) -> Path:
     return data_root / "mnist"
 
 
+def _kernel_levels() -> list[str]:
+    """The compiled levels this CPU runs (the portable one among them), or just "portable"
+    when the modules are not built (the tests that need them then fail, saying so)."""
+    try:
+        from cnnlab.backend import _loops, _sgemm
+    except ImportError:
+        return ["portable"]
+    return [level for level in _loops.cpu_levels() if level in _sgemm.cpu_levels()]
+
+
+@pytest.fixture(params=_kernel_levels())
+def kernel_level(request):
+    """Runs the test with both compiled modules (_loops, _sgemm) at one level, each level this
+    CPU runs in turn; the level in use before is restored afterwards."""
+    from cnnlab.backend import _loops, _sgemm
+
+    saved = [(module, module.get_level()) for module in (_loops, _sgemm)]
+    for module, _ in saved:
+        module.set_level(request.param)
+    yield request.param
+    for module, level in saved:
+        module.set_level(level)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

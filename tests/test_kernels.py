@@ -14,6 +14,7 @@ from cnnlab.ops.pool import max_pool2d_backward, max_pool2d_forward
 from cnnlab.optim import Adam, AdamW
 
 BUILT = "cnnlab._loops is not built: pip install -e '.[test]' builds it (needs gcc and python3-dev)"
+pytestmark = pytest.mark.usefixtures("kernel_level")  # every test at every level the CPU runs
 
 
 def _both_ways(function, monkeypatch):
