@@ -267,28 +267,28 @@ static void pack_b(int trans, ptrdiff_t kc, ptrdiff_t nc, const float *b, ptrdif
         }
         return;
     }
-    /* B stored n x k: the panel's nr rows, each contiguous in k, transposed VL rows at a time
-     * (VL sequential streams; each k step's VL values make one store). */
+    /* B stored n x k: rows contiguous in k. Each VL x VL block of the panel (VL rows, VL k
+     * steps) is loaded as rows, transposed in registers and stored as VL k steps; rows past
+     * nr and k steps past kc read as zero. */
     for (ptrdiff_t j0 = 0; j0 < nc; j0 += NR) {
         ptrdiff_t nr = nc - j0 < NR ? nc - j0 : NR;
         for (int v = 0; v < NV; v++) {
             ptrdiff_t rows = clamp_lanes(nr - v * VL);
             const float *src = b + (j0 + v * VL) * ldb;
             float *d = dst + v * VL;
-            if (rows == VL) {
-                for (ptrdiff_t p = 0; p < kc; p++) {
-                    vf column;
+            for (ptrdiff_t p0 = 0; p0 < kc; p0 += VL) {
+                ptrdiff_t steps = kc - p0 < VL ? kc - p0 : VL;
+                vf r[VL];
+                if (rows == VL && steps == VL) {
                     UNROLL_FULLY for (int j = 0; j < VL; j++)
-                        column[j] = src[j * ldb + p];
-                    store(d + p * NR, column);
+                        r[j] = load(src + j * ldb + p0);
+                } else {
+                    for (int j = 0; j < VL; j++)
+                        r[j] = j < rows ? load_first(src + j * ldb + p0, steps) : splat(0.0f);
                 }
-            } else {
-                for (ptrdiff_t p = 0; p < kc; p++) {
-                    vf column = splat(0.0f);
-                    for (ptrdiff_t j = 0; j < rows; j++)
-                        column[j] = src[j * ldb + p];
-                    store(d + p * NR, column);
-                }
+                transpose(r);
+                for (ptrdiff_t q = 0; q < steps; q++)
+                    store(d + (p0 + q) * NR, r[q]);
             }
         }
         dst += NR * kc;

@@ -80,21 +80,17 @@ typedef unsigned char vb __attribute__((vector_size(VL)));  /* one byte per lane
 
 #define SIMD_INLINE static inline __attribute__((always_inline))
 
-SIMD_INLINE vf splat(float value)
-{
-    vf v;
-    for (int l = 0; l < VL; l++)
-        v[l] = value;
-    return v;
-}
+/* All lanes = x, as a vector literal (which both compilers turn into one broadcast). */
+#if VL == 4
+#define ALL_LANES(x) {x, x, x, x}
+#elif VL == 8
+#define ALL_LANES(x) {x, x, x, x, x, x, x, x}
+#else
+#define ALL_LANES(x) {x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}
+#endif
 
-SIMD_INLINE vi splat_i(int32_t value)
-{
-    vi v;
-    for (int l = 0; l < VL; l++)
-        v[l] = value;
-    return v;
-}
+SIMD_INLINE vf splat(float value) { return (vf)ALL_LANES(value); }
+SIMD_INLINE vi splat_i(int32_t value) { return (vi)ALL_LANES(value); }
 
 /* Unaligned loads and stores (memcpy: no aliasing or alignment assumptions; one move). */
 SIMD_INLINE vf load(const float *p)
@@ -230,6 +226,51 @@ SIMD_INLINE void interleave(vf a, vf b, vf *first, vf *second)
 {
     *first = SHUFFLE2(a, b, FIRST_PAIRS);
     *second = SHUFFLE2(a, b, SECOND_PAIRS);
+}
+
+/* In-register transpose of a VL x VL block: r[i] holds row i on entry, column i on exit.
+ * Stage h swaps bit h of the row and column indices (the off-diagonal h x h sub-blocks of
+ * every 2h x 2h block), so log2(VL) stages of two shuffles per pair of rows. */
+#define TRANSPOSE_STAGE(h, ...)                                                             \
+    for (int i = 0; i < VL; i++)                                                            \
+        if (!(i & (h))) {                                                                   \
+            vf upper = r[i], lower = r[i + (h)];                                            \
+            r[i] = SHUFFLE2(upper, lower, TRANSPOSE_UPPER_##h);                             \
+            r[i + (h)] = SHUFFLE2(upper, lower, TRANSPOSE_LOWER_##h);                       \
+        }
+#if VL == 4
+#define TRANSPOSE_UPPER_1 0, 4, 2, 6
+#define TRANSPOSE_LOWER_1 1, 5, 3, 7
+#define TRANSPOSE_UPPER_2 0, 1, 4, 5
+#define TRANSPOSE_LOWER_2 2, 3, 6, 7
+#elif VL == 8
+#define TRANSPOSE_UPPER_1 0, 8, 2, 10, 4, 12, 6, 14
+#define TRANSPOSE_LOWER_1 1, 9, 3, 11, 5, 13, 7, 15
+#define TRANSPOSE_UPPER_2 0, 1, 8, 9, 4, 5, 12, 13
+#define TRANSPOSE_LOWER_2 2, 3, 10, 11, 6, 7, 14, 15
+#define TRANSPOSE_UPPER_4 0, 1, 2, 3, 8, 9, 10, 11
+#define TRANSPOSE_LOWER_4 4, 5, 6, 7, 12, 13, 14, 15
+#elif VL == 16
+#define TRANSPOSE_UPPER_1 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30
+#define TRANSPOSE_LOWER_1 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
+#define TRANSPOSE_UPPER_2 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29
+#define TRANSPOSE_LOWER_2 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
+#define TRANSPOSE_UPPER_4 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27
+#define TRANSPOSE_LOWER_4 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
+#define TRANSPOSE_UPPER_8 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
+#define TRANSPOSE_LOWER_8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#endif
+
+SIMD_INLINE void transpose(vf r[VL])
+{
+    TRANSPOSE_STAGE(1)
+    TRANSPOSE_STAGE(2)
+#if VL >= 8
+    TRANSPOSE_STAGE(4)
+#endif
+#if VL >= 16
+    TRANSPOSE_STAGE(8)
+#endif
 }
 
 SIMD_INLINE ptrdiff_t clamp_lanes(ptrdiff_t n) { return n < 0 ? 0 : n > VL ? VL : n; }
