@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #if defined(__linux__)
 #include <sched.h>
@@ -121,7 +122,7 @@ static struct {
     pthread_mutex_t busy, lock;
     pthread_cond_t wake, done;
     int started;              /* workers running */
-    unsigned long generation; /* one more per round */
+    int generation;           /* one more per round (wraps) */
     int open;                 /* a round is under way: workers may join it */
     int joined;               /* workers inside the current round */
     task_fn task;
@@ -145,9 +146,13 @@ static void pool_after_fork_in_child(void)
 
 static void pool_register_fork(void) { pthread_atfork(NULL, NULL, pool_after_fork_in_child); }
 
-/* Polls before sleeping: a few microseconds, enough for the next product of the same pass
- * when the machine is idle, too short to matter when another process needs the core. */
-#define POOL_SPIN 200
+/* Polls before sleeping, for POOL_SPIN_NS of wall time (pause instructions take from a few
+ * to ~150 cycles depending on the CPU, so the poll is timed, not counted): long enough for
+ * the next product of the same pass on an idle machine, too short to take a core from
+ * another process for long. */
+#ifndef POOL_SPIN_NS
+#define POOL_SPIN_NS 5000
+#endif
 
 static inline void cpu_relax(void)
 {
@@ -156,6 +161,28 @@ static inline void cpu_relax(void)
 #elif defined(__aarch64__)
     __asm__ volatile("yield");
 #endif
+}
+
+static long long monotonic_ns(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+}
+
+/* Polls until *value != unchanged or the spin time is over; whether it changed. */
+static int spin_while_equal(const int *value, int unchanged)
+{
+    long long deadline = monotonic_ns() + POOL_SPIN_NS;
+    for (;;) {
+        for (int i = 0; i < 16; i++) {
+            if (__atomic_load_n(value, __ATOMIC_ACQUIRE) != unchanged)
+                return 1;
+            cpu_relax();
+        }
+        if (monotonic_ns() > deadline)
+            return 0;
+    }
 }
 
 /* Claim and run tasks of the current round until none is left. */
@@ -177,11 +204,9 @@ static void claim_tasks(task_fn task, char *args, size_t arg_size, int tasks)
 static void *pool_worker(void *unused)
 {
     (void)unused;
-    unsigned long seen = 0;
+    int seen = 0;
     for (;;) {
-        for (int spin = 0; spin < POOL_SPIN &&
-                           __atomic_load_n(&pool.generation, __ATOMIC_ACQUIRE) == seen; spin++)
-            cpu_relax();
+        spin_while_equal(&pool.generation, seen);
         pthread_mutex_lock(&pool.lock);
         while (pool.generation == seen || !pool.open)
             pthread_cond_wait(&pool.wake, &pool.lock);
@@ -232,15 +257,14 @@ static void run_tasks(task_fn task, void *args, size_t arg_size, int tasks)
     __atomic_store_n(&pool.claimed, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&pool.finished, 0, __ATOMIC_RELAXED);
     pool.open = 1;
-    __atomic_store_n(&pool.generation, pool.generation + 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&pool.generation, (int)((unsigned)pool.generation + 1u), __ATOMIC_RELEASE);
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
 
     claim_tasks(task, base, arg_size, tasks);
 
-    for (int spin = 0; spin < POOL_SPIN &&
-                       __atomic_load_n(&pool.finished, __ATOMIC_ACQUIRE) < tasks; spin++)
-        cpu_relax();
+    if (__atomic_load_n(&pool.finished, __ATOMIC_ACQUIRE) < tasks)
+        spin_while_equal(&pool.finished, __atomic_load_n(&pool.finished, __ATOMIC_ACQUIRE));
     pthread_mutex_lock(&pool.lock);
     /* Every task finished, and no worker is still reading this round's fields. */
     while (__atomic_load_n(&pool.finished, __ATOMIC_ACQUIRE) < tasks || pool.joined > 0)
