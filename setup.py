@@ -16,8 +16,9 @@ own target (simd.h), so everything here builds with the baseline flags (no -marc
 and the modules choose a level at run time from what the CPU supports.
 
 A C compiler that fails on this code fails the install. Only where there is no usable C
-compiler at all (none on the PATH, or MSVC, which has no vector extensions: Windows) the
-build skips the extensions, prints one line saying so, and the NumPy code does the work. The
+compiler at all (none on the PATH), and on Windows (MSVC has no vector extensions; the pool
+uses POSIX threads), the build skips the extensions, prints one line saying so, and the
+NumPy code does the work. The
 outcome is written to cnnlab/backend/_build_info.py, which `cnnlab info` reports.
 """
 
@@ -64,14 +65,15 @@ class BuildNative(build_ext):
         self._write_build_info(os.path.join(self.build_lib, BUILD_INFO))
         if not native:
             print(f"cnnlab: not building the C kernels: {reason}; the NumPy code will run instead")
+            self.extensions = []  # nothing to copy into the source tree or the wheel
             return
         super().build_extensions()
 
     def _find_compiler(self):
         """(compiler command, "") or ("", why the kernels cannot be built here)."""
-        if self.compiler.compiler_type == "msvc":
-            return "", ("MSVC has no GCC/Clang vector extensions (Windows builds use NumPy; "
-                        "see docs/architecture.md)")
+        if sys.platform == "win32":
+            return "", ("on Windows the C kernels are not built (MSVC has no GCC/Clang vector "
+                        "extensions and the worker pool uses POSIX threads)")
         command = self.compiler.compiler_so[0] if getattr(self.compiler, "compiler_so", None) else \
             shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")[0]
         if shutil.which(command) is None:
