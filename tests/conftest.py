@@ -112,6 +112,19 @@ def kernel_level(request):
     yield request.param
     for module, level in saved:
         module.set_level(level)
+    _forget_gemm_choice()
+
+
+def _forget_gemm_choice():
+    """The ops' GEMM choice is made once per process from the level in use (``_sgemm.avx512()``
+    until the backend chooses per level); a choice made at a level a test forced must not
+    outlive the test (later tests, and runs in subprocesses, would use another product)."""
+    try:
+        from cnnlab.ops import _gemm
+    except ImportError:
+        return
+    with _gemm._lock:
+        _gemm._native, _gemm._tried = None, False
 
 
 @pytest.fixture
