@@ -316,6 +316,23 @@ static int window_agrees(const double *taps, float value, unsigned char code, do
            value > 0.0f;
 }
 
+/* Every window of the exact conv output planes (out_h x out_w) agrees with the pooled y and code. */
+static int pool_agrees(const double *conv, ptrdiff_t planes, ptrdiff_t out_h, ptrdiff_t out_w,
+                       const float *y, const unsigned char *code, double tolerance)
+{
+    ptrdiff_t ph = out_h / 2, pw = out_w / 2;
+    int agree = 1;
+    for (ptrdiff_t p = 0; p < planes; p++)
+        for (ptrdiff_t i = 0; i < ph; i++)
+            for (ptrdiff_t j = 0; j < pw; j++) {
+                const double *top = conv + (p * out_h + 2 * i) * out_w + 2 * j;
+                double taps[4] = {top[0], top[1], top[out_w], top[out_w + 1]};
+                ptrdiff_t o = (p * ph + i) * pw + j;
+                agree &= window_agrees(taps, y[o], code[o], tolerance);
+            }
+    return agree;
+}
+
 static void test_fused_conv(const loops_level *level)
 {
     static const ptrdiff_t cases[][5] = {{3, 1, 28, 28, 5}, {2, 2, 9, 11, 3}, {1, 3, 6, 7, 9}};
@@ -346,16 +363,8 @@ static void test_fused_conv(const loops_level *level)
                                        padded_value(x, &g, b, c, (i + t / 3) * g.padded_w + j + t % 3);
                         conv[((b * cout + o) * out_h + i) * out_w + j] = sum;
                     }
-        int agree = 1;
-        for (ptrdiff_t p = 0; p < batch * cout; p++)
-            for (ptrdiff_t i = 0; i < ph; i++)
-                for (ptrdiff_t j = 0; j < pw; j++) {
-                    const double *top = conv + (p * out_h + 2 * i) * out_w + 2 * j;
-                    double taps[4] = {top[0], top[1], top[out_w], top[out_w + 1]};
-                    ptrdiff_t o = (p * ph + i) * pw + j;
-                    agree &= window_agrees(taps, y[o], code[o], 1e-5);
-                }
-        CHECK(agree, "conv_relu_pool_forward case %zu", k);
+        CHECK(pool_agrees(conv, batch * cout, out_h, out_w, y, code, 1e-5),
+              "conv_relu_pool_forward case %zu", k);
         /* backward: dW, db from dy at the recorded taps (the forward's code) */
         float *dy = random_floats(pooled);
         double *dweight = checked_calloc(filters, sizeof(double)), *dbias = checked_calloc((size_t)cout, sizeof(double));
@@ -517,16 +526,9 @@ static void test_winograd(const loops_level *level)
         float *pooled_y = checked_calloc(pooled, sizeof(float)), *dp = random_floats(pooled);
         unsigned char *code = checked_calloc(pooled, 1);
         level->winograd_output_relu_pool(m, bias, pooled_y, code, &to, ph, pw);
-        int agree = 1;
-        for (ptrdiff_t p = 0; p < batch * ch; p++)
-            for (ptrdiff_t i = 0; i < ph; i++)
-                for (ptrdiff_t j = 0; j < pw; j++) {
-                    const double *top = y_ref + (p * out_h + 2 * i) * out_w + 2 * j;
-                    double taps[4] = {top[0], top[1], top[out_w], top[out_w + 1]};
-                    ptrdiff_t o = (p * ph + i) * pw + j;
-                    agree &= window_agrees(taps, pooled_y[o], code[o], 1e-5 * (1 + max_abs_f(m, transformed)));
-                }
-        CHECK(agree, "winograd_output_relu_pool case %zu", k);
+        CHECK(pool_agrees(y_ref, batch * ch, out_h, out_w, pooled_y, code,
+                          1e-5 * (1 + max_abs_f(m, transformed))),
+              "winograd_output_relu_pool case %zu", k);
         memset(dbias, 0, (size_t)ch * sizeof(double));
         memset(dbias_ref, 0, (size_t)ch * sizeof(double));
         level->winograd_grad_output_pooled(dp, code, yhat, dbias, &to, ph, pw);

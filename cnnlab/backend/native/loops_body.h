@@ -12,6 +12,20 @@
 /* Windows per pass of the chunked pool loops: four tap arrays of this many stay in L1. */
 #define CHUNK 256
 
+/* The chunked pool loops' cursor: window (i, j) of the current plane, whose top row is
+ * `top`, moves to the next window in row-major order, across rows and planes. */
+#define NEXT_WINDOW()                                                                     \
+    do {                                                                                  \
+        if (++j == out_w) {                                                               \
+            j = 0;                                                                        \
+            if (++i == out_h) {                                                           \
+                i = 0;                                                                    \
+                plane += in_h * in_w;                                                     \
+            }                                                                             \
+            top = plane + 2 * i * in_w;                                                   \
+        }                                                                                 \
+    } while (0)
+
 #define DEFINE_KERNELS(T, S, SQRT)                                                        \
                                                                                           \
 /* np.maximum(a, b): NaN wins, else the larger, else b (so -0.0 vs 0.0 gives b, as */    \
@@ -42,14 +56,7 @@ __attribute__((unused)) static void pool_chunked_forward_##S(const T *restrict x
             x1[k] = top[2 * j + 1];                                                       \
             x2[k] = top[in_w + 2 * j];                                                    \
             x3[k] = top[in_w + 2 * j + 1];                                                \
-            if (++j == out_w) {                                                           \
-                j = 0;                                                                    \
-                if (++i == out_h) {                                                       \
-                    i = 0;                                                                \
-                    plane += in_h * in_w;                                                 \
-                }                                                                         \
-                top = plane + 2 * i * in_w;                                               \
-            }                                                                             \
+            NEXT_WINDOW();                                                                \
         }                                                                                 \
         T *y_part = y + start;                                                            \
         unsigned char *index_part = index + start;                                        \
@@ -90,14 +97,7 @@ __attribute__((unused)) static void pool_chunked_backward_##S(const T *restrict 
             top[2 * j + 1] = d1[k];                                                       \
             top[in_w + 2 * j] = d2[k];                                                    \
             top[in_w + 2 * j + 1] = d3[k];                                                \
-            if (++j == out_w) {                                                           \
-                j = 0;                                                                    \
-                if (++i == out_h) {                                                       \
-                    i = 0;                                                                \
-                    plane += in_h * in_w;                                                 \
-                }                                                                         \
-                top = plane + 2 * i * in_w;                                               \
-            }                                                                             \
+            NEXT_WINDOW();                                                                \
         }                                                                                 \
     }                                                                                     \
 }                                                                                         \
