@@ -17,8 +17,9 @@ from cnnlab.backend import threads as thread_policy
 
 pytestmark = pytest.mark.usefixtures("compiled_level")
 
-# Shapes around the micro-tile (MR=12, NR=32) and block (KC=320, MC=144,
-# NC=256) boundaries, degenerate sizes, and the CNN layer shapes (scaled).
+# Shapes around the micro-tiles (MR x NR: 12 x 32 avx512, 6 x 16 avx2, 8 x 12 neon, 4 x 8
+# portable) and block (KC=320, MC=144, NC=256) boundaries, degenerate sizes, and the CNN
+# layer shapes (scaled).
 SHAPES = [
     (1, 1, 1), (1, 1, 7), (1, 33, 1), (13, 1, 5), (2, 3, 4),
     (11, 31, 17), (12, 32, 16), (13, 33, 17), (25, 65, 100),

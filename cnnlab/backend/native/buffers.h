@@ -11,6 +11,8 @@
 #include <Python.h>
 #include <string.h>
 
+#include "cpu.h"
+
 /* 'f' -> 4, 'd' -> 8, anything else -> 0 */
 static inline int float_size(const Py_buffer *view)
 {
@@ -95,27 +97,13 @@ static inline int same_shape(const Py_buffer *a, const Py_buffer *b)
 }
 
 
-/* The AVX-512 loops of both files: compiled with these target attributes (the module itself
- * builds for any x86-64 CPU) and run only where avx512_usable() says the CPU has them. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#include <immintrin.h>
-#define HAVE_AVX512_LOOPS 1
-#define AVX512_LOOPS __attribute__((target("avx512f,avx512bw,avx512vl")))
+/* The level the _loops module runs (loops.c; set_level), and its table of kernels. */
+extern int loops_current_level;
 
-static inline int avx512_usable(void)
+static inline const loops_level *current_loops(void)
 {
-    static int usable = -1;  /* a benign race: every thread computes the same answer */
-    if (usable < 0) {
-        __builtin_cpu_init();
-        usable = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                 __builtin_cpu_supports("avx512vl");
-    }
-    return usable;
+    return loops_table(__atomic_load_n(&loops_current_level, __ATOMIC_ACQUIRE));
 }
-#else
-#define HAVE_AVX512_LOOPS 0
-static inline int avx512_usable(void) { return 0; }
-#endif
 
 /* The winograd_* functions (winograd.c), added to the _loops module. */
 extern PyMethodDef winograd_methods[];

@@ -17,10 +17,12 @@
  *   dW = sum over tiles of G^T [ (A dY A^T) (.) (B^T d B) ] G      (16 GEMMs over tiles)
  *   dX_tile = B [ U^T-products of (A dY A^T) ] B^T, added into the padded plane.
  *
- * Here are the four data transforms, each vectorised over 16 neighbouring tiles of a tile
- * row (AVX-512; masked loads and stores at the row's end). Layouts: images and gradients
- * NCHW; transformed arrays (16, channels, tiles), tiles numbered (image, tile row, tile
- * column) within the chunk of images passed in.
+ * The data transforms are in winograd_body.h, compiled once per level and vectorised over
+ * neighbouring tiles of a tile row; this file has the weight transforms (scalar: they run
+ * once per step on 9 C_out C_in numbers) and the Python binding, which calls the level
+ * that the _loops module runs (loops.c, set_level). Layouts: images and gradients NCHW;
+ * transformed arrays (16, channels, tiles), tiles numbered (image, tile row, tile column)
+ * within the chunk of images passed in.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -28,333 +30,6 @@
 #include <string.h>
 
 #include "buffers.h"
-
-#if HAVE_AVX512_LOOPS
-
-typedef struct {
-    Py_ssize_t batch, channels, height, width;  /* the images (or their gradient) */
-    Py_ssize_t pad_top, pad_left;
-    Py_ssize_t tile_rows, tile_cols, tiles;     /* per image: th, tw, th * tw */
-    Py_ssize_t stride;                          /* of the padded plane's rows: 2 tw + 2 */
-} tiling;
-
-static inline __mmask16 first_lanes(Py_ssize_t count)
-{
-    count = count < 0 ? 0 : count > 16 ? 16 : count;
-    return (__mmask16)((1u << count) - 1);
-}
-
-/* Columns 2l, 2l + 1, 2l + 2, 2l + 3 of `row` for tiles l < count (<= 16): four vectors. */
-AVX512_LOOPS static inline void tile_columns(const float *row, Py_ssize_t count, __m512 *c)
-{
-    const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    const __m512i evens2 = _mm512_setr_epi32(2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 0);
-    const __m512i odds2 = _mm512_setr_epi32(3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31, 0);
-    Py_ssize_t floats = 2 * count + 2;
-    __m512 low = _mm512_maskz_loadu_ps(first_lanes(floats), row);
-    __m512 high = _mm512_maskz_loadu_ps(first_lanes(floats - 16), row + 16);
-    __m512 last = _mm512_maskz_loadu_ps(first_lanes(floats - 32), row + 32);
-    c[0] = _mm512_permutex2var_ps(low, evens, high);
-    c[1] = _mm512_permutex2var_ps(low, odds, high);
-    /* lane 15 of columns 2l + 2 and 2l + 3 comes from the third load */
-    c[2] = _mm512_mask_permutexvar_ps(_mm512_permutex2var_ps(low, evens2, high), 0x8000,
-                                      _mm512_setzero_si512(), last);
-    c[3] = _mm512_mask_permutexvar_ps(_mm512_permutex2var_ps(low, odds2, high), 0x8000,
-                                      _mm512_set1_epi32(1), last);
-}
-
-/* Interleave a and b (a0 b0 a1 b1 ...): the first 16 floats, then the next 16. */
-AVX512_LOOPS static inline void interleave(__m512 a, __m512 b, __m512 *first, __m512 *second)
-{
-    const __m512i low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const __m512i high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    *first = _mm512_permutex2var_ps(a, low, b);
-    *second = _mm512_permutex2var_ps(a, high, b);
-}
-
-/* The image plane x (height x width) into the zero-bordered plane (its border stays zero). */
-static void pad_plane(const float *x, float *plane, const tiling *t)
-{
-    for (Py_ssize_t i = 0; i < t->height; i++)
-        memcpy(plane + (i + t->pad_top) * t->stride + t->pad_left, x + i * t->width,
-               (size_t)t->width * sizeof(float));
-}
-
-/* V[xi][c][tile] = (B^T d B)[xi] for every tile d of every plane x[b, c]. */
-AVX512_LOOPS static void input_transform(const float *x, float *v, const tiling *t, float *plane)
-{
-    Py_ssize_t all_tiles = t->batch * t->tiles;
-    for (Py_ssize_t b = 0; b < t->batch; b++)
-        for (Py_ssize_t c = 0; c < t->channels; c++) {
-            pad_plane(x + (b * t->channels + c) * t->height * t->width, plane, t);
-            for (Py_ssize_t ti = 0; ti < t->tile_rows; ti++)
-                for (Py_ssize_t j = 0; j < t->tile_cols; j += 16) {
-                    Py_ssize_t count = t->tile_cols - j < 16 ? t->tile_cols - j : 16;
-                    __m512 d[4][4], u[4][4];
-                    for (int r = 0; r < 4; r++)
-                        tile_columns(plane + (2 * ti + r) * t->stride + 2 * j, count, d[r]);
-                    for (int s = 0; s < 4; s++) {  /* B^T d */
-                        u[0][s] = _mm512_sub_ps(d[0][s], d[2][s]);
-                        u[1][s] = _mm512_add_ps(d[1][s], d[2][s]);
-                        u[2][s] = _mm512_sub_ps(d[2][s], d[1][s]);
-                        u[3][s] = _mm512_sub_ps(d[1][s], d[3][s]);
-                    }
-                    float *out = v + c * all_tiles + b * t->tiles + ti * t->tile_cols + j;
-                    Py_ssize_t plane_step = t->channels * all_tiles;  /* from xi to xi + 1 */
-                    __mmask16 lanes = first_lanes(count);
-                    for (int a = 0; a < 4; a++) {  /* (B^T d) B */
-                        __m512 row[4] = {_mm512_sub_ps(u[a][0], u[a][2]), _mm512_add_ps(u[a][1], u[a][2]),
-                                         _mm512_sub_ps(u[a][2], u[a][1]), _mm512_sub_ps(u[a][1], u[a][3])};
-                        for (int s = 0; s < 4; s++)
-                            _mm512_mask_storeu_ps(out + (4 * a + s) * plane_step, lanes, row[s]);
-                    }
-                }
-        }
-}
-
-/* y[b, o] (out_h x out_w) = A^T M A + bias[o], tile by tile. */
-AVX512_LOOPS static void output_transform(const float *m, const float *bias, float *y,
-                                             const tiling *t, Py_ssize_t out_h, Py_ssize_t out_w)
-{
-    Py_ssize_t all_tiles = t->batch * t->tiles, plane_step = t->channels * all_tiles;
-    for (Py_ssize_t b = 0; b < t->batch; b++)
-        for (Py_ssize_t o = 0; o < t->channels; o++) {
-            __m512 shift = _mm512_set1_ps(bias[o]);
-            float *target = y + (b * t->channels + o) * out_h * out_w;
-            for (Py_ssize_t ti = 0; ti < t->tile_rows; ti++)
-                for (Py_ssize_t j = 0; j < t->tile_cols; j += 16) {
-                    Py_ssize_t count = t->tile_cols - j < 16 ? t->tile_cols - j : 16;
-                    const float *in = m + o * all_tiles + b * t->tiles + ti * t->tile_cols + j;
-                    __mmask16 lanes = first_lanes(count);
-                    __m512 q[4][4], s0[4], s1[4];
-                    for (int a = 0; a < 4; a++)
-                        for (int s = 0; s < 4; s++)
-                            q[a][s] = _mm512_maskz_loadu_ps(lanes, in + (4 * a + s) * plane_step);
-                    for (int s = 0; s < 4; s++) {  /* A^T M */
-                        s0[s] = _mm512_add_ps(_mm512_add_ps(q[0][s], q[1][s]), q[2][s]);
-                        s1[s] = _mm512_sub_ps(_mm512_sub_ps(q[1][s], q[2][s]), q[3][s]);
-                    }
-                    __m512 *rows[2] = {s0, s1};
-                    for (int r = 0; r < 2 && 2 * ti + r < out_h; r++) {  /* (A^T M) A */
-                        __m512 *p = rows[r];
-                        __m512 left = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(p[0], p[1]), p[2]), shift);
-                        __m512 right = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(p[1], p[2]), p[3]), shift);
-                        __m512 first, second;
-                        interleave(left, right, &first, &second);
-                        Py_ssize_t columns = out_w - 2 * j < 2 * count ? out_w - 2 * j : 2 * count;
-                        float *row = target + (2 * ti + r) * out_w + 2 * j;
-                        _mm512_mask_storeu_ps(row, first_lanes(columns), first);
-                        _mm512_mask_storeu_ps(row + 16, first_lanes(columns - 16), second);
-                    }
-                }
-        }
-}
-
-/* Yhat[xi][o][tile] = (A g A^T)[xi] for the 2x2 blocks g of dy[b, o] (zero past its edge);
- * dbias[o] += the sum of dy[b, o]. */
-AVX512_LOOPS static void grad_output_transform(const float *dy, float *yhat, double *dbias,
-                                                  const tiling *t, Py_ssize_t out_h, Py_ssize_t out_w)
-{
-    const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    Py_ssize_t all_tiles = t->batch * t->tiles, plane_step = t->channels * all_tiles;
-    for (Py_ssize_t b = 0; b < t->batch; b++)
-        for (Py_ssize_t o = 0; o < t->channels; o++) {
-            const float *source = dy + (b * t->channels + o) * out_h * out_w;
-            __m512 total = _mm512_setzero_ps();
-            for (Py_ssize_t ti = 0; ti < t->tile_rows; ti++)
-                for (Py_ssize_t j = 0; j < t->tile_cols; j += 16) {
-                    Py_ssize_t count = t->tile_cols - j < 16 ? t->tile_cols - j : 16;
-                    Py_ssize_t columns = out_w - 2 * j < 2 * count ? out_w - 2 * j : 2 * count;
-                    __m512 g[2][2];
-                    for (int r = 0; r < 2; r++) {
-                        __m512 low = _mm512_setzero_ps(), high = _mm512_setzero_ps();
-                        if (2 * ti + r < out_h) {
-                            const float *row = source + (2 * ti + r) * out_w + 2 * j;
-                            low = _mm512_maskz_loadu_ps(first_lanes(columns), row);
-                            high = _mm512_maskz_loadu_ps(first_lanes(columns - 16), row + 16);
-                        }
-                        total = _mm512_add_ps(total, _mm512_add_ps(low, high));
-                        g[r][0] = _mm512_permutex2var_ps(low, evens, high);
-                        g[r][1] = _mm512_permutex2var_ps(low, odds, high);
-                    }
-                    __m512 h[4][2];
-                    for (int s = 0; s < 2; s++) {  /* A g, A = [[1, 0], [1, 1], [1, -1], [0, -1]] */
-                        h[0][s] = g[0][s];
-                        h[1][s] = _mm512_add_ps(g[0][s], g[1][s]);
-                        h[2][s] = _mm512_sub_ps(g[0][s], g[1][s]);
-                        h[3][s] = _mm512_sub_ps(_mm512_setzero_ps(), g[1][s]);
-                    }
-                    float *out = yhat + o * all_tiles + b * t->tiles + ti * t->tile_cols + j;
-                    __mmask16 lanes = first_lanes(count);
-                    for (int a = 0; a < 4; a++) {  /* (A g) A^T */
-                        __m512 row[4] = {h[a][0], _mm512_add_ps(h[a][0], h[a][1]),
-                                         _mm512_sub_ps(h[a][0], h[a][1]),
-                                         _mm512_sub_ps(_mm512_setzero_ps(), h[a][1])};
-                        for (int s = 0; s < 4; s++)
-                            _mm512_mask_storeu_ps(out + (4 * a + s) * plane_step, lanes, row[s]);
-                    }
-                }
-            dbias[o] += _mm512_reduce_add_ps(total);
-        }
-}
-
-/* row[0 : count] += first, second (16 floats each) */
-AVX512_LOOPS static inline void add_to_row(float *row, __m512 first, __m512 second, Py_ssize_t count)
-{
-    __mmask16 low = first_lanes(count), high = first_lanes(count - 16);
-    _mm512_mask_storeu_ps(row, low, _mm512_add_ps(_mm512_maskz_loadu_ps(low, row), first));
-    _mm512_mask_storeu_ps(row + 16, high, _mm512_add_ps(_mm512_maskz_loadu_ps(high, row + 16), second));
-}
-
-/* dx[b, c] = the interior of the padded plane to which every tile adds B dV B^T. */
-AVX512_LOOPS static void grad_input_transform(const float *dv, float *dx, const tiling *t,
-                                                 float *plane)
-{
-    Py_ssize_t all_tiles = t->batch * t->tiles, plane_step = t->channels * all_tiles;
-    Py_ssize_t plane_floats = (2 * t->tile_rows + 2) * t->stride;
-    for (Py_ssize_t b = 0; b < t->batch; b++)
-        for (Py_ssize_t c = 0; c < t->channels; c++) {
-            memset(plane, 0, (size_t)plane_floats * sizeof(float));
-            for (Py_ssize_t ti = 0; ti < t->tile_rows; ti++)
-                for (Py_ssize_t j = 0; j < t->tile_cols; j += 16) {
-                    Py_ssize_t count = t->tile_cols - j < 16 ? t->tile_cols - j : 16;
-                    const float *in = dv + c * all_tiles + b * t->tiles + ti * t->tile_cols + j;
-                    __mmask16 lanes = first_lanes(count);
-                    __m512 q[4][4], e[4][4];
-                    for (int a = 0; a < 4; a++)
-                        for (int s = 0; s < 4; s++)
-                            q[a][s] = _mm512_maskz_loadu_ps(lanes, in + (4 * a + s) * plane_step);
-                    for (int s = 0; s < 4; s++) {  /* B q, B = (B^T)^T */
-                        e[0][s] = q[0][s];
-                        e[1][s] = _mm512_add_ps(_mm512_sub_ps(q[1][s], q[2][s]), q[3][s]);
-                        e[2][s] = _mm512_add_ps(_mm512_sub_ps(q[1][s], q[0][s]), q[2][s]);
-                        e[3][s] = _mm512_sub_ps(_mm512_setzero_ps(), q[3][s]);
-                    }
-                    for (int r = 0; r < 4; r++) {  /* (B q) B^T, added at columns 2l .. 2l + 3 */
-                        __m512 f0 = e[r][0];
-                        __m512 f1 = _mm512_add_ps(_mm512_sub_ps(e[r][1], e[r][2]), e[r][3]);
-                        __m512 f2 = _mm512_add_ps(_mm512_sub_ps(e[r][1], e[r][0]), e[r][2]);
-                        __m512 f3 = _mm512_sub_ps(_mm512_setzero_ps(), e[r][3]);
-                        float *row = plane + (2 * ti + r) * t->stride + 2 * j;
-                        __m512 first, second;
-                        interleave(f0, f1, &first, &second);
-                        add_to_row(row, first, second, 2 * count);
-                        interleave(f2, f3, &first, &second);
-                        add_to_row(row + 2, first, second, 2 * count);
-                    }
-                }
-            float *target = dx + (b * t->channels + c) * t->height * t->width;
-            for (Py_ssize_t i = 0; i < t->height; i++)
-                memcpy(target + i * t->width, plane + (i + t->pad_top) * t->stride + t->pad_left,
-                       (size_t)t->width * sizeof(float));
-        }
-}
-/* The output transform fused with ReLU and a 2x2 max pool: each tile's 2x2 outputs are
- * exactly one pool window, so y[b, o, ti, tj] = max(relu(A^T M A + bias)) of the tile and
- * code = the window's first-maximum tap (0..3, row-major) or 255 where that max is <= 0
- * (as the fused ReLU -> MaxPool2d of cnnlab/nn/module.py). pool_h x pool_w windows. */
-AVX512_LOOPS static void output_relu_pool_transform(const float *m, const float *bias, float *y,
-                                                       unsigned char *code, const tiling *t,
-                                                       Py_ssize_t pool_h, Py_ssize_t pool_w)
-{
-    Py_ssize_t all_tiles = t->batch * t->tiles, plane_step = t->channels * all_tiles;
-    const __m512 zero = _mm512_setzero_ps();
-    const __m512i inactive = _mm512_set1_epi32(255);
-    for (Py_ssize_t b = 0; b < t->batch; b++)
-        for (Py_ssize_t o = 0; o < t->channels; o++) {
-            __m512 shift = _mm512_set1_ps(bias[o]);
-            Py_ssize_t plane = (b * t->channels + o) * pool_h * pool_w;
-            for (Py_ssize_t ti = 0; ti < pool_h; ti++)
-                for (Py_ssize_t j = 0; j < pool_w; j += 16) {
-                    Py_ssize_t count = pool_w - j < 16 ? pool_w - j : 16;
-                    const float *in = m + o * all_tiles + b * t->tiles + ti * t->tile_cols + j;
-                    __mmask16 lanes = first_lanes(count);
-                    __m512 q[4][4], s0[4], s1[4];
-                    for (int a = 0; a < 4; a++)
-                        for (int s = 0; s < 4; s++)
-                            q[a][s] = _mm512_maskz_loadu_ps(lanes, in + (4 * a + s) * plane_step);
-                    for (int s = 0; s < 4; s++) {  /* A^T M */
-                        s0[s] = _mm512_add_ps(_mm512_add_ps(q[0][s], q[1][s]), q[2][s]);
-                        s1[s] = _mm512_sub_ps(_mm512_sub_ps(q[1][s], q[2][s]), q[3][s]);
-                    }
-                    /* the window, taps in row-major order */
-                    __m512 x0 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s0[0], s0[1]), s0[2]), shift);
-                    __m512 x1 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s0[1], s0[2]), s0[3]), shift);
-                    __m512 x2 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s1[0], s1[1]), s1[2]), shift);
-                    __m512 x3 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s1[1], s1[2]), s1[3]), shift);
-                    /* first maximum (strictly larger replaces), NaN wins, as the 2x2 pool */
-                    __m512 best = x0;
-                    __m512i tap = _mm512_setzero_si512();
-                    __m512 candidates[3] = {x1, x2, x3};
-                    for (int k = 0; k < 3; k++) {
-                        __mmask16 over = _mm512_cmp_ps_mask(candidates[k], best, _CMP_GT_OQ);
-                        __mmask16 nan = _mm512_cmp_ps_mask(best, best, _CMP_UNORD_Q);
-                        tap = _mm512_mask_mov_epi32(tap, over, _mm512_set1_epi32(k + 1));
-                        best = _mm512_mask_blend_ps(nan, _mm512_max_ps(best, candidates[k]), best);
-                    }
-                    __mmask16 active = _mm512_cmp_ps_mask(best, zero, _CMP_GT_OQ);
-                    tap = _mm512_mask_mov_epi32(inactive, active, tap);
-                    __m512 value = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(best, best, _CMP_UNORD_Q),
-                                                        _mm512_max_ps(best, zero), best);
-                    _mm512_mask_storeu_ps(y + plane + ti * pool_w + j, lanes, value);
-                    _mm_mask_storeu_epi8(code + plane + ti * pool_w + j, lanes, _mm512_cvtepi32_epi8(tap));
-                }
-        }
-}
-
-/* grad_output_transform for the fused block: the 2x2 block g of the conv output's gradient
- * is the pooled gradient at the recorded tap (0 elsewhere, and 0 for code 255 and for tiles
- * past the last whole window). */
-AVX512_LOOPS static void grad_output_pooled_transform(const float *dp, const unsigned char *code,
-                                                         float *yhat, double *dbias, const tiling *t,
-                                                         Py_ssize_t pool_h, Py_ssize_t pool_w)
-{
-    Py_ssize_t all_tiles = t->batch * t->tiles, plane_step = t->channels * all_tiles;
-    const __m512 zero = _mm512_setzero_ps();
-    for (Py_ssize_t b = 0; b < t->batch; b++)
-        for (Py_ssize_t o = 0; o < t->channels; o++) {
-            Py_ssize_t plane = (b * t->channels + o) * pool_h * pool_w;
-            __m512 total = zero;
-            for (Py_ssize_t ti = 0; ti < t->tile_rows; ti++)
-                for (Py_ssize_t j = 0; j < t->tile_cols; j += 16) {
-                    Py_ssize_t count = t->tile_cols - j < 16 ? t->tile_cols - j : 16;
-                    __m512 gradient = zero;
-                    __m512i tap = _mm512_set1_epi32(255);
-                    if (ti < pool_h && j < pool_w) {
-                        __mmask16 windows = first_lanes(pool_w - j < count ? pool_w - j : count);
-                        gradient = _mm512_maskz_loadu_ps(windows, dp + plane + ti * pool_w + j);
-                        tap = _mm512_mask_cvtepu8_epi32(tap, windows,
-                                                        _mm_maskz_loadu_epi8(windows, code + plane + ti * pool_w + j));
-                    }
-                    __m512 g[2][2];
-                    for (int r = 0; r < 2; r++)
-                        for (int s = 0; s < 2; s++)
-                            g[r][s] = _mm512_maskz_mov_ps(
-                                _mm512_cmpeq_epi32_mask(tap, _mm512_set1_epi32(2 * r + s)), gradient);
-                    total = _mm512_add_ps(total, _mm512_add_ps(_mm512_add_ps(g[0][0], g[0][1]),
-                                                               _mm512_add_ps(g[1][0], g[1][1])));
-                    __m512 h[4][2];
-                    for (int s = 0; s < 2; s++) {  /* A g */
-                        h[0][s] = g[0][s];
-                        h[1][s] = _mm512_add_ps(g[0][s], g[1][s]);
-                        h[2][s] = _mm512_sub_ps(g[0][s], g[1][s]);
-                        h[3][s] = _mm512_sub_ps(zero, g[1][s]);
-                    }
-                    float *out = yhat + o * all_tiles + b * t->tiles + ti * t->tile_cols + j;
-                    __mmask16 lanes = first_lanes(count);
-                    for (int a = 0; a < 4; a++) {  /* (A g) A^T */
-                        __m512 row[4] = {h[a][0], _mm512_add_ps(h[a][0], h[a][1]),
-                                         _mm512_sub_ps(h[a][0], h[a][1]), _mm512_sub_ps(zero, h[a][1])};
-                        for (int s = 0; s < 4; s++)
-                            _mm512_mask_storeu_ps(out + (4 * a + s) * plane_step, lanes, row[s]);
-                    }
-                }
-            dbias[o] += _mm512_reduce_add_ps(total);
-        }
-}
-#endif
 
 /* ------------------------------------------------------------------------ */
 /* Python binding                                                           */
@@ -365,11 +40,6 @@ AVX512_LOOPS static void grad_output_pooled_transform(const float *dp, const uns
 static int make_tiling(tiling *t, const Py_buffer *images, const Py_buffer *transformed,
                        Py_ssize_t pad_top, Py_ssize_t pad_left, Py_ssize_t out_h, Py_ssize_t out_w)
 {
-    if (!HAVE_AVX512_LOOPS || !avx512_usable()) {
-        PyErr_SetString(PyExc_RuntimeError, "the Winograd transforms need AVX-512 "
-                                            "(see winograd_usable)");
-        return -1;
-    }
     t->batch = images->shape[0];
     t->channels = images->shape[1];
     t->height = images->shape[2];
@@ -403,11 +73,13 @@ static float *plane_scratch(const tiling *t)
     return plane;
 }
 
-PyDoc_STRVAR(usable_doc, "winograd_usable() -> bool: whether the transforms run here (AVX-512).");
+PyDoc_STRVAR(usable_doc, "winograd_usable() -> bool: whether the transforms run here: always, at "
+                         "every level (kept for older callers).");
 
 static PyObject *py_usable(PyObject *self, PyObject *unused)
 {
-    return PyBool_FromLong(HAVE_AVX512_LOOPS && avx512_usable());
+    (void)self, (void)unused;
+    Py_RETURN_TRUE;
 }
 
 PyDoc_STRVAR(output_doc,
@@ -444,14 +116,14 @@ static PyObject *output_map(PyObject *args, const char *format, int to_image)
     if (vector->itemsize != (to_image ? 4 : 8) || vector->shape[0] != t.channels)
         return reject(v, 3, to_image ? "bias must be float32 of shape (C_out,)"
                                      : "dbias must be float64 of shape (C_out,)");
-#if HAVE_AVX512_LOOPS
+    const loops_level *level = current_loops();
+    Py_ssize_t out_h = image->shape[2], out_w = image->shape[3];
     Py_BEGIN_ALLOW_THREADS
     if (to_image)
-        output_transform(v[0].buf, v[1].buf, v[2].buf, &t, image->shape[2], image->shape[3]);
+        level->winograd_output(v[0].buf, v[1].buf, v[2].buf, &t, out_h, out_w);
     else
-        grad_output_transform(v[0].buf, v[1].buf, v[2].buf, &t, image->shape[2], image->shape[3]);
+        level->winograd_grad_output(v[0].buf, v[1].buf, v[2].buf, &t, out_h, out_w);
     Py_END_ALLOW_THREADS
-#endif
     release(v, 3);
     Py_RETURN_NONE;
 }
@@ -497,14 +169,13 @@ static PyObject *plane_transform(PyObject *args, const char *format, int to_tile
     }
     float *plane = plane_scratch(&t);
     if (plane) {
-#if HAVE_AVX512_LOOPS
+        const loops_level *level = current_loops();
         Py_BEGIN_ALLOW_THREADS
         if (to_tiles)
-            input_transform(v[0].buf, v[1].buf, &t, plane);
+            level->winograd_input(v[0].buf, v[1].buf, &t, plane);
         else
-            grad_input_transform(v[0].buf, v[1].buf, &t, plane);
+            level->winograd_grad_input(v[0].buf, v[1].buf, &t, plane);
         Py_END_ALLOW_THREADS
-#endif
         PyMem_RawFree(plane);
     }
     release(v, 2);
@@ -653,11 +324,11 @@ static PyObject *py_output_pool(PyObject *self, PyObject *args)
     }
     if (v[1].itemsize != 4 || v[1].shape[0] != t.channels)
         return reject(v, 4, "bias must be float32 of shape (C_out,)");
-#if HAVE_AVX512_LOOPS
+    const loops_level *level = current_loops();
     Py_BEGIN_ALLOW_THREADS
-    output_relu_pool_transform(v[0].buf, v[1].buf, v[2].buf, v[3].buf, &t, out_h / 2, out_w / 2);
+    level->winograd_output_relu_pool(v[0].buf, v[1].buf, v[2].buf, v[3].buf, &t, out_h / 2,
+                                     out_w / 2);
     Py_END_ALLOW_THREADS
-#endif
     release(v, 4);
     Py_RETURN_NONE;
 }
@@ -690,11 +361,11 @@ static PyObject *py_grad_output_pool(PyObject *self, PyObject *args)
     }
     if (v[3].itemsize != 8 || v[3].shape[0] != t.channels)
         return reject(v, 4, "dbias must be float64 of shape (C_out,)");
-#if HAVE_AVX512_LOOPS
+    const loops_level *level = current_loops();
     Py_BEGIN_ALLOW_THREADS
-    grad_output_pooled_transform(v[0].buf, v[1].buf, v[2].buf, v[3].buf, &t, out_h / 2, out_w / 2);
+    level->winograd_grad_output_pooled(v[0].buf, v[1].buf, v[2].buf, v[3].buf, &t, out_h / 2,
+                                       out_w / 2);
     Py_END_ALLOW_THREADS
-#endif
     release(v, 4);
     Py_RETURN_NONE;
 }

@@ -1,0 +1,279 @@
+/*
+ * simd.h: the portable SIMD layer under every kernel body.
+ *
+ * A kernel body (loops_body.h, winograd_body.h, gemm_body.h) is written once against the
+ * GCC/Clang vector extensions below and compiled once per level by a small translation unit
+ * (loops_avx2.c, gemm_neon.c, ...) that defines CNNLAB_LEVEL_<NAME> and includes this file,
+ * then the body, then simd_end.h. This file sets the level's target for every function that
+ * follows (#pragma GCC target, or Clang's #pragma clang attribute), so the whole module is
+ * built with the baseline flags and each level's code runs only where cpu.h says it can.
+ *
+ *   level      lanes (float32)  target                              where
+ *   portable   4                the compiler's baseline (SSE2, NEON) any CPU
+ *   avx2       8                avx2, fma                           x86-64 since Haswell/Zen
+ *   avx512     16               avx512f/dq/bw/vl, fma               x86-64 Skylake-X, Zen 4/5
+ *   neon       4                aarch64 baseline, with fused FMA    ARM64
+ *
+ * SIMD_COMPILED is 0 when the level does not exist on this architecture (avx2 on ARM); the
+ * level's unit then compiles to nothing. Beyond the vector types, a level supplies only what
+ * the extensions cannot say portably: a fused multiply-add (an intrinsic where the level has
+ * one) and loads/stores of the first n lanes (masked on AVX2/AVX-512, a copy elsewhere).
+ */
+#ifndef CNNLAB_SIMD_H
+#define CNNLAB_SIMD_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels.h"
+
+#if defined(CNNLAB_LEVEL_AVX512) && CNNLAB_X86
+#include <immintrin.h>
+#define SIMD_COMPILED 1
+#define VL 16
+#define LEVEL_SYMBOL(name) name##_avx512
+#define LEVEL_NAME "avx512"
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")
+#endif
+
+#elif defined(CNNLAB_LEVEL_AVX2) && CNNLAB_X86
+#include <immintrin.h>
+#define SIMD_COMPILED 1
+#define VL 8
+#define LEVEL_SYMBOL(name) name##_avx2
+#define LEVEL_NAME "avx2"
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+
+#elif defined(CNNLAB_LEVEL_NEON) && CNNLAB_ARM64
+#include <arm_neon.h>
+#define SIMD_COMPILED 1
+#define VL 4
+#define LEVEL_SYMBOL(name) name##_neon
+#define LEVEL_NAME "neon"
+
+#elif defined(CNNLAB_LEVEL_PORTABLE)
+#define SIMD_COMPILED 1
+#define VL 4
+#define LEVEL_SYMBOL(name) name##_portable
+#define LEVEL_NAME "portable"
+
+#else
+#define SIMD_COMPILED 0
+#endif
+
+#if SIMD_COMPILED
+
+typedef float vf __attribute__((vector_size(4 * VL)));
+typedef int32_t vi __attribute__((vector_size(4 * VL)));     /* comparisons give -1 / 0 */
+typedef unsigned char vb __attribute__((vector_size(VL)));  /* one byte per lane */
+
+#define SIMD_INLINE static inline __attribute__((always_inline))
+
+/* All lanes = x, as a vector literal (which both compilers turn into one broadcast). */
+#if VL == 4
+#define ALL_LANES(x) {x, x, x, x}
+#elif VL == 8
+#define ALL_LANES(x) {x, x, x, x, x, x, x, x}
+#else
+#define ALL_LANES(x) {x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}
+#endif
+
+SIMD_INLINE vf splat(float value) { return (vf)ALL_LANES(value); }
+SIMD_INLINE vi splat_i(int32_t value) { return (vi)ALL_LANES(value); }
+
+/* Unaligned loads and stores (memcpy: no aliasing or alignment assumptions; one move). */
+SIMD_INLINE vf load(const float *p)
+{
+    vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+SIMD_INLINE void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
+
+/* mask ? a : b, lane by lane (mask lanes all ones or all zeros). */
+SIMD_INLINE vf blend(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
+SIMD_INLINE vi blend_i(vi mask, vi a, vi b) { return (mask & a) | (~mask & b); }
+
+/* np.maximum's rule: a > b ? a : b, except that a NaN a wins (as maximum_f32 in loops_body.h). */
+SIMD_INLINE vf maximum(vf a, vf b) { return blend(a != a, a, blend(a > b, a, b)); }
+
+SIMD_INLINE float sum_lanes(vf v)
+{
+    float total = 0.0f;
+    for (int l = 0; l < VL; l++)
+        total += v[l];
+    return total;
+}
+
+/* a * b + c with one rounding where the level has FMA (AVX2, AVX-512, NEON); two otherwise. */
+SIMD_INLINE vf fma_v(vf a, vf b, vf c)
+{
+#if VL == 16
+    return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif VL == 8
+    return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#elif defined(CNNLAB_LEVEL_NEON)
+    return (vf)vfmaq_f32((float32x4_t)c, (float32x4_t)a, (float32x4_t)b);
+#else
+    return a * b + c;
+#endif
+}
+
+/* Lanes l < n of p (n may be <= 0 or >= VL); the others are 0. Masked lanes are never read. */
+SIMD_INLINE vf load_first(const float *p, ptrdiff_t n)
+{
+    if (n >= VL)
+        return load(p);
+    if (n <= 0)
+        return splat(0.0f);
+#if VL == 16
+    return (vf)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), p);
+#elif VL == 8
+    vi lanes = {0, 1, 2, 3, 4, 5, 6, 7};
+    return (vf)_mm256_maskload_ps(p, (__m256i)(lanes < splat_i((int32_t)n)));
+#else
+    vf v = splat(0.0f);
+    memcpy(&v, p, (size_t)n * sizeof(float));
+    return v;
+#endif
+}
+
+/* p[l] = v[l] for l < n only. */
+SIMD_INLINE void store_first(float *p, ptrdiff_t n, vf v)
+{
+    if (n >= VL) {
+        store(p, v);
+        return;
+    }
+    if (n <= 0)
+        return;
+#if VL == 16
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), (__m512)v);
+#elif VL == 8
+    vi lanes = {0, 1, 2, 3, 4, 5, 6, 7};
+    _mm256_maskstore_ps(p, (__m256i)(lanes < splat_i((int32_t)n)), (__m256)v);
+#else
+    memcpy(p, &v, (size_t)n * sizeof(float));
+#endif
+}
+
+/* Bytes p[0 : n] as int32 lanes; lanes l >= n are `fill`. */
+SIMD_INLINE vi load_bytes(const unsigned char *p, ptrdiff_t n, unsigned char fill)
+{
+    unsigned char bytes[VL];
+    memset(bytes, fill, sizeof bytes);
+    if (n > 0)
+        memcpy(bytes, p, (size_t)(n < VL ? n : VL));
+    vb packed;
+    memcpy(&packed, bytes, sizeof packed);
+    return __builtin_convertvector(packed, vi);
+}
+
+/* p[l] = (unsigned char)v[l] for l < n (lanes hold 0..255). */
+SIMD_INLINE void store_bytes(unsigned char *p, ptrdiff_t n, vi v)
+{
+    vb packed = __builtin_convertvector(v, vb);
+    if (n > 0)
+        memcpy(p, &packed, (size_t)(n < VL ? n : VL));
+}
+
+/* Lane shuffles: even/odd lanes of the 2 VL floats (lo, hi), and their inverse. */
+#if VL == 4
+#define EVEN_LANES 0, 2, 4, 6
+#define ODD_LANES 1, 3, 5, 7
+#define FIRST_PAIRS 0, 4, 1, 5
+#define SECOND_PAIRS 2, 6, 3, 7
+#elif VL == 8
+#define EVEN_LANES 0, 2, 4, 6, 8, 10, 12, 14
+#define ODD_LANES 1, 3, 5, 7, 9, 11, 13, 15
+#define FIRST_PAIRS 0, 8, 1, 9, 2, 10, 3, 11
+#define SECOND_PAIRS 4, 12, 5, 13, 6, 14, 7, 15
+#else
+#define EVEN_LANES 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30
+#define ODD_LANES 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31
+#define FIRST_PAIRS 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23
+#define SECOND_PAIRS 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31
+#endif
+
+/* __builtin_shufflevector is Clang's and GCC's since 12; older GCC spells it __builtin_shuffle. */
+#if defined(__clang__) || !defined(__GNUC__) || __GNUC__ >= 12
+#define SHUFFLE2(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUFFLE2(a, b, ...) __builtin_shuffle(a, b, (vi){__VA_ARGS__})
+#endif
+
+/* (lo, hi) = x0 x1 x2 ... x_{2VL-1}  ->  even = x0 x2 ..., odd = x1 x3 ... */
+SIMD_INLINE void deinterleave(vf lo, vf hi, vf *even, vf *odd)
+{
+    *even = SHUFFLE2(lo, hi, EVEN_LANES);
+    *odd = SHUFFLE2(lo, hi, ODD_LANES);
+}
+
+/* a, b  ->  first = a0 b0 a1 b1 ... (VL floats), second = the next VL */
+SIMD_INLINE void interleave(vf a, vf b, vf *first, vf *second)
+{
+    *first = SHUFFLE2(a, b, FIRST_PAIRS);
+    *second = SHUFFLE2(a, b, SECOND_PAIRS);
+}
+
+/* In-register transpose of a VL x VL block: r[i] holds row i on entry, column i on exit.
+ * Stage h swaps bit h of the row and column indices (the off-diagonal h x h sub-blocks of
+ * every 2h x 2h block), so log2(VL) stages of two shuffles per pair of rows. */
+#define TRANSPOSE_STAGE(h, ...)                                                             \
+    for (int i = 0; i < VL; i++)                                                            \
+        if (!(i & (h))) {                                                                   \
+            vf upper = r[i], lower = r[i + (h)];                                            \
+            r[i] = SHUFFLE2(upper, lower, TRANSPOSE_UPPER_##h);                             \
+            r[i + (h)] = SHUFFLE2(upper, lower, TRANSPOSE_LOWER_##h);                       \
+        }
+#if VL == 4
+#define TRANSPOSE_UPPER_1 0, 4, 2, 6
+#define TRANSPOSE_LOWER_1 1, 5, 3, 7
+#define TRANSPOSE_UPPER_2 0, 1, 4, 5
+#define TRANSPOSE_LOWER_2 2, 3, 6, 7
+#elif VL == 8
+#define TRANSPOSE_UPPER_1 0, 8, 2, 10, 4, 12, 6, 14
+#define TRANSPOSE_LOWER_1 1, 9, 3, 11, 5, 13, 7, 15
+#define TRANSPOSE_UPPER_2 0, 1, 8, 9, 4, 5, 12, 13
+#define TRANSPOSE_LOWER_2 2, 3, 10, 11, 6, 7, 14, 15
+#define TRANSPOSE_UPPER_4 0, 1, 2, 3, 8, 9, 10, 11
+#define TRANSPOSE_LOWER_4 4, 5, 6, 7, 12, 13, 14, 15
+#elif VL == 16
+#define TRANSPOSE_UPPER_1 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30
+#define TRANSPOSE_LOWER_1 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
+#define TRANSPOSE_UPPER_2 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29
+#define TRANSPOSE_LOWER_2 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
+#define TRANSPOSE_UPPER_4 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27
+#define TRANSPOSE_LOWER_4 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
+#define TRANSPOSE_UPPER_8 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
+#define TRANSPOSE_LOWER_8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#endif
+
+SIMD_INLINE void transpose(vf r[VL])
+{
+    TRANSPOSE_STAGE(1)
+    TRANSPOSE_STAGE(2)
+#if VL >= 8
+    TRANSPOSE_STAGE(4)
+#endif
+#if VL >= 16
+    TRANSPOSE_STAGE(8)
+#endif
+}
+
+SIMD_INLINE ptrdiff_t clamp_lanes(ptrdiff_t n) { return n < 0 ? 0 : n > VL ? VL : n; }
+
+#endif /* SIMD_COMPILED */
+#endif /* CNNLAB_SIMD_H */
