@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     cores = os.cpu_count() or 1
     busy = max(load_before, load_after) > 0.5 * cores
     blas = env["blas"]
-    print(f"cpu: {env['cpu']}, {cores} cores; kernels: {env['kernels']}; BLAS: "
+    print(f"cpu: {env['cpu']}, {cores} cores; kernel level: {env['backend']['level']}; BLAS: "
           f"{blas.get('library')} {blas.get('library_version')}, kernel {blas.get('kernel')}")
     print(f"load average {load_before:.2f} before, {load_after:.2f} after"
           + ("  (the machine was BUSY: other processes shared the cores)" if busy else ""))

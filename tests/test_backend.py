@@ -39,16 +39,6 @@ class _Module:
         self.level = name
 
 
-class _LegacyModule:
-    """Today's _sgemm without levels(): one AVX-512 path, chosen when the CPU has it."""
-
-    def __init__(self, has_avx512):
-        self._has = has_avx512
-
-    def avx512(self):
-        return self._has
-
-
 def _native(sgemm, loops):
     native = dispatch._Native.__new__(dispatch._Native)
     native.sgemm, native.loops, native.missing = sgemm, loops, {}
@@ -75,11 +65,6 @@ def test_a_level_the_module_says_the_cpu_lacks_is_not_runnable():
     """The modules' own cpu_levels() have the last word (e.g. the OS has AVX-512 state off)."""
     native = _native(_Module(X86_BUILD, ("portable", "avx2")), _Module(X86_BUILD, ("portable", "avx2")))
     assert dispatch.runnable_levels_for(ZEN5, native) == ("numpy", "portable", "avx2")
-
-
-def test_the_compatibility_shim_reads_todays_modules():
-    assert dispatch.runnable_levels_for(ZEN5, _native(_LegacyModule(True), object())) == ("numpy", "avx512")
-    assert dispatch.runnable_levels_for(ZEN3, _native(_LegacyModule(False), object())) == ("numpy",)
 
 
 @pytest.mark.parametrize("requested, message", [

@@ -44,9 +44,9 @@ def gray(value, size=(8, 6)):
 
 
 @pytest.fixture(scope="module")
-def fashion_test(shared_data):
-    images = read_idx(shared_data / "fashion-mnist" / "t10k-images-idx3-ubyte.gz")
-    labels = read_idx(shared_data / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
+def fashion_test(data_root):
+    images = read_idx(data_root / "fashion-mnist" / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(data_root / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
     return images, labels
 
 

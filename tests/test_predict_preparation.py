@@ -16,11 +16,11 @@ from cnnlab.images import (background_polarity, default_preprocess, load_inputs,
 
 
 @pytest.fixture(scope="module")
-def fashion_run(shared_data, tmp_path_factory):
+def fashion_run(data_root, tmp_path_factory):
     """An MLP trained for two epochs on 12,000 images of the real Fashion-MNIST (IDX)."""
     run = tmp_path_factory.mktemp("fashion") / "run"
     assert main(["train", "--model", "mlp", "--dataset", "fashion-mnist", "--data-dir",
-                 str(shared_data), "--limit-train", "12000", "--epochs", "2", "--no-progress",
+                 str(data_root), "--limit-train", "12000", "--epochs", "2", "--no-progress",
                  "--no-report", "--run-dir", str(run)]) == 0
     return run
 
@@ -41,9 +41,9 @@ def test_the_checkpoint_records_the_preparation(fashion_run):
 
 @pytest.mark.slow
 def test_fashion_mnist_pngs_are_predicted_as_evaluate_scores_the_idx_test_set(
-        fashion_run, shared_data, tmp_path, capsys):
-    images = read_idx(shared_data / "fashion-mnist" / "t10k-images-idx3-ubyte.gz")
-    labels = read_idx(shared_data / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz")
+        fashion_run, data_root, tmp_path, capsys):
+    images = read_idx(data_root / "fashion-mnist" / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(data_root / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz")
     paths = []
     for index, image in enumerate(images):
         paths.append(tmp_path / f"{index:05d}.png")
@@ -61,9 +61,9 @@ def test_fashion_mnist_pngs_are_predicted_as_evaluate_scores_the_idx_test_set(
     assert digit_accuracy < png_accuracy - 0.1
 
 
-def test_a_photo_with_a_light_background_is_inverted_and_resized(fashion_run, shared_data,
+def test_a_photo_with_a_light_background_is_inverted_and_resized(fashion_run, data_root,
                                                                    tmp_path, capsys):
-    image = read_idx(shared_data / "fashion-mnist" / "t10k-images-idx3-ubyte.gz")[0]
+    image = read_idx(data_root / "fashion-mnist" / "t10k-images-idx3-ubyte.gz")[0]
     photo = Image.fromarray(255 - image).convert("RGB").resize((140, 140), Image.BILINEAR)
     photo.save(tmp_path / "boot.jpg", quality=95)
     assert predict_json(capsys, fashion_run, tmp_path / "boot.jpg")[0]["top"][0]["name"] == "Ankle boot"

@@ -116,8 +116,17 @@ def _sysctl(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------
-# The compiled modules, and what each can run (with the shim for builds before levels())
+# The compiled modules, and what each can run
 # ---------------------------------------------------------------------------
+
+def _build_reason() -> str | None:
+    """What setup.py recorded when it built no native code (cnnlab/backend/_build_info.py)."""
+    try:
+        from cnnlab.backend import _build_info
+    except ImportError:   # never built: running from a source tree
+        return None
+    return None if _build_info.NATIVE else f"built without native code: {_build_info.REASON}"
+
 
 class _Native:
     """The two compiled modules, imported once, and why either is missing."""
@@ -130,26 +139,22 @@ class _Native:
             try:
                 module = __import__(f"cnnlab.backend.{name}", fromlist=[name])
             except ImportError as error:
-                self.missing[name] = (f"cnnlab.backend.{name} is not built ({error}); reinstall with "
-                                      "a C compiler (pip install --force-reinstall --no-deps .) or "
-                                      "install a wheel")
+                self.missing[name] = _build_reason() or (
+                    f"cnnlab.backend.{name} is not built ({error}); reinstall with a C compiler "
+                    "(pip install --force-reinstall --no-deps .) or install a wheel")
                 continue
             setattr(self, name[1:], module)
 
     def modules(self) -> list[ModuleType]:
         return [module for module in (self.sgemm, self.loops) if module is not None]
 
-    def _legacy_levels(self) -> tuple[str, ...]:
-        # Builds without levels(): one AVX-512 code path, selected when the CPU has AVX-512.
-        return ("avx512",) if self.sgemm is not None and self.sgemm.avx512() else ()
+    @staticmethod
+    def levels_of(module: ModuleType) -> tuple[str, ...]:
+        return tuple(module.levels())
 
-    def levels_of(self, module: ModuleType) -> tuple[str, ...]:
-        levels = getattr(module, "levels", None)
-        return tuple(levels()) if levels is not None else self._legacy_levels()
-
-    def cpu_levels_of(self, module: ModuleType) -> tuple[str, ...]:
-        levels = getattr(module, "cpu_levels", None)
-        return tuple(levels()) if levels is not None else self._legacy_levels()
+    @staticmethod
+    def cpu_levels_of(module: ModuleType) -> tuple[str, ...]:
+        return tuple(module.cpu_levels())
 
 
 def compiled_levels(native: _Native) -> tuple[str, ...]:
@@ -354,6 +359,5 @@ def why_native_missing() -> str | None:
     if state.missing:
         return "; ".join(state.missing.values())
     if not compiled_levels(state):
-        return ("the compiled modules hold no level this CPU runs (this build has only AVX-512 "
-                "code, and the CPU lacks AVX-512)")
+        return "the compiled modules hold no level this CPU runs"
     return None

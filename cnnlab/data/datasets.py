@@ -371,9 +371,10 @@ def load_folder(folder: str | os.PathLike, info: DatasetInfo | None = None,
 
 def load_user_folder(folder: str | os.PathLike, channels: int | None = None, image_size=None,
                      test_fraction: float | None = None, skip_bad_images: bool = False,
-                     progress: bool = True) -> Dataset:
+                     progress: bool = True, splits=SPLITS) -> Dataset:
     """A user's folder, whatever it holds: the four IDX files, CIFAR binary batches, or class
-    folders of pictures (``DIR/CLASS/*.png``, optionally under ``train/`` and ``test/``)."""
+    folders of pictures (``DIR/CLASS/*.png``, optionally under ``train/`` and ``test/``).
+    ``splits`` as in :func:`load_dataset` (IDX folders read only those files)."""
     from cnnlab.data import cifar, folders
 
     folder = Path(folder)
@@ -389,7 +390,7 @@ def load_user_folder(folder: str | os.PathLike, channels: int | None = None, ima
                         f"({', '.join(FILE_NAMES.values())}), CIFAR binary batches "
                         "(data_batch_1.bin ... test_batch.bin), or one folder of images per "
                         f"class ({folder}/CLASS/IMAGE.png, see docs/data.md)")
-    return adapt_images(load_folder(folder), channels, image_size)
+    return adapt_images(load_folder(folder, splits=splits), channels, image_size)
 
 
 def adapt_images(dataset: Dataset, channels: int | None = None, image_size=None) -> Dataset:
@@ -463,7 +464,7 @@ def load_dataset(name_or_folder: str | os.PathLike, data_dir: str | os.PathLike 
         folder = Path(text).expanduser()
         if folder.is_dir():
             dataset = load_user_folder(folder, channels, image_size, test_fraction,
-                                       skip_bad_images, progress)
+                                       skip_bad_images, progress, splits)
             if progress and dataset.kind == "idx":
                 print(f"cnnlab: {folder}: user data, checked for structure only "
                       f"(no published checksums)", file=sys.stderr)
