@@ -127,10 +127,12 @@ def test_two_nodes_meet_at_a_rendezvous_endpoint(tiny_fashion, tmp_path):
 def test_interrupted_on_two_ranks_then_resumed_on_two_ranks(tiny_fashion, tmp_path):
     """Ctrl-C (SIGINT to torchrun's process group): rank 0 saves a checkpoint at the step the
     ranks agree on; torchrun ... --resume continues it to the uninterrupted run, bit for bit."""
-    more = ["--threads", "1", "--epochs", "3"]
+    # 96 steps: the Ctrl-C after the 10th lands inside training even when this test's poll of
+    # the metrics file lags on a busy machine (with 24 steps it could come after the last one)
+    longer = ["--epochs", "3", "--limit-train", "2048"]
+    more = ["--threads", "1", *longer]
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
-    assert main(options(tiny_fashion, "--threads", "2", "--epochs", "3",
-                        "--run-dir", reference)) == 0
+    assert main(options(tiny_fashion, "--threads", "2", *longer, "--run-dir", reference)) == 0
     process = subprocess.Popen(torchrun_command(options(tiny_fashion, *more, "--run-dir",
                                                         interrupted)),
                                cwd=REPO, env=environment(), stdout=subprocess.PIPE,
