@@ -238,5 +238,25 @@ def test_the_first_estimate_counts_the_other_runnable_threads(tmp_path, monkeypa
     assert threads._runnable_now(str(tmp_path / "missing")) is None
     policy = threads.Policy()
     monkeypatch.setattr(threads, "_runnable_now", lambda: 2)  # the caller and one busy process
+    monkeypatch.setattr(threads, "_own_running_threads", lambda: 1)
     monkeypatch.setattr(threads, "affinity_cores", lambda: 2)
     assert policy.free() == 1 and policy.others == 1.0
+
+
+def test_the_first_estimate_leaves_out_this_processs_own_running_threads(monkeypatch):
+    """Two runnable threads, both ours (e.g. OpenMP workers still spinning after a torch
+    call in the same process): no other process is busy, both cores are free."""
+    policy = threads.Policy()
+    monkeypatch.setattr(threads, "_runnable_now", lambda: 2)
+    monkeypatch.setattr(threads, "_own_running_threads", lambda: 2)
+    monkeypatch.setattr(threads, "affinity_cores", lambda: 2)
+    assert policy.free() == 2 and policy.others == 0.0
+
+
+def test_own_running_threads_reads_the_state_after_the_command_name(tmp_path):
+    for task, stat in (("1", "1 (python) R 0 1"), ("2", "2 (odd ) name) S 0 1"),
+                       ("3", "3 (w) R 0 1")):
+        (tmp_path / task).mkdir()
+        (tmp_path / task / "stat").write_text(stat)
+    assert threads._own_running_threads(str(tmp_path)) == 2
+    assert threads._own_running_threads(str(tmp_path / "missing")) is None

@@ -11,7 +11,7 @@ under heavier load (issue 13). So the policy counts the cores this process may u
 read from ``/proc/stat`` and ``time.process_time`` (no sampling thread: the interval is
 the time between two checks, at most :data:`RECHECK_SECONDS` apart while training runs;
 the first check, with no interval behind it, counts the runnable threads of
-``/proc/loadavg`` other than the caller, or waits :data:`FIRST_SAMPLE_SECONDS`). ``free = cores - others``, rounded to
+``/proc/loadavg`` that are not this process's own (``/proc/self/task``), or waits :data:`FIRST_SAMPLE_SECONDS`). ``free = cores - others``, rounded to
 whole cores, at least 1. Without
 ``/proc/stat`` (macOS, Windows) the 1-minute load average stands in for ``others``.
 
@@ -85,6 +85,23 @@ def _runnable_now(path: str = "/proc/loadavg") -> int | None:
         return None
 
 
+def _own_running_threads(path: str = "/proc/self/task") -> int | None:
+    """This process's threads that are running or runnable now (state R), or None."""
+    try:
+        tasks = os.listdir(path)
+    except OSError:
+        return None
+    running = 0
+    for task in tasks:
+        try:
+            with open(f"{path}/{task}/stat", encoding="ascii", errors="replace") as handle:
+                # the state follows the command name, which is in parentheses and may hold spaces
+                running += handle.read().rsplit(")", 1)[1].split()[0] == "R"
+        except (OSError, IndexError):
+            continue
+    return running
+
+
 def free_cores(others: float, cores: int) -> int:
     """Whole cores left for this process when other processes use ``others`` cores."""
     # Rounded to the nearest core: two threads against a process using half a core still
@@ -126,8 +143,11 @@ class Policy:
             if self._last is None:
                 self._last = Sample()
                 runnable = _runnable_now()
-                if runnable is not None:
-                    self.others = max(0.0, runnable - 1.0)  # all but the caller
+                own = _own_running_threads()
+                if runnable is not None and own is not None:
+                    # this process's own running threads (the caller, BLAS's or OpenMP's
+                    # spinning workers) are not other processes
+                    self.others = max(0.0, float(runnable - max(own, 1)))
                     self._free = free_cores(self.others, affinity_cores())
                     return self._free
                 time.sleep(FIRST_SAMPLE_SECONDS)
