@@ -133,6 +133,14 @@ class Collective:
                                         timeout=datetime.timedelta(seconds=timeout_seconds()))
         self._dist = dist
 
+    def finish(self) -> None:
+        """Wait for every rank at the end of a run that went well: a rank that tears down
+        its process group while another still finishes its last step can abort inside gloo
+        ("terminate called without an active exception")."""
+        if self._dist is not None and self._dist.is_initialized():
+            with self._failures("lost the other ranks at the end of the run"):
+                self._dist.barrier()
+
     def close(self) -> None:
         if self._dist is not None and self._dist.is_initialized():
             self._dist.destroy_process_group()

@@ -927,6 +927,7 @@ def run_training(overrides: dict, config_file: str | None = None, run_dir: str |
         collective.join()
         result = _train_or_resume(overrides, config_file, run_dir, runs_root, resume_run, out,
                                   collective)
+        collective.finish()
     finally:
         collective.close()
     if collective.world.is_main:
