@@ -503,6 +503,13 @@ class Trainer:
 
         self._restore_engine(load_checkpoint(path))
 
+    def _stop_now(self, agreed: bool, stop: _StopSignals) -> bool:
+        """Whether a signal stops the run here. Alone: as soon as one came. Under torchrun:
+        only what the ranks agreed on in the last step's sum (``agreed``), since a signal can
+        reach one rank after that sum and the other before it; each rank stopping on its own
+        flag would leave the other waiting in the next step's all-reduce."""
+        return agreed if self.world.size > 1 else stop.signum is not None
+
     def _kernels_summary(self) -> dict:
         """What ran the steps: the kernel level of each family and the threads per step."""
         return {**backend.summary(), "threads": self.parallel.threads}
@@ -634,6 +641,7 @@ class Trainer:
             bar.update(min(progress.batch_in_epoch * config.batch_size, len(data.train_labels)))
         self.model.train()
         started = window_start = time.perf_counter()
+        stopped = False
         contexts = contextlib.ExitStack()
         try:
             contexts.enter_context(_ignore_overflow())
@@ -667,13 +675,14 @@ class Trainer:
                     window_start = time.perf_counter()
                 if self.live is not None and self.live.due():
                     self._write_live()
-                if stop.signum is not None:
+                if self._stop_now(stopping, stop):
+                    stopped = True
                     break
         finally:
             contexts.close()
             bar.close()
             progress.train_seconds += time.perf_counter() - started
-        if stop.signum is not None:
+        if stopped or self._stop_now(False, stop):
             self.save_checkpoint()
             return False
         self._finish_epoch(epoch, time.perf_counter() - started)
@@ -737,7 +746,7 @@ class Trainer:
         try:
             with _StopSignals(second_aborts=not self.world.supervised) as stop:
                 for epoch in range(self.progress.epochs_done + 1, config.epochs + 1):
-                    if stop.signum is not None or not self._train_epoch(epoch, stop):
+                    if self._stop_now(False, stop) or not self._train_epoch(epoch, stop):
                         result = TrainResult(self.run_dir, self.summary(finished=False), stop.signum)
                         self._write_summary(result.summary)
                         self._write_live(status="stopped")
