@@ -319,8 +319,10 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, run_dir: Path, data: _Data, progress: Progress,
-                 wandb_run_id: str | None = None, out=None, collective: Collective | None = None):
+                 wandb_run_id: str | None = None, out=None, collective: Collective | None = None,
+                 initial_model=None):
         self.config = config
+        self._given_model = initial_model
         self.run_dir = Path(run_dir)
         self.data = data
         self.progress = progress
@@ -349,7 +351,11 @@ class Trainer:
 
     def _initial_model(self):
         """The cnnlab model a run starts from: the seed's weights, or ``--init-from``'s (a
-        resumed run restores its own weights later)."""
+        resumed run restores its own weights later). :func:`train` hands over the one it
+        built to check the spec and ``--init-from`` before making the folder."""
+        if self._given_model is not None:
+            model, self._given_model = self._given_model, None
+            return model
         model = _build_model(self.config, self.input_shape, self.num_classes)
         if self.progress.global_step == 0:
             _initialize_from(self.config, model)
@@ -836,7 +842,8 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, runs_root: str
         return str(folder)
 
     folder = Path(_on_main_rank(collective, make_folder))
-    trainer = engine(config, folder, data, Progress(), out=out, collective=collective)
+    trainer = engine(config, folder, data, Progress(), out=out, collective=collective,
+                     initial_model=model)
     return trainer.run()
 
 

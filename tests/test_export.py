@@ -300,6 +300,22 @@ def test_train_init_from_safetensors_starts_from_those_weights(tmp_path):
         str(tmp_path / "start.safetensors")
 
 
+def test_train_init_from_reads_the_weights_once(tmp_path, monkeypatch):
+    import cnnlab.checkpoint as checkpoint
+
+    data = synthetic_dataset(tmp_path / "bars", train=64)
+    save_checkpoint(tmp_path / "start.npz", build_model("cnn", np.random.default_rng(42)),
+                    meta={"model": "cnn"})
+    reads = []
+    real_load = checkpoint.load_weights
+    monkeypatch.setattr(checkpoint, "load_weights",
+                        lambda *args, **kwargs: reads.append(args) or real_load(*args, **kwargs))
+    assert main(["train", "--model", "cnn", "--dataset", str(data), "--epochs", "1",
+                 "--init-from", str(tmp_path / "start.npz"), "--run-dir", str(tmp_path / "run"),
+                 "--no-progress", "--no-report"]) == 0
+    assert len(reads) == 1
+
+
 def test_train_init_from_a_run_and_its_mismatches(tmp_path, capsys):
     data = synthetic_dataset(tmp_path / "bars", train=128)
     first = tmp_path / "first"
