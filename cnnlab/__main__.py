@@ -1,5 +1,7 @@
+"""`python -m cnnlab`: the same as the `cnnlab` command."""
 import sys
 
 from cnnlab.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
