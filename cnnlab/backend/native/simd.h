@@ -30,16 +30,36 @@
 #include "kernels.h"
 
 #if defined(CNNLAB_LEVEL_AVX512) && CNNLAB_X86
-#include <immintrin.h>
 #define SIMD_COMPILED 1
 #define VL 16
 #define LEVEL_SYMBOL(name) name##_avx512
 #define LEVEL_NAME "avx512"
+#if defined(CNNLAB_EMULATE_AVX512)
+/* A test build only (.ci/native): the avx512 level on a CPU without AVX-512. SIMDe
+ * (Debian's libsimde-dev) supplies the level's FMA from AVX2, the masked loads and stores
+ * take the copy path and the compiler splits the 16-lane vectors, so the level's own code
+ * (its tiles, remainders, masks) runs and is checked on any AVX2 machine; cpu.h then lets
+ * AVX2 stand in for AVX-512. The vectors never cross a call (SIMD_INLINE), so GCC's note
+ * that their ABI needs AVX-512 does not apply. */
+#include <simde/x86/avx512.h>
+#define FMA_512(a, b, c) simde_mm512_fmadd_ps((simde__m512)(a), (simde__m512)(b), (simde__m512)(c))
+#pragma GCC diagnostic ignored "-Wpsabi"
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+#else
+#include <immintrin.h>
+#define FMA_512(a, b, c) _mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c))
+#define MASKED_512 1  /* load_first/store_first with AVX-512's masked moves */
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma"))), apply_to = function)
 #else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")
+#endif
 #endif
 
 #elif defined(CNNLAB_LEVEL_AVX2) && CNNLAB_X86
@@ -121,7 +141,7 @@ SIMD_INLINE float sum_lanes(vf v)
 SIMD_INLINE vf fma_v(vf a, vf b, vf c)
 {
 #if VL == 16
-    return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+    return (vf)FMA_512(a, b, c);
 #elif VL == 8
     return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
 #elif defined(CNNLAB_LEVEL_NEON)
@@ -138,7 +158,7 @@ SIMD_INLINE vf load_first(const float *p, ptrdiff_t n)
         return load(p);
     if (n <= 0)
         return splat(0.0f);
-#if VL == 16
+#if VL == 16 && defined(MASKED_512)
     return (vf)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), p);
 #elif VL == 8
     vi lanes = {0, 1, 2, 3, 4, 5, 6, 7};
@@ -159,7 +179,7 @@ SIMD_INLINE void store_first(float *p, ptrdiff_t n, vf v)
     }
     if (n <= 0)
         return;
-#if VL == 16
+#if VL == 16 && defined(MASKED_512)
     _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), (__m512)v);
 #elif VL == 8
     vi lanes = {0, 1, 2, 3, 4, 5, 6, 7};
