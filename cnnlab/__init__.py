@@ -11,11 +11,15 @@
     model.backward(dlogits)
     optim.Adam(model.parameters()).step()
 
-Subpackages: ``ops`` (pure forward/backward functions), ``nn`` (layers with
-PyTorch's names and state_dict keys), ``optim`` (SGD, Adam, AdamW, schedules),
-``data`` (IDX files, named datasets, batches), ``models``, ``checkpoint``,
-``plots`` (matplotlib figures). They load on first use, so that the command
-line starts fast; importing cnnlab never imports torch, matplotlib or wandb.
+Subpackages (docs/architecture.md): ``ops`` (the lecture math: pure forward/backward
+functions), ``backend`` (the speed machinery behind them), ``nn`` (layers with PyTorch's names
+and state_dict keys), ``optim`` (SGD, Adam, AdamW, schedules), ``data`` (IDX files, named
+datasets, image folders, batches), ``models`` (model specs, summaries), ``training`` (the
+trainer, checkpoints, evaluation, run folders), ``viz`` (figures, the report, the explorer),
+``export``, ``torch_backend``, ``tools`` (verify, bench), ``cli``. They load on first use, so
+that the command line starts fast; importing cnnlab never imports torch, matplotlib or wandb.
+The module paths of the flat 0.1 layout (``cnnlab.checkpoint``, ``cnnlab.plots``, ...) still
+import the moved modules (cnnlab/_aliases.py).
 """
 
 from __future__ import annotations
@@ -24,10 +28,15 @@ import importlib
 
 __version__ = "0.1.0"
 
+from cnnlab import _aliases  # noqa: E402
 from cnnlab.errors import CnnlabError  # noqa: E402
 
-_SUBMODULES = ("ops", "nn", "optim", "data", "models", "checkpoint", "summary", "evaluation",
-               "plots", "report", "train", "lecture", "errors")
+_aliases.install()
+
+_SUBMODULES = ("ops", "backend", "nn", "optim", "data", "models", "training", "viz", "export",
+               "tools", "lecture", "errors",
+               # 0.1 paths of moved modules (cnnlab/_aliases.py)
+               "checkpoint", "summary", "evaluation", "plots", "report", "train")
 
 __all__ = ["CnnlabError", "__version__", *_SUBMODULES]
 

@@ -47,7 +47,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from cnnlab.errors import CnnlabError, ConfigError, DataError, ShapeError
-from cnnlab.validation import positive_int
+from cnnlab.utils.validation import positive_int
 
 __all__ = [
     "np", "torch", "nn", "plt", "device",
@@ -474,7 +474,7 @@ def plot(x, path: str | os.PathLike | None = None, size_inches: float = 10.0):
     Shape:
         - x: :math:`(H, W)`, or anything that squeezes to it such as :math:`(1, H, W)`.
     """
-    from cnnlab.notebook import show_now
+    from cnnlab.viz.notebook import show_now
 
     image = _image_2d(x)
     figure = _figure_class()(figsize=(size_inches, size_inches))
@@ -489,7 +489,7 @@ def plot(x, path: str | os.PathLike | None = None, size_inches: float = 10.0):
 
 def save_figure(figure, path: str | os.PathLike) -> None:
     """Write a figure as PNG (or the format of the suffix), atomically."""
-    from cnnlab.fileio import atomic_write
+    from cnnlab.utils.fileio import atomic_write
 
     suffix = os.path.splitext(str(path))[1].lstrip(".") or "png"
     with atomic_write(path, "wb") as stream:
@@ -534,7 +534,7 @@ def montage_plot(x, path: str | os.PathLike | None = None):
 
 
 def _square_tiles(stack: np.ndarray, pad: int, value: float) -> np.ndarray:
-    from cnnlab.plots.tiling import tile
+    from cnnlab.viz.plots.tiling import tile
 
     side = math.ceil(math.sqrt(len(stack)))
     return tile(stack, columns=side, rows=side, pad=pad, value=value)

@@ -24,7 +24,7 @@ import numpy as np
 from cnnlab import backend
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.nn.module import Parameter
-from cnnlab.validation import positive_int
+from cnnlab.utils.validation import positive_int
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRScheduler", "StepLR", "CosineAnnealingLR", "LinearLR"]
 

@@ -58,7 +58,7 @@ def default_threads(batch_size: int, flops_per_image: float | None = None) -> in
 def threads_for(model, input_shape, batch_size: int) -> int:
     """:func:`default_threads` for ``model`` on inputs of ``input_shape`` (one image),
     its forward FLOPs counted by ``cnnlab.summary``."""
-    from cnnlab.summary import summarize, totals
+    from cnnlab.models.summary import summarize, totals
 
     return default_threads(batch_size, totals(summarize(model, input_shape))["flops"])
 
@@ -99,7 +99,7 @@ def _flops_per_image(model, image_shape: tuple) -> float | None:
     key = (repr(model), image_shape)
     if key not in _FLOPS:
         from cnnlab.errors import CnnlabError
-        from cnnlab.summary import summarize, totals
+        from cnnlab.models.summary import summarize, totals
 
         try:
             _FLOPS[key] = totals(summarize(model, image_shape))["flops"]

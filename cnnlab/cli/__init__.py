@@ -1,4 +1,4 @@
-"""The ``cnnlab`` command line: one subcommand per module in ``cnnlab.commands``.
+"""The ``cnnlab`` command line: one subcommand per module in ``cnnlab.cli.commands``.
 
 Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
 ``run(args) -> int``. Command modules import only the standard library and
@@ -18,7 +18,7 @@ import sys
 from cnnlab import __version__
 from cnnlab.errors import CnnlabError
 
-# Subcommand name -> module in cnnlab.commands, in the order --help lists them.
+# Subcommand name -> module in cnnlab.cli.commands, in the order --help lists them.
 COMMANDS = {
     "train": "train",
     "evaluate": "evaluate",
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, module_name in COMMANDS.items():
-        module = importlib.import_module(f"cnnlab.commands.{module_name}")
+        module = importlib.import_module(f"cnnlab.cli.commands.{module_name}")
         command_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(command_parser)
         command_parser.set_defaults(_run=module.run)

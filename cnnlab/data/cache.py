@@ -12,7 +12,7 @@ a half of decoding them); a file that is added, removed, renamed, rewritten or t
 the key, and the folder is decoded again. Only a tool that rewrites a file keeping both its size
 and its modification time would go unnoticed.
 
-An entry is written atomically (cnnlab.fileio) and read with ``allow_pickle=False``; an entry
+An entry is written atomically (cnnlab.utils.fileio) and read with ``allow_pickle=False``; an entry
 that cannot be read is decoded again and replaced (it is derived data, nothing is lost).
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import ConfigError
-from cnnlab.fileio import atomic_write
+from cnnlab.utils.fileio import atomic_write
 
 FORMAT = "cnnlab-decoded-images"
 VERSION = 1

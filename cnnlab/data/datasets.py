@@ -395,9 +395,9 @@ def load_user_folder(folder: str | os.PathLike, channels: int | None = None, ima
 
 def adapt_images(dataset: Dataset, channels: int | None = None, image_size=None) -> Dataset:
     """``dataset`` with its images converted to ``channels`` and resized to ``image_size``
-    (the conversions of cnnlab.images, as for folders of pictures); None keeps them."""
+    (the conversions of cnnlab.data.images, as for folders of pictures); None keeps them."""
     from cnnlab.data.folders import parse_image_size
-    from cnnlab.images import convert_channels, resize_pixels
+    from cnnlab.data.images import convert_channels, resize_pixels
 
     if channels not in (None, 1, 3):
         raise ConfigError(f"--channels must be 1 (grayscale) or 3 (RGB), got {channels}")

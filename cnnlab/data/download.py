@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from cnnlab.errors import DataError, DownloadError
-from cnnlab.progress import ProgressBar
+from cnnlab.utils.progress import ProgressBar
 
 DEFAULT_TIMEOUT = 30.0   # seconds to connect, and seconds a read may stall
 DEFAULT_RETRIES = 2      # extra attempts per mirror for transient failures

@@ -10,7 +10,7 @@ Two layouts are read::
 
 Files ending in .png, .jpg, .jpeg, .bmp or .webp (any case) are images; hidden files and
 other files are left out (and counted). Class names are the subfolder names, sorted; label i
-is the i-th name. Images are decoded once (:func:`cnnlab.images.decode_image`), in parallel
+is the i-th name. Images are decoded once (:func:`cnnlab.data.images.decode_image`), in parallel
 worker processes with a progress bar, into uint8 arrays that the cache keeps
 (cnnlab/data/cache.py): the next run with the same folder and options starts at once.
 """
@@ -66,7 +66,7 @@ def _image_files(folder: str, relative: str) -> tuple[list[tuple[str, int, int]]
     """The image files under ``folder`` (sorted, recursively) as (path relative to the dataset
     folder, size, mtime_ns), and how many other files there are. os.scandir and plain strings:
     pathlib took 5 s to list 70,000 files, this takes a tenth of that."""
-    from cnnlab.images import IMAGE_EXTENSIONS
+    from cnnlab.data.images import IMAGE_EXTENSIONS
 
     images, ignored = [], 0
     with os.scandir(folder) as entries:
@@ -93,7 +93,7 @@ def _class_folders(folder: Path) -> list[Path]:
 
 def looks_like_image_folder(folder: Path) -> bool:
     """True when ``folder`` has a subfolder holding image files (directly or one level down)."""
-    from cnnlab.images import IMAGE_EXTENSIONS
+    from cnnlab.data.images import IMAGE_EXTENSIONS
 
     for child in _class_folders(folder):
         for grandchild in child.iterdir():
@@ -166,7 +166,7 @@ def list_folder(folder: str | os.PathLike) -> FolderListing:
 
 def _decode_chunk(paths: list[str], channels: int | None, size) -> list:
     """Decode ``paths`` (in a worker process): each an array (C, H, W) or the error's text."""
-    from cnnlab.images import decode_image, resize_pixels
+    from cnnlab.data.images import decode_image, resize_pixels
 
     results = []
     for path in paths:
@@ -191,7 +191,7 @@ def _decode_all(paths: list, channels, size, progress: bool, description: str) -
     """Decode ``paths`` in order: the first chunk here, and the rest in worker processes
     when that chunk's pace says the rest would take more than :data:`_PARALLEL_AFTER`
     seconds here (starting workers costs ~0.3-1 s: they import NumPy and Pillow)."""
-    from cnnlab.progress import ProgressBar
+    from cnnlab.utils.progress import ProgressBar
 
     texts = [str(path) for path in paths]
     chunks = [texts[start:start + _CHUNK] for start in range(0, len(texts), _CHUNK)]

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import DataError
-from cnnlab.formatting import format_shape
-from cnnlab.fileio import atomic_write
+from cnnlab.utils.fileio import atomic_write
+from cnnlab.utils.formatting import format_shape
 
 # IDX type code -> (big-endian dtype as stored, name used in messages)
 IDX_DTYPES = {

@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from cnnlab.errors import ConfigError, ShapeError
-from cnnlab.validation import positive_int
+from cnnlab.utils.validation import positive_int
 
 NORMALIZATIONS = ("unit", "standard")
 

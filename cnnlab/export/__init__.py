@@ -57,7 +57,7 @@ def export(source: str | os.PathLike, format: str, out: str | os.PathLike | None
         ConfigError: unknown format, ``out`` is the source itself or a folder, or a layer the
             format cannot express. CheckpointError: the source cannot be read.
     """
-    from cnnlab.checkpoint import load_weights, model_from_checkpoint
+    from cnnlab.training.checkpoint import load_weights, model_from_checkpoint
 
     if format not in FORMATS:
         raise ConfigError(f"unknown export format '{format}': use onnx or safetensors")

@@ -142,7 +142,7 @@ def to_onnx(model, meta: dict | None = None, opset: int = OPSET):
     Args:
         model: a cnnlab Sequential (as ``build_model`` or ``load_model`` return).
         meta: the checkpoint's meta; its classes, model spec, dataset and input preparation
-            (:func:`cnnlab.checkpoint.input_preparation`) go into ``metadata_props``.
+            (:func:`cnnlab.training.checkpoint.input_preparation`) go into ``metadata_props``.
         opset: the ONNX operator set (17 or newer).
 
     Returns:
@@ -152,7 +152,7 @@ def to_onnx(model, meta: dict | None = None, opset: int = OPSET):
         ConfigError: a layer ONNX cannot express (listed in the message).
     """
     from cnnlab import __version__
-    from cnnlab.checkpoint import class_names, input_preparation
+    from cnnlab.training.checkpoint import class_names, input_preparation
 
     onnx = _onnx()
     if opset < OPSET:
@@ -211,7 +211,7 @@ def save_onnx(model, meta: dict, path, opset: int = OPSET):
     from pathlib import Path
 
     from cnnlab.export import ExportResult
-    from cnnlab.fileio import atomic_write
+    from cnnlab.utils.fileio import atomic_write
 
     onnx_model = to_onnx(model, meta, opset)
     check_onnx(onnx_model)

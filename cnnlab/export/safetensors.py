@@ -19,7 +19,7 @@ from pathlib import Path
 def save_model_safetensors(model, meta: dict, path: str | Path):
     """Write ``model``'s state_dict and ``meta`` to ``path``; returns an ExportResult."""
     from cnnlab.export import ExportResult
-    from cnnlab.interop import save_safetensors
+    from cnnlab.training.interop import save_safetensors
 
     state = model.state_dict()
     path = save_safetensors(path, state, meta)

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cnnlab.errors import ConfigError, ShapeError
-from cnnlab.formatting import format_shape
-from cnnlab.validation import positive_int
+from cnnlab.utils.formatting import format_shape
+from cnnlab.utils.validation import positive_int
 
 # name -> the equivalent spec; the classifier Linear(features, num_classes) is always appended
 NAMED_SPECS = {

@@ -17,8 +17,8 @@ import math
 from dataclasses import asdict, dataclass
 
 from cnnlab.errors import ShapeError
-from cnnlab.formatting import format_shape
-from cnnlab.validation import int_pair
+from cnnlab.utils.formatting import format_shape
+from cnnlab.utils.validation import int_pair
 
 
 @dataclass

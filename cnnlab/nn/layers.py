@@ -30,7 +30,7 @@ from cnnlab.ops.conv import conv2d_output_size, conv2d_padding
 from cnnlab.ops.dropout import dropout_backward, dropout_forward
 from cnnlab.ops.pool import avg_pool2d_backward, avg_pool2d_forward, pool2d_output_size
 from cnnlab.ops.shape import flatten_backward, flatten_forward, flatten_output_shape
-from cnnlab.validation import int_pair, positive_int
+from cnnlab.utils.validation import int_pair, positive_int
 
 
 def _check_input(owner: str, shape: tuple[int, ...], ndims: tuple[int, ...], channels: int,

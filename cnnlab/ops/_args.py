@@ -1,4 +1,4 @@
-"""The window view shared by the convolution and pooling ops (argument checks: cnnlab.validation)."""
+"""The window view shared by the convolution and pooling ops (argument checks: cnnlab.utils.validation)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.validation import check_input
+from cnnlab.utils.validation import check_input
 
 
 def relu_forward(x: np.ndarray):

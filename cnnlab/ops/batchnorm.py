@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.errors import ShapeError
-from cnnlab.validation import check_input, optional_float_array
+from cnnlab.utils.validation import check_input, optional_float_array
 
 
 def _check_input(x: np.ndarray, num_channels: int) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 
 from cnnlab.errors import ShapeError
 from cnnlab.ops._args import window
-from cnnlab.validation import array_of, check_image_batch, float_array, int_pair, positive_int
+from cnnlab.utils.validation import array_of, check_image_batch, float_array, int_pair, positive_int
 
 Pads = tuple[int, int, int, int]  # (top, bottom, left, right)
 
@@ -53,7 +53,7 @@ def conv2d_padding(padding, kernel_size, stride=1, dilation=1, owner: str | None
         padding: an int, a pair, ``"valid"`` or ``"same"``.
         kernel_size, stride, dilation: an int or a pair (height, width).
         owner, error: name put first in the message, and the error class raised
-            (:mod:`cnnlab.validation`'s convention; the ops raise ShapeError).
+            (:mod:`cnnlab.utils.validation`'s convention; the ops raise ShapeError).
     """
     prefix = f"{owner}: " if owner else ""
     kernel = int_pair(kernel_size, "kernel_size", owner=owner, error=error)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.errors import ConfigError
-from cnnlab.validation import check_input
+from cnnlab.utils.validation import check_input
 
 
 def dropout_forward(x: np.ndarray, p: float, training: bool, rng: np.random.Generator):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.errors import ShapeError
-from cnnlab.validation import check_input, float_array, optional_float_array
+from cnnlab.utils.validation import check_input, float_array, optional_float_array
 
 
 def check_linear_shapes(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> None:

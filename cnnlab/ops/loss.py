@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.errors import DataError, ShapeError
-from cnnlab.validation import check_input
 from cnnlab.ops.activation import log_softmax
+from cnnlab.utils.validation import check_input
 
 
 def _check_labels(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ import numpy as np
 from cnnlab.errors import ShapeError
 from cnnlab.ops._args import window
 from cnnlab.ops.conv import output_length
-from cnnlab.validation import check_image_batch, int_pair
+from cnnlab.utils.validation import check_image_batch, int_pair
 
 
 def pool2d_output_size(input_hw, kernel_size, stride=None, padding=0,

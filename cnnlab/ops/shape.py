@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from cnnlab.errors import ShapeError
-from cnnlab.validation import check_input
+from cnnlab.utils.validation import check_input
 
 
 def flatten_forward(x: np.ndarray, start_dim: int = 1):

@@ -25,9 +25,9 @@ from typing import Callable
 
 import numpy as np
 
-from cnnlab.fileio import write_json
 from cnnlab import backend
 from cnnlab.backend import threads as thread_policy
+from cnnlab.utils.fileio import write_json
 
 
 # ---------------------------------------------------------------------------
@@ -214,7 +214,7 @@ def _flops_per_image(model, kind: str) -> int:
     """Forward FLOPs; a training step adds the weight gradient and the input gradient of
     each layer (about one forward each), except the first layer's input gradient, which
     nobody needs (for the mlp that layer is almost all of the work)."""
-    from cnnlab.summary import summarize
+    from cnnlab.models.summary import summarize
 
     rows = summarize(model, (1, 28, 28))
     forward = sum(row.flops for row in rows)

@@ -517,7 +517,7 @@ def select_ops(names: str | None) -> list[str]:
     wanted = [name.strip() for name in names.split(",") if name.strip()]
     unknown = [name for name in wanted if name not in OPS]
     if unknown or not wanted:
-        from cnnlab.config import suggest
+        from cnnlab.training.config import suggest
 
         hint = suggest(unknown[0], OPS) if unknown else ""
         raise ConfigError(f"unknown op {', '.join(unknown) or repr(names)} for --ops{hint}; "

@@ -32,7 +32,7 @@ def _plain_epoch(torch, config, data, device) -> float:
     from cnnlab.data.loader import to_float
     from cnnlab.models import build_model
     from cnnlab.torch_backend.modules import build_torch_model
-    from cnnlab.train import build_optimizer, build_scheduler
+    from cnnlab.training.trainer import build_optimizer, build_scheduler
 
     input_shape = (1,) + tuple(data.train_images.shape[1:])
     initial = build_model(config.model, np.random.default_rng(config.seed), input_shape,
@@ -66,7 +66,7 @@ def _cnnlab_epoch(config, data, folder: Path) -> float:
     import dataclasses
     import io
 
-    from cnnlab.train import Progress, trainer_class
+    from cnnlab.training.trainer import Progress, trainer_class
 
     folder.mkdir()
     trainer = trainer_class(config)(dataclasses.replace(config), folder, data, Progress(),
@@ -80,9 +80,9 @@ def bench_torch_backend(device: str = "auto", model: str = "cnn", batch_size: in
     """Median, min and max epoch seconds of both loops, and cnnlab's overhead (a ratio - 1)."""
     import torch
 
-    from cnnlab.config import resolve_config
     from cnnlab.torch_backend import select_device
-    from cnnlab.train import _load_data
+    from cnnlab.training.config import resolve_config
+    from cnnlab.training.trainer import _load_data
 
     chosen, line = select_device(device)
     log(line)

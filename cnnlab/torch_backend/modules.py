@@ -61,7 +61,7 @@ def numpy_state(module) -> dict[str, np.ndarray]:
 
 
 class _Gradient:
-    """What ``cnnlab.checkpoint.save_checkpoint`` reads of a parameter: its ``.grad``."""
+    """What ``cnnlab.training.checkpoint.save_checkpoint`` reads of a parameter: its ``.grad``."""
 
     def __init__(self, grad):
         self.grad = grad
@@ -70,7 +70,7 @@ class _Gradient:
 class NumpyView:
     """A torch module seen as a cnnlab model: NumPy in, NumPy out.
 
-    ``cnnlab.evaluation.evaluate`` and ``cnnlab.checkpoint.save_checkpoint`` take it as they
+    ``cnnlab.training.evaluation.evaluate`` and ``cnnlab.training.checkpoint.save_checkpoint`` take it as they
     take a cnnlab ``Sequential``, so the evaluation and the checkpoint format exist once.
     """
 

@@ -1,6 +1,6 @@
 """The torch backend's Trainer: cnnlab's training loop with a torch.nn model and torch.optim.
 
-Everything but the engine is :class:`cnnlab.train.Trainer`'s: the seeded data order, the
+Everything but the engine is :class:`cnnlab.training.trainer.Trainer`'s: the seeded data order, the
 batches (NumPy arrays, moved to the device), the records, the run folder, the checkpoints, the
 report, Ctrl-C and ``--resume``. The model starts from the NumPy engine's initial weights for
 the same seed, so the two backends train the same network from the same point.
@@ -17,12 +17,12 @@ import contextlib
 
 import numpy as np
 
-from cnnlab.distributed import rank_bounds
 from cnnlab.errors import ConfigError
 from cnnlab.torch_backend import select_device
 from cnnlab.torch_backend.modules import NumpyView, build_torch_model, load_numpy_state
 from cnnlab.torch_backend.optim import load_numpy_optimizer_state, optimizer_state_to_numpy
-from cnnlab.train import Trainer, _build_model, build_optimizer, build_scheduler
+from cnnlab.training.distributed import rank_bounds
+from cnnlab.training.trainer import Trainer, _build_model, build_optimizer, build_scheduler
 
 
 class _OptimizerView:
@@ -45,7 +45,7 @@ def dropout_seed(seed: int, rank: int, step: int) -> int:
 
 
 class TorchTrainer(Trainer):
-    """:class:`cnnlab.train.Trainer` on PyTorch (``cnnlab train --backend torch``)."""
+    """:class:`cnnlab.training.trainer.Trainer` on PyTorch (``cnnlab train --backend torch``)."""
 
     @classmethod
     def check_engine(cls, config, world) -> None:
@@ -118,7 +118,7 @@ class TorchTrainer(Trainer):
         return self._step_totals(loss_sum, correct, batch, stop_requested)
 
     def _evaluate_model(self, images, labels) -> tuple[float, float]:
-        from cnnlab.train import evaluate_arrays
+        from cnnlab.training.trainer import evaluate_arrays
 
         return evaluate_arrays(self.model, images, labels, self.data.normalization, threads=1)
 

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import CheckpointError, CnnlabError
-from cnnlab.fileio import atomic_write, read_start
+from cnnlab.utils.fileio import atomic_write, read_start
 # the one comparison of a state with a model, for checkpoints and safetensors files alike
-from cnnlab.interop import cast_to_model, check_state_fits  # noqa: F401 (check_state_fits re-exported)
+from cnnlab.training.interop import cast_to_model, check_state_fits  # noqa: F401 (check_state_fits re-exported)
 
 FORMAT = "cnnlab-checkpoint"
 VERSION = 1
@@ -446,7 +446,7 @@ def load_weights(path: str | os.PathLike, model: str | None = None) -> Checkpoin
         CheckpointError: unreadable or unsafe file, no model spec, or weights that do not fit
             the spec (every mismatched key listed).
     """
-    from cnnlab.interop import is_safetensors, load_safetensors
+    from cnnlab.training.interop import is_safetensors, load_safetensors
 
     if not is_safetensors(path):
         checkpoint = load_checkpoint(path)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnnlab.errors import ShapeError
-from cnnlab.validation import positive_int
+from cnnlab.utils.validation import positive_int
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import CheckpointError, CnnlabError
-from cnnlab.formatting import format_shape
+from cnnlab.utils.formatting import format_shape
 
 SAFETENSORS_SUFFIX = ".safetensors"
 META_KEY = "cnnlab"   # the __metadata__ entry holding cnnlab's checkpoint meta as JSON
@@ -121,8 +121,8 @@ def save_safetensors(path: str | os.PathLike, state: dict, meta: dict | None = N
     ``safetensors.torch.load_file(path)`` gives a state_dict ``torch_model.load_state_dict``
     takes.
     """
-    from cnnlab.checkpoint import _json_default
-    from cnnlab.fileio import atomic_write
+    from cnnlab.training.checkpoint import _json_default
+    from cnnlab.utils.fileio import atomic_write
 
     safetensors_numpy = _safetensors_numpy()
     # (np.ascontiguousarray would turn the 0-d num_batches_tracked into shape (1,))
@@ -170,7 +170,7 @@ def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
 
 def _check_safetensors_header(path: Path) -> None:
     """A one-line reason for the commonest wrong files, before safetensors sees them."""
-    from cnnlab.fileio import read_start
+    from cnnlab.utils.fileio import read_start
 
     size, start = read_start(path, 9, CheckpointError)
     if start[:1] == b"\x80" or start.startswith(b"PK"):

@@ -145,7 +145,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 
 def truncate_metrics(path: Path, epochs_done: int, global_step: int) -> None:
     """Keep only the records up to a checkpoint, so a resumed run does not repeat any."""
-    from cnnlab.fileio import atomic_write
+    from cnnlab.utils.fileio import atomic_write
 
     kept = [record for record in read_metrics(path)
             if (record.get("kind") == "epoch" and record.get("epoch", 0) <= epochs_done)

@@ -29,13 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab import backend, runs
+from cnnlab import backend
 from cnnlab.backend.parallel import DataParallel
-from cnnlab.config import TrainConfig, load_config_file, resolve_config, validate_config
-from cnnlab.distributed import Collective, World, rank_bounds, world_from_environment
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, TrainingError
-from cnnlab.fileio import write_json
-from cnnlab.progress import ProgressBar
+from cnnlab.training import runs
+from cnnlab.training.config import TrainConfig, load_config_file, resolve_config, validate_config
+from cnnlab.training.distributed import Collective, World, rank_bounds, world_from_environment
+from cnnlab.utils.fileio import write_json
+from cnnlab.utils.progress import ProgressBar
 
 #: While a run goes on, report.html is redrawn after the first epoch and then at most this
 #: often (drawing it takes ~3 s: after every 6 s epoch of the lecture CNN it cost a third of
@@ -144,8 +145,8 @@ def _load_data(config: TrainConfig) -> _Data:
     from cnnlab.data import load_dataset
     from cnnlab.data.augment import parse_augment
     from cnnlab.data.datasets import dataset_options
+    from cnnlab.data.images import background_polarity, preprocess_record
     from cnnlab.data.loader import dataset_mean_std, split_validation
-    from cnnlab.images import background_polarity, preprocess_record
 
     dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=True,
                            progress=config.progress, **dataset_options(config.to_dict()))
@@ -197,8 +198,8 @@ def _build_model(config: TrainConfig, input_shape, num_classes: int):
 
 def _initialize_from(config: TrainConfig, model) -> None:
     """Load ``config.init_from``'s weights into ``model`` (every mismatched key in one error)."""
-    from cnnlab.checkpoint import check_state_fits, load_weights
-    from cnnlab.interop import cast_to_model, is_safetensors
+    from cnnlab.training.checkpoint import check_state_fits, load_weights
+    from cnnlab.training.interop import cast_to_model, is_safetensors
 
     if config.init_from is None:
         return
@@ -277,7 +278,7 @@ def build_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int, librar
 
 def evaluate_arrays(model, images, labels, normalization: dict, threads: int = 1) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` (in eval mode) on uint8 images."""
-    from cnnlab.evaluation import evaluate
+    from cnnlab.training.evaluation import evaluate
 
     result = evaluate(model, images, labels, batch_size=EVAL_BATCH_SIZE,
                       normalization=normalization["kind"], mean=normalization["mean"],
@@ -293,7 +294,7 @@ def _live_writer(config: TrainConfig, run_dir: Path, data: _Data, is_main: bool)
     and on ranks other than 0."""
     if not config.report or not is_main:
         return None
-    from cnnlab.explorer.live import LiveWriter
+    from cnnlab.viz.explorer.live import LiveWriter
 
     return LiveWriter(run_dir, data.test_images[0], data.normalization, config.epochs)
 
@@ -491,7 +492,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Rank 0 writes checkpoint.npz (atomically: a killed run leaves the last one whole)."""
-        from cnnlab.checkpoint import save_checkpoint
+        from cnnlab.training.checkpoint import save_checkpoint
 
         if not self._weights_finite():
             raise TrainingError(
@@ -505,7 +506,7 @@ class Trainer:
 
     def restore(self, path: Path) -> None:
         """Load weights, optimizer state, gradients and dropout rng state from a checkpoint."""
-        from cnnlab.checkpoint import load_checkpoint
+        from cnnlab.training.checkpoint import load_checkpoint
 
         self._restore_engine(load_checkpoint(path))
 
@@ -622,7 +623,7 @@ class Trainer:
         if not self._report_possible():
             return
         self._report_written_at = _clock()
-        from cnnlab.report import write_report
+        from cnnlab.viz.report import write_report
 
         try:
             write_report(self.run_dir)
@@ -736,7 +737,7 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Train from the current progress to the last epoch, or until a signal stops it."""
-        from cnnlab.wandb_log import WandbLogger
+        from cnnlab.training.wandb_log import WandbLogger
 
         config = self.config
         self.collective.failure_note = (
@@ -855,7 +856,7 @@ def resume(run: str | Path, overrides: dict | None = None, runs_root: str | None
     so machines that do not share rank 0's disk can resume too. The number of ranks may
     differ from the run's: ``--batch-size`` is the global batch.
     """
-    from cnnlab.checkpoint import load_checkpoint
+    from cnnlab.training.checkpoint import load_checkpoint
 
     collective = collective if collective is not None else Collective(World())
     world = collective.world

@@ -1,6 +1,6 @@
 """Running inside a Jupyter kernel: figures inline, without importing IPython anywhere else.
 
-cnnlab's figures are built without pyplot (:mod:`cnnlab.plots._backend`), so IPython has no
+cnnlab's figures are built without pyplot (:mod:`cnnlab.viz.plots._backend`), so IPython has no
 display formatter for them until something imports pyplot; :func:`show_figures_inline` registers
 one, so a cell ending in ``plots.filters(model)`` shows the figure. Nothing here imports IPython:
 it is looked up in ``sys.modules``, where a kernel has put it.
@@ -22,7 +22,7 @@ def kernel_shell():
 
 
 def _png(figure) -> bytes:
-    from cnnlab.plots._backend import figure_to_png
+    from cnnlab.viz.plots._backend import figure_to_png
 
     return figure_to_png(figure, dpi=INLINE_DPI)
 

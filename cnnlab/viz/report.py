@@ -1,4 +1,4 @@
-"""The report of a run: ONE self-contained HTML file with every figure of :mod:`cnnlab.plots`.
+"""The report of a run: ONE self-contained HTML file with every figure of :mod:`cnnlab.viz.plots`.
 
 ``write_report(run_dir)`` writes ``RUN/report.html``: the run summary, then samples, learning
 curves, confusion matrix, mistakes, filters, feature maps, saliency, weight histograms and the
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
-from cnnlab.fileio import atomic_write
+from cnnlab.utils.fileio import atomic_write
 
 REPORT_NAME = "report.html"
 REPORT_DPI = 72
@@ -143,7 +143,7 @@ def _summary_section(run) -> str:
 
 
 def _figure_html(kind: str, run, options) -> str:
-    from cnnlab.plots import figure_to_png, plot_kind
+    from cnnlab.viz.plots import figure_to_png, plot_kind
 
     try:
         figure = plot_kind(kind, run, options)
@@ -154,8 +154,8 @@ def _figure_html(kind: str, run, options) -> str:
 
 
 def _explorer_html(run) -> str:
-    from cnnlab.explorer.data import run_payload
-    from cnnlab.explorer.page import explorer_section
+    from cnnlab.viz.explorer.data import run_payload
+    from cnnlab.viz.explorer.page import explorer_section
 
     try:
         return explorer_section(run_payload(run))
@@ -168,8 +168,8 @@ def build_report(run_dir, out: str | os.PathLike | None = None) -> str:
     """The report of the run folder ``run_dir`` (or a ``plots.Run``) as one HTML string (see
     :func:`write_report`); ``out``, where it will be written, places the live view's link to
     ``RUN/live.js``."""
-    from cnnlab.explorer.page import live_section, live_src_for
-    from cnnlab.plots import PlotOptions, Run, require_matplotlib
+    from cnnlab.viz.explorer.page import live_section, live_src_for
+    from cnnlab.viz.plots import PlotOptions, Run, require_matplotlib
 
     require_matplotlib()
     run = run_dir if isinstance(run_dir, Run) else Run(run_dir)

@@ -25,8 +25,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from cnnlab.bench import format_results, run_benchmark
     from cnnlab.errors import ConfigError
+    from cnnlab.tools.bench import format_results, run_benchmark
 
     batch_sizes = None
     if args.batch_sizes:
@@ -51,7 +51,7 @@ def run(args) -> int:
 
 
 def _show(text: str, results: dict, json_path: str | None) -> int:
-    from cnnlab.bench import save_results
+    from cnnlab.tools.bench import save_results
 
     print()
     print(text)
@@ -62,8 +62,8 @@ def _show(text: str, results: dict, json_path: str | None) -> int:
 
 
 def _run_torch_backend(args) -> int:
-    from cnnlab.config import _check_device
     from cnnlab.torch_backend import require_torch
+    from cnnlab.training.config import _check_device
 
     require_torch("cnnlab bench --backend torch")
     _check_device(args.device)

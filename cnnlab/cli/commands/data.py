@@ -129,7 +129,7 @@ def _info(args) -> int:
         cells = "".join(f"  {int(count[label]):>7}" for count in counts)
         print(f"  {label:>5}  {name:<{name_width}}{cells}")
     if args.montage:
-        from cnnlab.plots import data_figures, save_png
+        from cnnlab.viz.plots import data_figures, save_png
 
         figure = data_figures.montage(dataset.train_images, dataset.train_labels,
                                       dataset.classes, per_class=args.per_class)

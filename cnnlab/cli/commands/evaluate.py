@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cnnlab.formatting import format_shape
+from cnnlab.utils.formatting import format_shape
 
 HELP = "test accuracy, loss, per-class accuracy and confusion matrix of a trained model"
 
@@ -27,13 +27,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from cnnlab.checkpoint import load_weights, model_from_checkpoint
+    from cnnlab.backend.parallel import threads_for
     from cnnlab.data import load_dataset
     from cnnlab.data.datasets import dataset_options
     from cnnlab.errors import ConfigError
-    from cnnlab.evaluation import evaluate
-    from cnnlab.fileio import write_json
-    from cnnlab.backend.parallel import threads_for
+    from cnnlab.training.checkpoint import load_weights, model_from_checkpoint
+    from cnnlab.training.evaluation import evaluate
+    from cnnlab.utils.fileio import write_json
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}: give the evaluation batch size, e.g. 256")
@@ -75,7 +75,7 @@ def run(args) -> int:
 
 
 def format_report(result, classes, checkpoint, dataset_name: str) -> str:
-    from cnnlab.evaluation import format_confusion
+    from cnnlab.training.evaluation import format_confusion
 
     meta = checkpoint.meta
     correct = int(result.confusion.trace())

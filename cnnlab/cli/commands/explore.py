@@ -20,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from cnnlab.explorer.page import write_explorer_page
-    from cnnlab.explorer.serve import open_in_browser, serve_folder
+    from cnnlab.viz.explorer.page import write_explorer_page
+    from cnnlab.viz.explorer.serve import open_in_browser, serve_folder
 
     path = write_explorer_page(args.run, out=args.out)
     if not args.serve:

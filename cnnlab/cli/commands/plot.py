@@ -9,7 +9,7 @@ from cnnlab.errors import ConfigError
 
 HELP = "draw one figure of a run (samples, curves, confusion, filters, saliency, ...) as a PNG"
 
-# Kept here (not imported from cnnlab.plots) so `cnnlab --help` stays free of matplotlib.
+# Kept here (not imported from cnnlab.viz.plots) so `cnnlab --help` stays free of matplotlib.
 KIND_NAMES = ("montage", "histogram", "curves", "confusion", "mistakes", "filters",
               "features", "saliency", "weights")
 
@@ -29,14 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _list_kinds() -> str:
-    from cnnlab.plots.kinds import KINDS
+    from cnnlab.viz.plots.kinds import KINDS
 
     width = max(len(name) for name in KINDS)
     return "\n".join(f"{name:<{width}}  {kind.description}" for name, kind in KINDS.items())
 
 
 def run(args) -> int:
-    from cnnlab.plots import PlotOptions, Run, plot_kind, resolve_kind, save_png
+    from cnnlab.viz.plots import PlotOptions, Run, plot_kind, resolve_kind, save_png
 
     if args.list:
         print(_list_kinds())

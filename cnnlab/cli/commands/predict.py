@@ -28,11 +28,11 @@ def run(args) -> int:
 
     import numpy as np
 
-    from cnnlab.checkpoint import load_weights, model_from_checkpoint
+    from cnnlab.data.images import default_preprocess, load_inputs, to_model_input
     from cnnlab.errors import ConfigError
-    from cnnlab.evaluation import predict_logits
-    from cnnlab.images import default_preprocess, load_inputs, to_model_input
     from cnnlab.ops.activation import softmax
+    from cnnlab.training.checkpoint import load_weights, model_from_checkpoint
+    from cnnlab.training.evaluation import predict_logits
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")

@@ -26,15 +26,15 @@ def run(args) -> int:
     from pathlib import Path
 
     from cnnlab.errors import ConfigError
-    from cnnlab.interop import is_safetensors
-    from cnnlab.report import write_report
-    from cnnlab.runs import CONFIG_FILE
+    from cnnlab.training.interop import is_safetensors
+    from cnnlab.training.runs import CONFIG_FILE
+    from cnnlab.viz.report import write_report
 
     source = args.run
     path = Path(source)
     # a checkpoint.npz inside a run folder stands for its run (curves and all)
     if path.is_file() and (is_safetensors(path) or not (path.parent / CONFIG_FILE).is_file()):
-        from cnnlab.plots.runs import WeightsRun
+        from cnnlab.viz.plots.runs import WeightsRun
 
         source = WeightsRun(source, model=args.model, dataset=args.dataset,
                             data_dir=args.data_dir)

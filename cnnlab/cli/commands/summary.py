@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from cnnlab.formatting import format_shape
+from cnnlab.utils.formatting import format_shape
 
 HELP = "print each layer's output shape, parameter count and FLOPs (a model name, spec or checkpoint)"
 
@@ -43,11 +43,11 @@ def run(args) -> int:
     import numpy as np
 
     from cnnlab.models import build_model, spec_num_classes
-    from cnnlab.summary import format_summary, summarize, totals
+    from cnnlab.models.summary import format_summary, summarize, totals
 
     looks_like_path = args.model.endswith(".npz") or os.sep in args.model
     if os.path.exists(args.model) or looks_like_path:
-        from cnnlab.checkpoint import load_model
+        from cnnlab.training.checkpoint import load_model
 
         model, meta = load_model(args.model)
         spec = meta.get("model")

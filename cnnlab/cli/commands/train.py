@@ -20,15 +20,15 @@ def _default(name: str) -> str:
     a default by hand, so it cannot drift from what a run uses."""
     import dataclasses
 
-    from cnnlab.config import TrainConfig
+    from cnnlab.training.config import TrainConfig
 
     value = next(field.default for field in dataclasses.fields(TrainConfig) if field.name == name)
     return f"default {value:g}" if isinstance(value, float) else f"default {value}"
 
 
 def _default_lr() -> str:
-    """The per-optimizer default learning rates, from cnnlab.config's table."""
-    from cnnlab.config import MODEL_LR, OPTIMIZER_LR
+    """The per-optimizer default learning rates, from cnnlab.training.config's table."""
+    from cnnlab.training.config import MODEL_LR, OPTIMIZER_LR
 
     return (f"default {OPTIMIZER_LR['sgd']:g} for sgd, {OPTIMIZER_LR['adam']:g} for adam and "
             f"adamw, {MODEL_LR[('cnn-bn', 'adam')]:g} for cnn-bn with adam or adamw")
@@ -118,7 +118,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cnnlab.backend.workspace import keep_freed_memory
-    from cnnlab.train import run_training
+    from cnnlab.training.trainer import run_training
 
     # Steps free and reallocate the same big arrays: keep their pages (no page faults). A
     # process-wide malloc setting, so the command opts in, never the library.

@@ -21,8 +21,8 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from cnnlab.errors import ConfigError
-    from cnnlab.fileio import write_json
-    from cnnlab.verify import format_report, run_verify, select_ops
+    from cnnlab.tools.verify import format_report, run_verify, select_ops
+    from cnnlab.utils.fileio import write_json
 
     ops = select_ops(args.ops)
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):

@@ -10,9 +10,9 @@
 See docs/explorer.md.
 """
 
-from cnnlab.explorer.data import explorer_payload, run_payload
-from cnnlab.explorer.live import read_live
-from cnnlab.explorer.page import build_explorer_page, explorer_section, write_explorer_page
+from cnnlab.viz.explorer.data import explorer_payload, run_payload
+from cnnlab.viz.explorer.live import read_live
+from cnnlab.viz.explorer.page import build_explorer_page, explorer_section, write_explorer_page
 
 __all__ = ["build_explorer_page", "explorer_payload", "explorer_section", "read_live",
            "run_payload", "write_explorer_page"]

@@ -46,7 +46,7 @@ def decode_float32(text: str) -> np.ndarray:
 
 
 def _pair(value, minimum: int = 1) -> list[int]:
-    from cnnlab.validation import int_pair
+    from cnnlab.utils.validation import int_pair
 
     return list(int_pair(value, "size", minimum=minimum))
 
@@ -154,7 +154,7 @@ def explorer_payload(model, meta: dict, images: np.ndarray, labels, names=None,
         x: the model's float32 input for ``images`` (default: ``images`` normalised as
             ``meta["normalization"]`` says, like ``cnnlab predict``).
     """
-    from cnnlab.images import to_model_input
+    from cnnlab.data.images import to_model_input
 
     images = np.asarray(images, dtype=np.uint8)
     if x is None:

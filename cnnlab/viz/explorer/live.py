@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import DataError
-from cnnlab.explorer.data import encode_uint8, layer_inputs
-from cnnlab.fileio import atomic_write
+from cnnlab.utils.fileio import atomic_write
+from cnnlab.viz.explorer.data import encode_uint8, layer_inputs
 
 LIVE_NAME = "live.js"
 CALLBACK = "cnnlabLive"
@@ -50,7 +50,7 @@ def _quantise(planes: np.ndarray) -> dict:
 def live_state(model, image: np.ndarray, normalization: dict | None, records: list[dict],
                status: str, epochs: int | None = None) -> dict:
     """The live file's object for ``model`` now (see the module docstring)."""
-    from cnnlab.images import to_model_input
+    from cnnlab.data.images import to_model_input
     from cnnlab.nn import layers as nn
 
     x = to_model_input(np.asarray(image, dtype=np.uint8)[None], normalization)
@@ -123,7 +123,7 @@ class LiveWriter:
 
     def _records(self) -> list[dict]:
         if self.records is None:
-            from cnnlab.runs import METRICS_FILE, read_metrics
+            from cnnlab.training.runs import METRICS_FILE, read_metrics
 
             self.records = read_metrics(self.run_dir / METRICS_FILE)   # a resumed run's so far
         return self.records

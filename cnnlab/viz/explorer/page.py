@@ -14,8 +14,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from cnnlab.explorer.live import EVERY_SECONDS, LIVE_NAME
-from cnnlab.fileio import atomic_write
+from cnnlab.utils.fileio import atomic_write
+from cnnlab.viz.explorer.live import EVERY_SECONDS, LIVE_NAME
 
 EXPLORER_NAME = "explorer.html"
 SCRIPTS = ("engine.js", "prepare.js", "explorer.js")
@@ -33,7 +33,7 @@ EXPLORER_TEXT = (
 
 def asset(name: str) -> str:
     """The text of one of this package's script or style files."""
-    return resources.files("cnnlab.explorer").joinpath(name).read_text(encoding="utf-8")
+    return resources.files("cnnlab.viz.explorer").joinpath(name).read_text(encoding="utf-8")
 
 
 def _inline_json(payload: dict) -> str:
@@ -78,8 +78,8 @@ def live_src_for(run_dir: Path, page: Path) -> str:
 
 def build_explorer_page(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> str:
     """A page with the explorer and the live view of a run folder, without matplotlib."""
-    from cnnlab.explorer.data import run_payload
-    from cnnlab.plots.runs import Run
+    from cnnlab.viz.explorer.data import run_payload
+    from cnnlab.viz.plots.runs import Run
 
     run = Run(run_dir)
     page = Path(out) if out is not None else run.path / EXPLORER_NAME
@@ -98,7 +98,7 @@ def write_explorer_page(run_dir: str | os.PathLike, out: str | os.PathLike | Non
     Raises:
         CnnlabError: no run folder, no checkpoint yet, or the dataset is not on this machine.
     """
-    from cnnlab.plots.runs import resolve_run
+    from cnnlab.viz.plots.runs import resolve_run
 
     path = Path(out) if out is not None else resolve_run(run_dir) / EXPLORER_NAME
     document = build_explorer_page(run_dir, path)

@@ -11,7 +11,7 @@ import io
 import os
 
 from cnnlab.errors import CnnlabError
-from cnnlab.fileio import atomic_write
+from cnnlab.utils.fileio import atomic_write
 
 INSTALL_HINT = "pip install 'cnnlab[plot]'"
 
@@ -44,7 +44,7 @@ def new_figure(width: float, height: float, layout: str | None = "constrained"):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from cnnlab.notebook import show_figures_inline
+    from cnnlab.viz.notebook import show_figures_inline
 
     figure = Figure(figsize=(width, height), layout=layout)
     FigureCanvasAgg(figure)

@@ -1,7 +1,7 @@
 """Figures of the data and of the results: samples, pixel values, curves, confusion, mistakes.
 
 Every function returns a :class:`matplotlib.figure.Figure` (display it in a notebook, or save it
-with :func:`cnnlab.plots.save_png`). Matplotlib is imported when a figure is drawn, not before.
+with :func:`cnnlab.viz.plots.save_png`). Matplotlib is imported when a figure is drawn, not before.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from cnnlab.errors import ShapeError
-from cnnlab.plots._backend import FULL_WIDTH, SMALL_FONT, TITLE_FONT, new_figure, remove_unused
-from cnnlab.plots.tiling import tile, tile_channels
+from cnnlab.viz.plots._backend import FULL_WIDTH, SMALL_FONT, TITLE_FONT, new_figure, remove_unused
+from cnnlab.viz.plots.tiling import tile, tile_channels
 
 GRAY = "gray"
 
@@ -131,7 +131,7 @@ def learning_curves(metrics: Sequence[dict]):
     and validation if the run kept a validation split).
 
     Args:
-        metrics: the records of a run's ``metrics.jsonl`` (see :func:`cnnlab.plots.read_metrics`):
+        metrics: the records of a run's ``metrics.jsonl`` (see :func:`cnnlab.viz.plots.read_metrics`):
             ``{"kind": "step", "step", "loss", "accuracy", ...}`` and
             ``{"kind": "epoch", "epoch", "step", "train_loss", "test_accuracy", ...}``.
 
@@ -199,14 +199,14 @@ def confusion_counts(labels, predictions, num_classes: int) -> np.ndarray:
         - labels, predictions: (N,) integers in [0, num_classes)
         - output: (num_classes, num_classes) int64
     """
-    from cnnlab.evaluation import confusion_matrix as count_pairs
+    from cnnlab.training.evaluation import confusion_matrix as count_pairs
 
     return count_pairs(labels, predictions, num_classes)
 
 
 def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
     """Recall of each class: diagonal / row sum (NaN for a class with no images)."""
-    from cnnlab.evaluation import per_class_accuracy as recall
+    from cnnlab.training.evaluation import per_class_accuracy as recall
 
     return recall(np.asarray(matrix, dtype=np.float64))
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from cnnlab.errors import CheckpointError, ConfigError
-from cnnlab.plots import data_figures, model_figures
-from cnnlab.plots.runs import Run, to_model_input
+from cnnlab.viz.plots import data_figures, model_figures
+from cnnlab.viz.plots.runs import Run, to_model_input
 
 @dataclass
 class PlotOptions:

@@ -1,6 +1,6 @@
 """Figures of a network's inside: filters, feature maps, input gradients, weight histograms.
 
-Each function takes an ``nn.Sequential`` (e.g. from :func:`cnnlab.checkpoint.load_model`) and
+Each function takes an ``nn.Sequential`` (e.g. from :func:`cnnlab.training.checkpoint.load_model`) and
 returns a :class:`matplotlib.figure.Figure`. The model is run in eval mode; its training mode
 and its parameter gradients are restored afterwards, so a notebook can plot mid-training.
 """
@@ -14,10 +14,10 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from cnnlab.errors import ConfigError, ShapeError
-from cnnlab.formatting import format_shape
-from cnnlab.plots._backend import FULL_WIDTH, SMALL_FONT, TITLE_FONT, new_figure, remove_unused
-from cnnlab.plots.data_figures import GRAY, show_image
-from cnnlab.plots.tiling import normalize_each, normalize_each_image, tile, tile_channels
+from cnnlab.utils.formatting import format_shape
+from cnnlab.viz.plots._backend import FULL_WIDTH, SMALL_FONT, TITLE_FONT, new_figure, remove_unused
+from cnnlab.viz.plots.data_figures import GRAY, show_image
+from cnnlab.viz.plots.tiling import normalize_each, normalize_each_image, tile, tile_channels
 
 
 def _layer_classes():
@@ -154,7 +154,7 @@ def feature_maps(model, images, max_channels: int = 16, titles: Sequence[str] | 
     Args:
         model: an ``nn.Sequential`` taking (N, C, H, W) images.
         images: (C, H, W) or (N, C, H, W), normalized as the model was trained (see
-            :meth:`cnnlab.plots.Run.test_inputs`).
+            :meth:`cnnlab.viz.plots.Run.test_inputs`).
         max_channels: the first this many channels of each layer are shown.
         titles: optional label of each image (row), e.g. its class.
 
@@ -273,7 +273,7 @@ def weight_histograms(model, grads: Mapping[str, np.ndarray] | None = None, bins
         model: the network; every parameter with 2 or more dimensions (conv and linear weights)
             gets a row. Biases are left out: a handful of numbers makes no histogram.
         grads: parameter name -> gradient, e.g. a checkpoint's ``grad/`` arrays
-            (:attr:`cnnlab.plots.Run.gradients`); a missing name shows "no gradient saved".
+            (:attr:`cnnlab.viz.plots.Run.gradients`); a missing name shows "no gradient saved".
     """
     grads = grads or {}
     weights = [(name, parameter.data) for name, parameter in model.named_parameters()

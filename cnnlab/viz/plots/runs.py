@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import CheckpointError, ConfigError, DataError
-from cnnlab.evaluation import Evaluation
-from cnnlab.runs import CHECKPOINT_FILE as CHECKPOINT_NAME
-from cnnlab.runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+from cnnlab.training.evaluation import Evaluation
+from cnnlab.training.runs import CHECKPOINT_FILE as CHECKPOINT_NAME
+from cnnlab.training.runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
 
 def resolve_run(run: str | os.PathLike) -> Path:
@@ -46,9 +46,9 @@ def _read_json(path: Path):
 
 
 def read_metrics(run: str | os.PathLike) -> list[dict]:
-    """The records of ``RUN/metrics.jsonl`` (:func:`cnnlab.runs.read_metrics`: a last line cut
+    """The records of ``RUN/metrics.jsonl`` (:func:`cnnlab.training.runs.read_metrics`: a last line cut
     short is skipped with a warning, a damaged line elsewhere raises DataError)."""
-    from cnnlab.runs import read_metrics as read_metrics_file
+    from cnnlab.training.runs import read_metrics as read_metrics_file
 
     return read_metrics_file(resolve_run(run) / METRICS_FILE)
 
@@ -56,16 +56,16 @@ def read_metrics(run: str | os.PathLike) -> list[dict]:
 def to_model_input(images: np.ndarray, meta: dict) -> np.ndarray:
     """uint8 images (N, H, W) or (N, C, H, W) -> float32 (N, C, H, W), normalized as the
     checkpoint's model was trained."""
-    from cnnlab.images import to_model_input as normalize
+    from cnnlab.data.images import to_model_input as normalize
 
     return normalize(images, meta.get("normalization"))
 
 
 def predict_probabilities(model, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
     """Softmax outputs (N, classes) of ``model`` on ``x`` (N, C, H, W), in eval mode, in batches
-    (:func:`cnnlab.evaluation.predict_logits`)."""
-    from cnnlab.evaluation import predict_logits
+    (:func:`cnnlab.training.evaluation.predict_logits`)."""
     from cnnlab.ops.activation import softmax
+    from cnnlab.training.evaluation import predict_logits
 
     if len(x) == 0:
         return np.zeros((0, 0), dtype=np.float32)
@@ -113,7 +113,7 @@ class Run:
 
     @cached_property
     def _model_and_meta(self):
-        from cnnlab.checkpoint import load_model
+        from cnnlab.training.checkpoint import load_model
 
         return load_model(self._require_checkpoint())
 
@@ -167,10 +167,10 @@ class Run:
     def evaluate(self, limit: int | None = None) -> Evaluation:
         """The model on the first ``limit`` test images (None: all of them, as ``cnnlab
         evaluate``), with their images, labels and probabilities kept
-        (:func:`cnnlab.evaluation.evaluate` with ``cnnlab evaluate``'s batches and threads;
+        (:func:`cnnlab.training.evaluation.evaluate` with ``cnnlab evaluate``'s batches and threads;
         computed once per limit)."""
-        from cnnlab.evaluation import evaluate
         from cnnlab.backend.parallel import threads_for
+        from cnnlab.training.evaluation import evaluate
 
         if limit not in self._evaluations:
             normalization = self.meta.get("normalization") or {}
@@ -198,7 +198,7 @@ class WeightsRun(Run):
 
     def __init__(self, path: str | os.PathLike, model: str | None = None,
                  dataset: str | None = None, data_dir: str | None = None):
-        from cnnlab.checkpoint import load_weights, model_from_checkpoint
+        from cnnlab.training.checkpoint import load_weights, model_from_checkpoint
 
         checkpoint = load_weights(path, model)
         meta = dict(checkpoint.meta)
