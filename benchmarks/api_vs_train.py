@@ -21,7 +21,7 @@ import numpy as np
 
 from cnnlab import backend, nn, ops, optim
 from cnnlab.backend.parallel import DataParallel, threads_for
-from cnnlab.bench import busy_note, is_noisy, machine_load, time_interleaved
+from cnnlab.tools.bench import busy_note, is_noisy, machine_load, time_interleaved
 from cnnlab.backend import threads as thread_policy
 
 

@@ -3,7 +3,7 @@ lecture CNN, side by side in one run (the issue's target: under 10% of the step)
 
     python benchmarks/augment.py [--batch-size 128] [--repeats 30] [--json out.json]
 
-Times, in alternating blocks (cnnlab.bench.time_interleaved): the lecture CNN's training step
+Times, in alternating blocks (cnnlab.tools.bench.time_interleaved): the lecture CNN's training step
 on a (128, 1, 28, 28) batch, split over threads as `cnnlab train` does; and the augmentation
 of the same batch as uint8 (what the batch loader does before converting it to float32), for
 shift:2, flip, rotate:10 and all three. Reports medians with min and max, the ratio to the
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
 
-    from cnnlab import bench
+    from cnnlab.tools import bench
     from cnnlab.data.augment import parse_augment
     from cnnlab.optim import Adam
 
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         print(f"{name:<32}{timing.median * 1e3:>10.2f}{min(timing.samples) * 1e3:>8.2f}"
               f"{max(timing.samples) * 1e3:>8.2f}{ratio:>10.1%}")
     if args.json:
-        from cnnlab.fileio import write_json
+        from cnnlab.utils.fileio import write_json
 
         write_json(args.json, {"environment": env, "busy": busy, "results": results,
                                "load_average": [load_before, load_after]})

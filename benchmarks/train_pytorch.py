@@ -38,11 +38,11 @@ def main(argv=None) -> int:
 
     import torch
 
-    from cnnlab.config import FALLBACK_DEFAULTS, MODEL_DEFAULTS, default_lr
+    from cnnlab.training.config import FALLBACK_DEFAULTS, MODEL_DEFAULTS, default_lr
     from cnnlab.data import load_dataset
     from cnnlab.data.loader import dataset_mean_std, epoch_order, iterate_batches
-    from cnnlab.fileio import write_json
-    from cnnlab.bench import torch_twin
+    from cnnlab.utils.fileio import write_json
+    from cnnlab.tools.bench import torch_twin
     from cnnlab.models import build_model
 
     torch.set_num_threads(args.threads)

@@ -64,7 +64,7 @@ class Logger:
     def __init__(self, args):
         self.run = None
         if args.wandb:
-            from cnnlab.wandb_log import WandbLogger
+            from cnnlab.training.wandb_log import WandbLogger
 
             out_dir = Path(args.out_dir)
             out_dir.mkdir(parents=True, exist_ok=True)

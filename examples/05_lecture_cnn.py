@@ -31,7 +31,7 @@ from cnnlab.nn.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU
 from cnnlab.nn.module import Sequential
 from cnnlab.ops.loss import cross_entropy
 from cnnlab.optim import Adam
-from cnnlab.summary import format_summary, summarize
+from cnnlab.models.summary import format_summary, summarize
 
 
 def lecture_cnn(rng: np.random.Generator) -> Sequential:

@@ -88,7 +88,7 @@ except CnnlabError as error:
 
 # %%
 from cnnlab.models import build_model
-from cnnlab.summary import format_summary, summarize
+from cnnlab.models.summary import format_summary, summarize
 import numpy as np
 
 print(format_summary(summarize(build_model("cnn", np.random.default_rng(0)), (1, 28, 28))))

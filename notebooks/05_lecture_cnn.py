@@ -49,7 +49,7 @@ QUICK = os.environ.get("CNNLAB_EXAMPLES_QUICK") == "1"   # CI runs every noteboo
 import numpy as np
 
 from cnnlab.models import build_model
-from cnnlab.summary import format_summary, summarize
+from cnnlab.models.summary import format_summary, summarize
 
 model = build_model("cnn", np.random.default_rng(0))
 print(model)
@@ -62,9 +62,9 @@ print(format_summary(summarize(model, (1, 28, 28))))
 # the progress bar redraws in place in the notebook.
 
 # %%
-from cnnlab.config import resolve_config
+from cnnlab.training.config import resolve_config
 from cnnlab.lecture import load_lecture_data
-from cnnlab.train import print_summary, train
+from cnnlab.training.trainer import print_summary, train
 
 dataset, _ = load_lecture_data(train_limit=1, test_limit=1)   # MNIST, or Fashion-MNIST offline
 config = resolve_config(overrides={
@@ -78,11 +78,11 @@ run = result.run_dir
 # %% [markdown]
 # ## Look inside
 #
-# `cnnlab.plots` draws every figure of the report as a matplotlib figure; a cell ending in one
+# `cnnlab.viz.plots` draws every figure of the report as a matplotlib figure; a cell ending in one
 # shows it.
 
 # %%
-from cnnlab import plots
+from cnnlab.viz import plots
 
 curves = plots.Run(run)
 plots.learning_curves(curves.metrics)
