@@ -44,10 +44,7 @@ MOVED = {
 
 def new_name(name: str) -> str | None:
     """The path a module imported as ``name`` lives at now, or None when it did not move."""
-    old, dot, rest = name.partition(".")
-    if old != "cnnlab" or not rest:
-        return None
-    top = name if name in MOVED else ".".join(name.split(".")[:2])
+    top = ".".join(name.split(".")[:2])  # every old path is cnnlab.<name>
     if top not in MOVED:
         return None
     return MOVED[top] + name[len(top):]
