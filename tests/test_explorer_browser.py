@@ -284,30 +284,191 @@ def test_the_page_loads_nothing_from_the_network(browser, explorer):
     assert all(url.startswith(("file://", "data:")) for url in opened.requests), opened.requests
 
 
-def test_an_upload_is_prepared_as_cnnlab_predict_prepares_it(browser, explorer, tmp_path):
+def rgb_folder_dataset(folder: Path, rng, per_class: int = 24) -> Path:
+    """A folder dataset of 32x32 RGB PNGs: a coloured square on a light, noisy page."""
+    from PIL import Image
+
+    colours = {"blue": (40, 60, 200), "green": (40, 180, 60), "red": (200, 40, 40)}
+    for split, count in (("train", per_class), ("test", per_class // 4)):
+        for name, colour in colours.items():
+            (folder / split / name).mkdir(parents=True)
+            for index in range(count):
+                image = rng.integers(215, 250, (32, 32, 3), dtype=np.uint8)
+                row, column = rng.integers(2, 20, 2)
+                image[row:row + 10, column:column + 10] = np.clip(
+                    np.array(colour) + rng.integers(-20, 20, 3), 0, 255)
+                Image.fromarray(image).save(folder / split / name / f"{index}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def rgb_run(tmp_path_factory):
+    """The lecture CNN trained one epoch on 32x32 RGB pictures of an image folder."""
+    from cnnlab.cli import main
+
+    base = tmp_path_factory.mktemp("rgb")
+    data = rgb_folder_dataset(base / "data", np.random.default_rng(0))
+    assert main(["train", "--model", "cnn", "--dataset", str(data), "--epochs", "1",
+                 "--run-dir", str(base / "run"), "--no-progress", "--no-report", "--seed", "0"]) == 0
+    return base / "run"
+
+
+def upload_pictures(folder: Path) -> dict[str, Path]:
+    """Pictures of known content: light and dark backgrounds, shrunk and enlarged, odd sizes."""
     from PIL import Image, ImageDraw
 
-    from cnnlab.images import load_inputs
+    rng = np.random.default_rng(7)
+    drawn = Image.new("RGB", (90, 70), (235, 230, 220))       # dark, coloured ink on a light page
+    draw = ImageDraw.Draw(drawn)
+    draw.ellipse((20, 12, 52, 60), outline=(20, 130, 40), width=6)
+    draw.line((48, 20, 70, 8), fill=(140, 40, 40), width=4)
+    pictures = {
+        "drawn.png": drawn,
+        "noise.png": Image.fromarray(rng.integers(0, 256, (61, 47, 3), dtype=np.uint8)),
+        "small-gray.png": Image.fromarray(rng.integers(0, 120, (15, 20), dtype=np.uint8)),
+        "large.png": Image.fromarray(rng.integers(0, 256, (301, 233, 3), dtype=np.uint8)),
+    }
+    paths = {}
+    for name, picture in pictures.items():
+        paths[name] = folder / name
+        picture.save(paths[name])
+    return paths
 
-    picture = Image.new("RGB", (90, 70), (235, 230, 220))       # dark ink on a light page
-    draw = ImageDraw.Draw(picture)
-    draw.ellipse((20, 12, 52, 60), outline=(20, 30, 40), width=6)
-    # not symmetric: a centre of mass exactly half-way between pixels rounds on float noise
-    draw.line((48, 20, 70, 8), fill=(40, 40, 40), width=4)
-    path = tmp_path / "drawn.png"
-    picture.save(path)
-    opened = Opened(browser, explorer["path"].as_uri())
-    opened.page.set_input_files("input.cx-upload", str(path))
-    opened.page.wait_for_function("() => window.cnnlabExplorer.state.item.name === 'drawn.png'")
-    pixels = opened.page.evaluate("() => Array.from(window.cnnlabExplorer.state.item.pixels)")
-    logits = opened.page.evaluate("() => Array.from(window.cnnlabExplorer.state.values.at(-1).data)")
+
+def upload(opened: Opened, path: Path) -> dict:
+    """Give the page's file input ``path``; what the page prepared and shows."""
+    page = opened.page
+    page.set_input_files("input.cx-upload", str(path))
+    page.wait_for_function("(name) => window.cnnlabExplorer.state.item.name === name", arg=path.name)
+    return page.evaluate("""() => {
+      const state = window.cnnlabExplorer.state;
+      const caption = Array.from(document.querySelectorAll(".cx-prediction .cx-caption b")).map((b) => b.textContent);
+      return {pixels: Array.from(state.item.pixels), x: Array.from(state.values[0].data),
+              logits: Array.from(state.values.at(-1).data), predicted: caption[1],
+              bars: Array.from(document.querySelectorAll(".cx-bar")).map((bar) => [
+                  bar.querySelector(".cx-bar-name").textContent, bar.querySelector(".cx-bar-value").textContent]),
+              note: document.querySelector(".cx-top .cx-note").textContent};
+    }""")
+
+
+def predict_top(run: Path, path: Path, capsys, *options) -> list[dict]:
+    from cnnlab.cli import main
+
+    capsys.readouterr()
+    assert main(["predict", str(run), str(path), "--json", "--top-k", "10", *options]) == 0
+    return json.loads(capsys.readouterr().out)[0]["top"]
+
+
+@pytest.mark.parametrize("which", ["fashion", "rgb"])
+def test_an_upload_is_prepared_and_predicted_as_cnnlab_predict_does(browser, explorer, rgb_run, which,
+                                                                     tmp_path, capsys):
+    """Fashion-MNIST-like (gray, resized, inverted to a dark background) and RGB runs: the
+    page's uint8 pixels and float32 input equal cnnlab's, bit for bit; the displayed class and
+    probabilities are predict's."""
+    from cnnlab.images import default_preprocess, load_inputs
+
+    run = explorer["run"] if which == "fashion" else rgb_run
+    page_path = explorer["path"] if which == "fashion" else write_explorer_page(rgb_run, tmp_path / "rgb.html")
+    meta = Run(run).meta
+    preprocess = default_preprocess(meta)
+    assert preprocess["kind"] == "resize" and preprocess["channels"] == (1 if which == "fashion" else 3)
+    opened = Opened(browser, page_path.as_uri())
+    for name, path in upload_pictures(tmp_path).items():
+        shown = upload(opened, path)
+        expected = load_inputs([path], preprocess=preprocess)[0].pixels
+        np.testing.assert_array_equal(np.array(shown["pixels"], dtype=np.uint8).reshape(expected.shape),
+                                      expected, err_msg=name)
+        x = to_model_input(expected[None], preprocess["normalization"])
+        np.testing.assert_array_equal(np.array(shown["x"], dtype=np.float32), x.ravel(), err_msg=name)
+        top = predict_top(run, path, capsys)
+        assert shown["predicted"] == top[0]["name"], name
+        assert shown["bars"] == [[entry["name"], f"{100 * entry['probability']:.1f}%"] for entry in top], name
+        probabilities = softmax(np.array(shown["logits"], dtype=np.float64)[None], axis=1)[0]
+        np.testing.assert_allclose(probabilities[[entry["class"] for entry in top]],
+                                   [entry["probability"] for entry in top], atol=1e-5, err_msg=name)
+    assert "resized 233\u00d7301 \u2192 " in shown["note"]
+    if which == "fashion":
+        # the light page of drawn.png is inverted to the training images' dark background
+        assert "inverted" in upload(opened, tmp_path / "drawn.png")["note"]
     opened.close()
-    expected = load_inputs([path])[0].pixels
-    shown = np.array(pixels, dtype=np.int64).reshape(28, 28)
+
+
+def test_the_preparation_menu_is_predicts_prepare_option(browser, explorer, tmp_path, capsys):
+    from cnnlab.images import default_preprocess, load_inputs
+
+    paths = upload_pictures(tmp_path)
+    opened = Opened(browser, explorer["path"].as_uri())
+    assert opened.page.input_value("select.cx-prepare") == "resize"       # as in training
+    upload(opened, paths["drawn.png"])
+    opened.page.select_option("select.cx-prepare", "digit")
+    opened.page.wait_for_function("() => document.querySelector('.cx-top .cx-note').textContent.includes('--prepare digit')")
+    pixels = opened.page.evaluate("() => Array.from(window.cnnlabExplorer.state.item.pixels)")
+    digit = {**default_preprocess(explorer["meta"]), "kind": "digit"}
+    expected = load_inputs([paths["drawn.png"]], preprocess=digit)[0].pixels
+    shown = np.array(pixels, dtype=np.int64).reshape(expected.shape)
+    # the digit preparation's float triangle filter, in another order of float64 additions
     assert np.abs(shown - expected).max() <= 1 and (shown != expected).mean() < 0.01
-    x = to_model_input(shown.astype(np.uint8)[None], explorer["meta"].get("normalization"))
-    explorer["model"].eval()
-    np.testing.assert_allclose(logits, explorer["model"](x)[0], rtol=1e-4, atol=1e-4)
+    # "as it is" needs the training size: the page says so as predict does
+    opened.page.select_option("select.cx-prepare", "none")
+    opened.page.wait_for_function("() => document.querySelector('.cx-top .cx-note').dataset.state === 'error'")
+    assert "the model takes 28x28" in opened.page.inner_text(".cx-top .cx-note")
+    from cnnlab.cli import main
+
+    assert main(["predict", str(explorer["run"]), str(paths["drawn.png"]), "--prepare", "none"]) == 2
+    assert "the model takes 28x28" in capsys.readouterr().err
+    opened.close()
+
+
+def test_resize_and_polarity_match_pillow_and_numpy(browser, explorer, rng):
+    from cnnlab.images import border_level, match_polarity, resize_pixels
+
+    opened = Opened(browser, explorer["path"].as_uri())
+    for channels, (height, width), (out_height, out_width) in [
+            (1, (28, 28), (28, 28)), (1, (7, 5), (28, 28)), (3, (64, 48), (32, 32)), (3, (33, 100), (32, 32)),
+            (1, (1000, 3), (28, 28)), (1, (3, 1000), (28, 28)), (3, (29, 31), (28, 27)), (1, (2, 2), (1, 1)),
+            (3, (40, 28), (28, 28)), (1, (28, 40), (28, 28))]:
+        pixels = rng.integers(0, 256, (channels, height, width), dtype=np.uint8)
+        ours = opened.page.evaluate(
+            "(a) => Array.from(CnnlabPrepare.resizePixels(Uint8Array.from(a[0]), a[1], a[2], a[3], a[4], a[5],"
+            " window.cnnlabExplorer.data.preparation.resize_passes))",
+            [pixels.ravel().tolist(), channels, height, width, out_height, out_width])
+        expected = resize_pixels(pixels, (out_height, out_width))
+        np.testing.assert_array_equal(np.array(ours, dtype=np.uint8).reshape(expected.shape), expected)
+        level = opened.page.evaluate("(a) => CnnlabPrepare.borderLevel(Uint8Array.from(a[0]), a[1], a[2], a[3])",
+                                     [pixels.ravel().tolist(), channels, height, width])
+        assert level == float(border_level(pixels[None])[0])
+    # a border whose float32 median is exactly mid-gray, 127.5, which is not light
+    tie = np.zeros((3, 4, 4), np.uint8)
+    ring = [(0, 0), (0, 1), (0, 2), (0, 3), (1, 3), (2, 3), (3, 3), (3, 2), (3, 1), (3, 0), (2, 0), (1, 0)]
+    for n, (r, c) in enumerate(ring):
+        tie[:, r, c] = (127, 127, 128) if n % 2 else (127, 128, 128)
+    assert border_level(tie[None])[0] == 127.5
+    for polarity in ("dark", "light"):
+        inverted = opened.page.evaluate(
+            "(a) => CnnlabPrepare.matchPolarity(Uint8Array.from(a[0]), 3, 4, 4, a[1]).inverted",
+            [tie.ravel().tolist(), polarity])
+        assert inverted == (not np.array_equal(match_polarity(tie, polarity), tie)) == (polarity == "light")
+    opened.close()
+
+
+def test_a_semi_transparent_upload_is_within_one_level(browser, rgb_run, explorer, tmp_path):
+    """A 2-D canvas stores premultiplied alpha: a semi-transparent pixel comes back within one
+    level of the file's, which the background blend keeps within one level (docs/explorer.md)."""
+    from PIL import Image
+
+    from cnnlab.images import default_preprocess, load_inputs
+
+    rgba = np.random.default_rng(3).integers(0, 256, (40, 50, 4), dtype=np.uint8)
+    path = tmp_path / "glass.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    for page_path, run in ((explorer["path"], explorer["run"]),
+                           (write_explorer_page(rgb_run, tmp_path / "rgb.html"), rgb_run)):
+        opened = Opened(browser, page_path.as_uri())
+        shown = upload(opened, path)
+        opened.close()
+        expected = load_inputs([path], preprocess=default_preprocess(Run(run).meta))[0].pixels
+        difference = np.abs(np.array(shown["pixels"]).reshape(expected.shape) - expected.astype(np.int64))
+        assert difference.max() <= 1 and (difference > 0).mean() < 0.2
 
 
 def test_prepare_js_matches_prepare_digit_and_pillows_gray(browser, explorer, rng):

@@ -498,17 +498,29 @@ def input_preparation(meta: dict) -> dict:
                    f"{normalization.get('std')}")
     else:
         formula = "x = pixel / 255"
+    input_shape = [int(size) for size in meta.get("input_shape", (1, 28, 28))]
     preparation = {
-        "input_shape": [int(size) for size in meta.get("input_shape", (1, 28, 28))],
+        "input_shape": input_shape,
         "layout": "NCHW",
         "dtype": "float32",
-        "pixels": "uint8 0..255, grayscale, light ink on a dark background (MNIST's polarity)",
+        "pixels": _pixels_text(input_shape[0], meta.get("preprocess")),
         "normalization": normalization,
         "formula": formula,
     }
     if meta.get("preprocess") is not None:
         preparation["preprocess"] = meta["preprocess"]
     return preparation
+
+
+def _pixels_text(channels: int, preprocess: dict | None) -> str:
+    """What the input's pixels are, in words: "uint8 0..255, RGB, on a dark background"."""
+    colour = "RGB (channels R, G, B)" if channels == 3 else "grayscale"
+    polarity = (preprocess or {}).get("polarity")
+    if (preprocess or {}).get("kind") == "digit" or (preprocess is None and channels == 1):
+        return f"uint8 0..255, {colour}, light ink on a dark background (MNIST's polarity)"
+    if polarity in ("dark", "light"):
+        return f"uint8 0..255, {colour}, on a {polarity} background as in training"
+    return f"uint8 0..255, {colour}"
 
 
 def class_names(meta: dict) -> list[str]:

@@ -141,6 +141,33 @@ def _computed_layers(model) -> set[int]:
     return {index for index, layer in enumerate(model) if isinstance(layer, (nn.Conv2d, nn.Linear))}
 
 
+def upload_preparation(meta: dict) -> dict:
+    """How ``cnnlab predict`` prepares a picture for this model: the checkpoint's description
+    (:func:`cnnlab.training.checkpoint.input_preparation`) with the preparation predict uses
+    (:func:`cnnlab.data.images.default_preprocess`), which prepare.js follows step by step."""
+    from cnnlab.training.checkpoint import input_preparation
+    from cnnlab.data.images import default_preprocess
+
+    preprocess = default_preprocess(meta)
+    # as predict: the record's normalisation, else the checkpoint's
+    normalization = preprocess.get("normalization") or meta.get("normalization")
+    preparation = input_preparation({**meta, "preprocess": preprocess,
+                                     "normalization": normalization})
+    preparation["resize_passes"] = pillow_resize_passes()
+    return preparation
+
+
+def pillow_resize_passes() -> str:
+    """The order of the two passes of Pillow's resize here, which changes its rounding:
+    "pillow-13" (from Pillow 13: the vertical pass first when only the height shrinks) or
+    "horizontal-first" (Pillow 12 and before)."""
+    try:
+        from PIL import __version__
+    except ImportError:   # predict cannot read pictures without Pillow: today's order
+        return "pillow-13"
+    return "pillow-13" if int(__version__.split(".")[0]) >= 13 else "horizontal-first"
+
+
 def explorer_payload(model, meta: dict, images: np.ndarray, labels, names=None,
                      x: np.ndarray | None = None) -> dict:
     """The page's JSON for ``model`` and uint8 ``images`` (N, H, W) or (N, C, H, W).
@@ -154,11 +181,12 @@ def explorer_payload(model, meta: dict, images: np.ndarray, labels, names=None,
         x: the model's float32 input for ``images`` (default: ``images`` normalised as
             ``meta["normalization"]`` says, like ``cnnlab predict``).
     """
-    from cnnlab.data.images import to_model_input
+    from cnnlab.data.images import MAX_PIXELS, to_model_input
 
     images = np.asarray(images, dtype=np.uint8)
     if x is None:
         x = to_model_input(images, meta.get("normalization"))
+    preparation = upload_preparation({"input_shape": list(x.shape[1:]), **meta})
     values = layer_inputs(model, x)
     kept = _computed_layers(model)
     num_classes = int(meta.get("num_classes", values[-1].shape[1]))
@@ -186,6 +214,8 @@ def explorer_payload(model, meta: dict, images: np.ndarray, labels, names=None,
         "image_shape": list(images.shape[1:]),
         "normalization": {"kind": normalization.get("kind", "unit"),
                           "mean": normalization.get("mean"), "std": normalization.get("std")},
+        "preparation": preparation,
+        "max_pixels": MAX_PIXELS,
         "classes": classes,
         "layers": layers,
         "images": embedded,

@@ -126,7 +126,7 @@
 
   function selectItem(item) {
     var decoded = decodeItem(item);
-    var x = {shape: data.input_shape.slice(), data: E.normalize(decoded.pixels, data.normalization)};
+    var x = {shape: data.input_shape.slice(), data: E.normalize(decoded.pixels, item.normalization || data.normalization)};
     state.item = item;
     state.values = E.forward(layers, x, decoded.anchors);
     markSigned(state.values);
@@ -178,9 +178,20 @@
   var panel = el("div", {"class": "cx-panel", id: "cx-panel"});
   var note = el("p", {"class": "cx-note"});
   var upload = el("input", {type: "file", accept: "image/*", "class": "cx-upload", onchange: onUpload});
+  var preparation = data.preparation || {preprocess: {kind: "digit", channels: 1, size: data.input_shape.slice(-2)},
+                                         normalization: data.normalization};
+  var runKind = preparation.preprocess.kind;
+  var prepareSelect = el("select", {"class": "cx-prepare", onchange: onPrepareChange,
+                                    title: "how the picture is prepared, as cnnlab predict --prepare"});
+  [["digit", "MNIST digit"], ["resize", "resize"], ["none", "as it is"]].forEach(function (option) {
+    var node = el("option", {value: option[0], text: option[1] + (option[0] === runKind ? " (as in training)" : "")});
+    if (option[0] === runKind) node.selected = true;
+    prepareSelect.appendChild(node);
+  });
   root.appendChild(el("div", {"class": "cx-top"}, [
     picker,
     el("label", {"class": "cx-upload-label"}, [document.createTextNode("Upload a picture: "), upload]),
+    el("label", {"class": "cx-upload-label"}, [document.createTextNode(" prepared: "), prepareSelect]),
     note]));
   root.appendChild(el("div", {"class": "cx-body"}, [el("div", {"class": "cx-left"}, [prediction, layerList]), panel]));
 
@@ -569,33 +580,79 @@
 
   // ------------------------------------------------------------------ upload
 
+  // The browser decodes the file to RGBA bytes as they are stored: no colour management
+  // (Pillow applies none), no premultiplied alpha, EXIF rotation applied (Pillow's
+  // exif_transpose). A 2-D canvas keeps premultiplied pixels, so a semi-transparent pixel
+  // comes back within 1 level of its stored value, and within 1 gray level after the
+  // background is blended in (docs/explorer.md).
+  function decodeUpload(file) {
+    function read(source, width, height) {
+      if (width * height > data.max_pixels) {
+        throw new Error(width + "x" + height + " pixels is too large (the limit is " +
+                        data.max_pixels.toLocaleString("en") + " pixels): shrink it first");
+      }
+      var canvas = document.createElement("canvas");
+      canvas.width = width; canvas.height = height;
+      var ctx = canvas.getContext("2d", {willReadFrequently: true});
+      ctx.drawImage(source, 0, 0);
+      return {rgba: ctx.getImageData(0, 0, width, height).data, width: width, height: height};
+    }
+    if (window.createImageBitmap) {
+      return createImageBitmap(file, {colorSpaceConversion: "none", premultiplyAlpha: "none",
+                                      imageOrientation: "from-image"})
+        .then(function (bitmap) { return read(bitmap, bitmap.width, bitmap.height); },
+              function () { throw new Error("the browser cannot read this picture"); });
+    }
+    return new Promise(function (resolve, reject) {
+      var image = new Image(), url = URL.createObjectURL(file);
+      image.onload = function () {
+        URL.revokeObjectURL(url);
+        try { resolve(read(image, image.naturalWidth, image.naturalHeight)); } catch (error) { reject(error); }
+      };
+      image.onerror = function () { URL.revokeObjectURL(url); reject(new Error("the browser cannot read this picture")); };
+      image.src = url;
+    });
+  }
+
+  // The run's description of how predict prepares a picture, with the kind the menu chose
+  // (predict's --prepare).
+  function preprocessChosen() {
+    return Object.assign({}, preparation.preprocess, {kind: prepareSelect.value});
+  }
+
+  function prepareUpload(decoded) {
+    var result = CnnlabPrepare.prepare(decoded.rgba, decoded.width, decoded.height, preprocessChosen(),
+                                       preparation.resize_passes);
+    var item = {name: decoded.name, label: -1, pixels: result.pixels, inputs: null, logits: null,
+                normalization: preparation.normalization, upload: decoded};
+    state.uploads = (state.uploads || []).filter(function (other) { return other.upload !== decoded; }).concat([item]);
+    note.textContent = decoded.name + ": prepared as 'cnnlab predict" + (prepareSelect.value !== runKind ? " --prepare " + prepareSelect.value : "") +
+      "' prepares it: " + result.steps.concat(preparation.formula ? [preparation.formula] : []).join(", ") + ".";
+    note.setAttribute("data-state", "prepared");
+    selectItem(item);
+  }
+
   function onUpload() {
     var file = upload.files && upload.files[0];
     if (!file) return;
-    var shape = data.input_shape;
-    if (shape[0] !== 1) { note.textContent = "Uploads are prepared for single-channel models only."; return; }
-    var reader = new FileReader();
-    reader.onload = function () {
-      var image = new Image();
-      image.onload = function () {
-        try {
-          var canvas = document.createElement("canvas");
-          canvas.width = image.naturalWidth; canvas.height = image.naturalHeight;
-          var ctx = canvas.getContext("2d");
-          ctx.drawImage(image, 0, 0);
-          var rgba = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
-          var gray = CnnlabPrepare.grayFromRGBA(rgba, canvas.width, canvas.height);
-          var pixels = CnnlabPrepare.prepareDigit(gray, canvas.height, canvas.width, shape[1], shape[2]);
-          var item = {name: file.name, label: -1, pixels: pixels, inputs: null, logits: null};
-          state.uploads = (state.uploads || []).concat([item]);
-          note.textContent = file.name + ": prepared as cnnlab predict prepares it (gray, dark background, 20-pixel box, centred by mass).";
-          selectItem(item);
-        } catch (error) { note.textContent = file.name + ": " + error.message; }
-      };
-      image.onerror = function () { note.textContent = file.name + ": the browser cannot read this picture"; };
-      image.src = reader.result;
-    };
-    reader.readAsDataURL(file);
+    note.textContent = file.name + ": reading";
+    note.setAttribute("data-state", "reading");
+    decodeUpload(file).then(function (decoded) {
+      decoded.name = file.name;
+      prepareUpload(decoded);
+    }).catch(function (error) {
+      note.textContent = file.name + ": " + error.message;
+      note.setAttribute("data-state", "error");
+    });
+  }
+  function onPrepareChange() {
+    var item = state.item;
+    if (item && item.upload) {
+      try { prepareUpload(item.upload); } catch (error) {
+        note.textContent = item.upload.name + ": " + error.message;
+        note.setAttribute("data-state", "error");
+      }
+    }
   }
 
   function escapeHtml(text) {

@@ -87,7 +87,9 @@ def build_explorer_page(run_dir: str | os.PathLike, out: str | os.PathLike | Non
     base = ("body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; "
             "margin: 0 24px 24px; color: #222; } h2 { font-size: 20px; }")
     sections = [explorer_section(run_payload(run))]
-    sections.insert(0 if not run.finished else 1, live_section(live_src_for(run.path, page), run.finished))
+    if not run.finished or (run.path / LIVE_NAME).is_file():   # none for a --no-report run
+        sections.insert(0 if not run.finished else 1,
+                        live_section(live_src_for(run.path, page), run.finished))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
             f"<style>{base}</style></head><body><h1>{title}</h1>{''.join(sections)}</body></html>\n")
 
