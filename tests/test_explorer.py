@@ -190,7 +190,87 @@ def test_a_resumed_runs_live_view_starts_from_the_records_so_far(tmp_path, rng):
     (tmp_path / METRICS_FILE).write_text("".join(json.dumps(record) + "\n" for record in earlier))
     writer = live.LiveWriter(tmp_path, np.zeros((28, 28), np.uint8), None, epochs=2)
     writer.add({"kind": "step", "step": 2, "loss": 1.0, "accuracy": 0.6})
-    writer.write(build_model("c2k3-p2", rng), status="stopped")
+    writer.write(build_model("c2k3-p2", rng), status="interrupted")
     state = live.read_live(tmp_path)
     assert state["steps"] == [[1, 2.0, 0.1], [2, 1.0, 0.6]] and state["epoch"] == 1
-    assert state["status"] == "stopped"
+    assert state["status"] == "interrupted"
+
+
+def _fail_in_second_epoch(monkeypatch, how: str):
+    """Make the trainer's third step of epoch 2 end the way ``how`` says."""
+    import os
+    import signal
+
+    from cnnlab import train
+
+    original = train.Trainer._forward_backward
+
+    def step(self, x, y, stopping):
+        loss, correct, stop = original(self, x, y, stopping)
+        if self.progress.epochs_done >= 1 and self.progress.batch_in_epoch == 2:
+            if how == "nan":
+                for parameter in self.model.parameters():   # the weights diverged
+                    parameter.data[...] = np.nan
+                loss = float("nan")
+            elif how == "error":
+                raise RuntimeError("the disk is on fire")
+            elif how == "second ctrl-c":
+                raise KeyboardInterrupt
+            elif how == "sigint":
+                os.kill(os.getpid(), signal.SIGINT)
+        return loss, correct, stop
+
+    monkeypatch.setattr(train.Trainer, "_forward_backward", step)
+
+
+@pytest.mark.parametrize("how, status, exit_code, reason", [
+    ("nan", "failed", 2, "the loss became nan at epoch 2, step "),
+    ("error", "failed", None, "RuntimeError: the disk is on fire"),
+    ("second ctrl-c", "interrupted", 130, "stopped at once by a second Ctrl-C at step "),
+    ("sigint", "interrupted", 130, "stopped by SIGINT at epoch 2, step "),
+])
+def test_live_js_tells_how_a_run_that_did_not_finish_ended(data_root, tmp_path, monkeypatch, how,
+                                                            status, exit_code, reason):
+    data = make_tiny_dataset(data_root, tmp_path / "data", train=256, test=64)
+    _fail_in_second_epoch(monkeypatch, how)
+    run = tmp_path / "run"
+    argv = ["train", "--model", "c2k3-p2", "--dataset", str(data), "--epochs", "3", "--batch-size", "64",
+            "--log-every", "1", "--run-dir", str(run), "--no-progress", "--threads", "1"]
+    monkeypatch.setattr("cnnlab.train.Trainer._write_report", lambda self: None)   # no matplotlib
+    after_first_epoch = {}
+    original_write = live.LiveWriter.write
+
+    def remember(self, model, status="running", reason=None):
+        original_write(self, model, status, reason)
+        if self.last["epoch"] == 1 and not after_first_epoch:
+            after_first_epoch.update(self.last)
+    monkeypatch.setattr(live.LiveWriter, "write", remember)
+    if exit_code is None:
+        with pytest.raises(RuntimeError, match="on fire"):
+            cli_main(argv)
+    else:
+        assert cli_main(argv) == exit_code
+    state = live.read_live(run)
+    assert state["status"] == status and state["reason"].startswith(reason), state["reason"]
+    assert state["epoch"] == 1 and state["step"] >= 5       # the curves up to where it stopped
+    if how == "sigint":
+        assert f"cnnlab train --resume {run}" in state["reason"]
+    if how == "nan":
+        # NaN weights draw nothing: the last good filters and maps stay, and say nothing false
+        assert state["filters"] == after_first_epoch["filters"]
+        assert state["maps"] == after_first_epoch["maps"]
+    else:
+        assert all(np.isfinite(entry["lo"]).all() for entry in state["filters"])
+
+
+def test_the_last_write_never_raises_and_keeps_the_error_of_the_run(tmp_path, capsys):
+    class Broken:
+        def parameters(self):
+            raise MemoryError("no memory left to draw")
+
+    writer = live.LiveWriter(tmp_path, np.zeros((28, 28), np.uint8), None, epochs=2)
+    writer.add({"kind": "step", "step": 4, "loss": 1.0, "accuracy": 0.5})
+    writer.stop(Broken(), "failed", "MemoryError: out of memory at step 4")
+    state = live.read_live(tmp_path)
+    assert state["status"] == "failed" and state["reason"] == "MemoryError: out of memory at step 4"
+    assert state["steps"] == [[4, 1.0, 0.5]] and state["filters"] == [] and state["image"] is None

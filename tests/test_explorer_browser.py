@@ -647,3 +647,84 @@ def test_an_open_report_follows_a_real_training_run_to_its_end(browser, data_roo
     finally:
         trainer.wait(timeout=300)
     assert trainer.returncode == 0
+
+
+HELD_TRAINER = '''
+import os, signal, sys, time
+from pathlib import Path
+from cnnlab import train
+
+go = Path(sys.argv[1])
+original = train.Trainer._forward_backward
+
+def step(self, x, y, stopping):
+    loss, correct, stop = original(self, x, y, stopping)
+    if self.progress.epochs_done >= 1 and self.progress.batch_in_epoch == 2:
+        while not go.exists():          # epoch 1 is on the page: the test says when to go on
+            time.sleep(0.05)
+        if os.environ["HOW"] == "nan":
+            loss = float("nan")
+    return loss, correct, stop
+
+train.Trainer._forward_backward = step
+from cnnlab.cli import main
+sys.exit(main(sys.argv[2:]))
+'''
+
+
+@pytest.mark.parametrize("how", ["nan", "sigint"])
+def test_an_open_report_shows_how_a_run_that_did_not_finish_ended(browser, data_root, tmp_path, how):
+    """A real trainer stopped in its second epoch (its loss became NaN, or Ctrl-C): the open
+    report turns from "training" to "failed" / "interrupted" with the reason, in place."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import make_tiny_dataset
+
+    data = make_tiny_dataset(data_root, tmp_path / "data", train=512, test=128)
+    run, go = tmp_path / "run", tmp_path / "go"
+    (tmp_path / "held.py").write_text(HELD_TRAINER)
+    trainer = subprocess.Popen(
+        [sys.executable, str(tmp_path / "held.py"), str(go), "train", "--model", "c2k3-p2",
+         "--dataset", str(data), "--epochs", "3", "--log-every", "1", "--run-dir", str(run),
+         "--no-progress", "--threads", "1"], env={**os.environ, "HOW": how},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "report.html").exists():
+            assert trainer.poll() is None, trainer.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        opened = Opened(browser, (run / "report.html").as_uri(), height=900)
+        page = opened.page
+        page.wait_for_function("() => document.getElementById('cnnlab-live').dataset.epoch === '1'", timeout=20000)
+        assert page.get_attribute("#cnnlab-live", "data-status") == "running"
+        page.evaluate("() => { window.sameDocument = true; window.scrollTo(0, 300); }")
+        if how == "sigint":
+            trainer.send_signal(signal.SIGINT)
+        go.touch()
+        expected = "failed" if how == "nan" else "interrupted"
+        started = time.monotonic()
+        page.wait_for_function(f"() => document.getElementById('cnnlab-live').dataset.status === '{expected}'",
+                               timeout=15000)
+        print(f"{how}: the page showed '{expected}' {time.monotonic() - started:.1f} s after the trainer went on")
+        reason = page.inner_text(".lv-reason")
+        headline = page.inner_text(".lv-status")
+        assert page.locator(".lv-reason").is_visible()
+        assert headline.startswith(f"{expected}: epoch 1 of 3 done"), headline
+        if how == "nan":
+            assert reason.startswith("the loss became nan at epoch 2, step "), reason
+        else:
+            assert reason.startswith("stopped by SIGINT at epoch 2") and "--resume" in reason, reason
+        assert page.evaluate("() => window.sameDocument === true && window.scrollY") == 300
+        assert not page.locator(".lv-reload").is_visible()     # nothing newer to reload
+        folder = Path(os.environ.get("CNNLAB_SCREENSHOTS") or tmp_path)
+        folder.mkdir(parents=True, exist_ok=True)
+        page.evaluate("() => window.scrollTo(0, document.getElementById('live').offsetTop)")
+        page.screenshot(path=str(folder / f"live-{expected}.png"))
+        opened.close()
+    finally:
+        go.touch()
+        trainer.wait(timeout=120)
+    assert trainer.returncode == (2 if how == "nan" else 130)

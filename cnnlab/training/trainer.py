@@ -529,6 +529,22 @@ class Trainer:
         if self.live is not None:
             self.live.write(self._explained_model(), status=status)
 
+    def _stop_live(self, status: str, reason: str) -> None:
+        """The live view's last state of a run that did not finish (never raises)."""
+        if self.live is not None:
+            try:
+                model = self._explained_model()
+            except Exception:   # noqa: BLE001 - the run's own error is the one to report
+                model = self.model
+            self.live.stop(model, status, reason)
+
+    def _stopped_reason(self, signum: int | None) -> str:
+        name = signal.Signals(signum).name if signum is not None else "a signal"
+        launcher = "torchrun ... -m cnnlab" if self.world.size > 1 else "cnnlab"
+        return (f"stopped by {name} at epoch {self.progress.epochs_done + 1}, step "
+                f"{self.progress.global_step}; the checkpoint is saved: continue with "
+                f"{launcher} train --resume {self.run_dir}")
+
     def _write_summary(self, summary: dict) -> None:
         if self.is_main:
             write_json(self.run_dir / runs.SUMMARY_FILE, summary)
@@ -756,7 +772,7 @@ class Trainer:
                     if self._stop_now(False, stop) or not self._train_epoch(epoch, stop):
                         result = TrainResult(self.run_dir, self.summary(finished=False), stop.signum)
                         self._write_summary(result.summary)
-                        self._write_live(status="stopped")
+                        self._stop_live("interrupted", self._stopped_reason(stop.signum))
                         exit_code = result.exit_code
                         return result
             summary = self.summary(finished=True)
@@ -765,8 +781,17 @@ class Trainer:
             self._write_report()
             exit_code = 0
             return TrainResult(self.run_dir, summary)
-        except TrainingError:
+        except TrainingError as error:
             self._write_summary(self.summary(finished=False))
+            self._stop_live("failed", str(error))
+            raise
+        except KeyboardInterrupt:   # a second Ctrl-C: stopped at once, without a checkpoint
+            self._stop_live("interrupted", f"stopped at once by a second Ctrl-C at step "
+                            f"{self.progress.global_step}; {self._checkpoint_note()}")
+            raise
+        except BaseException as error:
+            self._stop_live("failed", f"{type(error).__name__}: {error}" if str(error)
+                            else type(error).__name__)
             raise
         finally:
             self._close_engine()

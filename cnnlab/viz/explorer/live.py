@@ -4,7 +4,10 @@
 that a page opened from disk (``file://``, where browsers refuse ``fetch``) can still load it
 with a ``<script>`` tag; :func:`read_live` gives the object back in Python. It holds:
 
-- ``status`` ("running", "finished" or "stopped"), epoch, step, the time it was written;
+- ``status``: "running", "finished", "interrupted" (Ctrl-C or SIGTERM: the checkpoint of the
+  step it reached is saved, ``--resume`` continues) or "failed" (the loss became NaN, an
+  error); ``reason``, a line saying why a run that did not finish stopped; epoch, step, the
+  time it was written;
 - the learning curves: every epoch record and the step records (at most ``MAX_STEP_POINTS``,
   evenly thinned);
 - the filters of every Conv2d layer (deeper layers: the mean over input channels) and the
@@ -12,7 +15,8 @@ with a ``<script>`` tag; :func:`read_live` gives the object back in Python. It h
   uint8 scaled to its own range (``lo``, ``hi``), base64.
 
 For the lecture CNN the file is about 70 KB; the trainer writes it at most every
-``EVERY_SECONDS``, at the end of each epoch and when the run ends.
+``EVERY_SECONDS``, at the end of each epoch and when the run ends, whatever ends it
+(:meth:`LiveWriter.stop`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -40,6 +45,7 @@ MAX_MAP_VALUES = 65536
 def _quantise(planes: np.ndarray) -> dict:
     """(C, ...) float -> uint8 per channel over [lo, hi], with lo and hi per channel."""
     flat = planes.reshape(len(planes), -1).astype(np.float64)
+    flat[~np.isfinite(flat)] = 0.0   # a diverging run's overflow, drawn as zero
     lo, hi = flat.min(axis=1), flat.max(axis=1)
     span = np.where(hi > lo, hi - lo, 1.0)
     scaled = np.rint((flat - lo[:, None]) / span[:, None] * 255.0)
@@ -47,8 +53,12 @@ def _quantise(planes: np.ndarray) -> dict:
             "data": encode_uint8(scaled)}
 
 
+#: What ``status`` may be: the run goes on, or how it ended.
+STATUSES = ("running", "finished", "interrupted", "failed")
+
+
 def live_state(model, image: np.ndarray, normalization: dict | None, records: list[dict],
-               status: str, epochs: int | None = None) -> dict:
+               status: str, epochs: int | None = None, reason: str | None = None) -> dict:
     """The live file's object for ``model`` now (see the module docstring)."""
     from cnnlab.data.images import to_model_input
     from cnnlab.nn import layers as nn
@@ -65,23 +75,31 @@ def live_state(model, image: np.ndarray, normalization: dict | None, records: li
         if isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)) and output.ndim == 3 \
                 and output.size <= MAX_MAP_VALUES:
             maps.append({"layer": index, "title": type(layer).__name__, **_quantise(output)})
+    return {
+        "status": status,
+        "reason": reason,
+        "time": time.time(),
+        "epochs": epochs,
+        **live_state_records(records),
+        "image": {"shape": list(np.asarray(image).shape), "data": encode_uint8(image)},
+        "logits": [float(v) for v in values[-1][0]],
+        "filters": filters,
+        "maps": maps,
+    }
+
+
+def live_state_records(records: list[dict]) -> dict:
+    """The learning curves of the live file: epoch records and thinned step records."""
     epochs_done = [record for record in records if record.get("kind") == "epoch"]
     steps = [record for record in records if record.get("kind") == "step"]
     stride = max(1, math.ceil(len(steps) / MAX_STEP_POINTS))
     last = steps[-1] if steps else {}
     return {
-        "status": status,
-        "time": time.time(),
         "epoch": epochs_done[-1]["epoch"] if epochs_done else 0,
-        "epochs": epochs,
         "step": last.get("step", 0),
         "epoch_records": epochs_done,
         "steps": [[record["step"], record.get("loss"), record.get("accuracy")]
                   for record in steps[::-1][::stride][::-1]],
-        "image": {"shape": list(np.asarray(image).shape), "data": encode_uint8(image)},
-        "logits": [float(v) for v in values[-1][0]],
-        "filters": filters,
-        "maps": maps,
     }
 
 
@@ -120,6 +138,7 @@ class LiveWriter:
         self.clock = clock
         self.records: list[dict] | None = None   # read from metrics.jsonl on first use
         self.written_at: float | None = None
+        self.last: dict | None = None            # the state last written
 
     def _records(self) -> list[dict]:
         if self.records is None:
@@ -139,7 +158,32 @@ class LiveWriter:
         if self.due():
             self.write(model)
 
-    def write(self, model, status: str = "running") -> None:
+    def write(self, model, status: str = "running", reason: str | None = None) -> None:
         self.written_at = self.clock()
-        write_live(self.path, live_state(model, self.image, self.normalization, self._records(),
-                                         status, self.epochs))
+        self.last = live_state(model, self.image, self.normalization, self._records(), status,
+                               self.epochs, reason)
+        write_live(self.path, self.last)
+
+    def stop(self, model, status: str, reason: str) -> None:
+        """The last write of a run that did not finish ("interrupted" or "failed", and why).
+
+        Never raises: the trainer is stopping on an error of its own, which must reach the
+        user. When the weights are no longer finite (a run that diverged), the filters and
+        maps are the last good ones, and the curves and status are brought up to date.
+        """
+        try:
+            finite = all(np.isfinite(parameter.data).all() for parameter in model.parameters())
+            if finite or self.last is None:
+                self.write(model, status, reason)
+                return
+        except Exception:   # noqa: BLE001 - whatever broke the run may break drawing it
+            if self.last is None:
+                self.last = {"epoch_records": [], "steps": [], "filters": [], "maps": [],
+                             "image": None, "logits": None, "epochs": self.epochs}
+        try:
+            fresh = live_state_records(self._records())
+            write_live(self.path, {**self.last, **fresh, "status": status, "reason": reason,
+                                   "time": time.time()})
+        except Exception as error:   # noqa: BLE001
+            print(f"cnnlab: {self.path} not updated at the end of the run ({error})",
+                  file=sys.stderr)

@@ -11,7 +11,8 @@
   var src = node.getAttribute("data-src"), every = Number(node.getAttribute("data-every-ms")) || 2000;
   var finished = node.getAttribute("data-finished") === "true";
   var generated = Number(node.getAttribute("data-generated")) || 0;
-  var status = node.querySelector(".lv-status"), body = node.querySelector(".lv-body");
+  var status = node.querySelector(".lv-status"), reason = node.querySelector(".lv-reason");
+  var body = node.querySelector(".lv-body");
   var shown = null, canvases = {};
 
   function decode(base64) {
@@ -90,32 +91,51 @@
       ctx.fillStyle = "#2ca02c"; ctx.beginPath(); ctx.arc(X(e.step), Y(e.test_accuracy, 1), 3, 0, 7); ctx.fill();
     });
   }
+  // The headline: how far the run is, or how it ended and why.
+  var HEADS = {running: "training", finished: "finished", interrupted: "interrupted", failed: "failed"};
+  function describe(state) {
+    var last = state.epoch_records[state.epoch_records.length - 1];
+    return (HEADS[state.status] || state.status) + ": epoch " + state.epoch + (state.epochs ? " of " + state.epochs : "") +
+      " done, step " + state.step +
+      (last && typeof last.test_accuracy === "number" ? ", test accuracy " + last.test_accuracy.toFixed(4) : "") +
+      " (updated " + new Date(state.time * 1000).toLocaleTimeString() + ")";
+  }
   function render(state) {
     if (shown && shown.time === state.time) return;
     shown = state;
-    var last = state.epoch_records[state.epoch_records.length - 1];
-    status.textContent = (state.status === "running" ? "training: " : state.status + ": ") + "epoch " +
-      state.epoch + (state.epochs ? " of " + state.epochs : "") + " done, step " + state.step +
-      (last ? ", test accuracy " + last.test_accuracy.toFixed(4) : "") +
-      " (updated " + new Date(state.time * 1000).toLocaleTimeString() + ")";
+    changedAt = Date.now();
+    status.textContent = describe(state);
+    reason.textContent = state.reason || "";
+    reason.hidden = !state.reason;
     node.setAttribute("data-status", state.status);
     node.setAttribute("data-step", state.step);
     node.setAttribute("data-epoch", state.epoch);
     drawCurves(state);
-    state.filters.forEach(function (entry) {
+    (state.filters || []).forEach(function (entry) {
       drawPlanes("filters" + entry.layer, "Filters of layer " + entry.layer + (entry.shape.length === 3 && entry.layer > 0 ? " (mean over input channels)" : ""), entry);
     });
-    drawPlanes("image", "The fixed test image", {shape: [1].concat(state.image.shape.slice(-2)), data: state.image.data, lo: [0], hi: [255]});
-    state.maps.forEach(function (entry) {
+    if (state.image) {
+      var shape = state.image.shape, colour = shape.length === 3 && shape[0] === 3;
+      drawPlanes("image", "The fixed test image" + (colour ? " (its R, G and B channels)" : ""),
+                 {shape: colour ? shape : [1].concat(shape.slice(-2)), data: state.image.data, lo: [0, 0, 0], hi: [255, 255, 255]});
+    }
+    (state.maps || []).forEach(function (entry) {
       drawPlanes("maps" + entry.layer, "Feature maps after layer " + entry.layer + " (" + entry.title + ")", entry);
     });
-    if (state.status !== "running") {
-      finished = true;
-      if (generated && state.time > generated) {
-        var link = node.querySelector(".lv-reload");
-        link.hidden = false;
-      }
-    }
+    // A finished run is final; an interrupted or failed one may be resumed: keep looking.
+    finished = state.status === "finished";
+    if (finished && generated && state.time > generated) node.querySelector(".lv-reload").hidden = false;
+  }
+
+  // A trainer that was killed (SIGKILL, out of memory, a closed laptop) writes nothing more:
+  // after STALE_MS without a new state of a running run, the headline says so.
+  var STALE_MS = 60000, changedAt = Date.now();
+  function checkStale() {
+    if (!shown || shown.status !== "running") return;
+    var quiet = Date.now() - changedAt;
+    node.setAttribute("data-stale", quiet > STALE_MS ? "true" : "false");
+    status.textContent = describe(shown) + (quiet > STALE_MS ? "; no news from the trainer for " +
+      Math.round(quiet / 1000) + " s: it may have been stopped without a word (killed, out of memory)" : "");
   }
 
   window.cnnlabLive = render;
@@ -124,6 +144,7 @@
     script.src = src + "?t=" + Date.now();
     script.onload = script.onerror = function () {
       script.parentNode.removeChild(script);
+      checkStale();
       if (!finished) setTimeout(poll, every);
     };
     document.head.appendChild(script);

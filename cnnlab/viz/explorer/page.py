@@ -62,6 +62,7 @@ def live_section(live_src: str, finished: bool) -> str:
             '<p><span class="lv-status">waiting for the trainer (live.js)</span> '
             '<a href="#" class="lv-reload" hidden>the run has ended: reload for the final '
             "report (keeps your place)</a></p>"
+            '<p class="lv-reason" hidden></p>'
             '<p class="cx-note">Redrawn in place from the run folder\'s live.js, which '
             "'cnnlab train' rewrites every few seconds. If nothing appears while a run trains, "
             "this browser does not let a page read files next to it: run "
