@@ -257,6 +257,74 @@ def test_a_logit_shows_its_top_contributions_and_the_softmax(browser, explorer):
     assert panel["dz"] == pytest.approx(probabilities[unit] - (unit == target), abs=1e-6)
 
 
+READ_PLACES = """() => Array.from(document.querySelectorAll('#cx-panel [data-role="contribution-places"] .cx-mark')).map((mark) => {
+  const canvas = mark.parentElement.querySelector("canvas");
+  const box = canvas.getBoundingClientRect(), own = mark.getBoundingClientRect();
+  // where the outline is drawn, read back as the canvas pixel under its centre
+  const row = Math.floor(((own.top + own.bottom) / 2 - box.top) / box.height * canvas.height);
+  const col = Math.floor(((own.left + own.right) / 2 - box.left) / box.width * canvas.width);
+  return {input: Number(mark.dataset.input), rank: Number(mark.dataset.rank),
+          channel: Number(mark.parentElement.dataset.channel), row, col,
+          positive: mark.classList.contains("cx-mark-pos"),
+          cell: [own.width / box.width * canvas.width, own.height / box.height * canvas.height]};
+})"""
+
+
+def expected_places(weight_row: np.ndarray, a: np.ndarray, shape, k: int = 12) -> list[dict]:
+    """The top-k inputs by |w * a| (stable order, as the page sorts) and where they are on the
+    (C, H, W) map the Linear's input was flattened from."""
+    terms = weight_row.astype(np.float64) * a.astype(np.float64)
+    order = np.argsort(-np.abs(terms), kind="stable")[:k]
+    places = []
+    for rank, index in enumerate(order):
+        channel, row, col = np.unravel_index(index, shape)
+        places.append({"input": int(index), "rank": rank + 1, "channel": int(channel), "row": int(row),
+                       "col": int(col), "positive": bool(terms[index] >= 0)})
+    return places
+
+
+def check_places(shown: list[dict], expected: list[dict]) -> None:
+    assert len(shown) == len(expected)
+    for mark in shown:
+        np.testing.assert_allclose(mark.pop("cell"), [1, 1], atol=0.02)    # one pixel outlined
+    assert sorted(shown, key=lambda mark: mark["rank"]) == expected
+
+
+def test_a_logits_top_contributions_are_outlined_where_they_sit_on_the_feature_map(browser, explorer):
+    opened = Opened(browser, explorer["path"].as_uri())
+    opened.page.locator(".cx-bar").nth(2).click()
+    unit = opened.page.evaluate("() => window.cnnlabExplorer.state.selection.unit")
+    shown = opened.page.evaluate(READ_PLACES)
+    captions = opened.page.locator('#cx-panel [data-role="contribution-places"] h4').inner_text()
+    opened.close()
+    model, values = explorer["model"], explorer["values"]
+    assert values[6].shape[1:] == (64, 7, 7)                    # the second block's pooled maps
+    expected = expected_places(model[7].weight.data[unit], values[7][0], (64, 7, 7))
+    check_places(shown, expected)
+    assert "output of layer 5 (MaxPool2d" in captions
+
+
+def test_an_mlps_top_contributions_are_outlined_on_the_input_image(browser, rng, tmp_path):
+    from cnnlab.explorer.data import explorer_payload
+    from cnnlab.explorer.page import explorer_section
+    from cnnlab.models import build_model
+
+    model = build_model("mlp", rng)
+    images = rng.integers(0, 256, (2, 28, 28), dtype=np.uint8)
+    meta = {"normalization": {"kind": "unit"}, "num_classes": 10}
+    page = tmp_path / "mlp.html"
+    page.write_text("<!DOCTYPE html><html><body>" + explorer_section(
+        explorer_payload(model, meta, images, [3, 5])) + "</body></html>", encoding="utf-8")
+    opened = Opened(browser, page.as_uri())
+    first = opened.page.locator('.cx-layer[data-layer="1"] .cx-unit[data-unit="17"]')
+    first.scroll_into_view_if_needed()
+    first.click()                                                # hidden unit 17 of Linear(784, ...)
+    shown = opened.page.evaluate(READ_PLACES)
+    opened.close()
+    x = to_model_input(images[:1], meta["normalization"])
+    check_places(shown, expected_places(model[1].weight.data[17], x[0].ravel(), (1, 28, 28)))
+
+
 def test_a_click_takes_under_100_ms_on_the_lecture_cnn(browser, explorer):
     opened = Opened(browser, explorer["path"].as_uri())
     timings = []

@@ -66,7 +66,7 @@
   // One channel as an image: non-negative maps in gray (0 black, the channel's max white),
   // signed maps in blue (negative) and red (positive), scaled to the channel's largest |v|;
   // the network's input (tensor state.values[0]) in gray from its min to its max.
-  function drawChannel(canvas, tensor, c, box, mark) {
+  function drawChannel(canvas, tensor, c, box, mark, contributions) {
     var H = tensor.shape[1], W = tensor.shape[2], ctx = canvas.getContext("2d");
     canvas.width = W; canvas.height = H;
     var plane = tensor.data.subarray ? tensor.data.subarray(c * H * W, (c + 1) * H * W) : tensor.data.slice(c * H * W, (c + 1) * H * W);
@@ -92,6 +92,9 @@
     ctx.putImageData(image, 0, 0);
     if (box) outline(ctx, box, "#ffb000");
     if (mark) outline(ctx, [mark[0], mark[0], mark[1], mark[1]], "#00d000");
+    (contributions || []).forEach(function (m) {
+      outline(ctx, [m.row, m.row, m.col, m.col], m.positive ? "#e00000" : "#0050ff");
+    });
   }
   function outline(ctx, box, colour) {
     ctx.strokeStyle = colour; ctx.lineWidth = Math.max(0.3, ctx.canvas.width / 60);
@@ -525,12 +528,16 @@
     contributions.slice(TOP_INPUTS).forEach(function (c) { rest += c[1] * c[2]; });
     var table = el("table", {"class": "cx-contrib"});
     table.appendChild(el("tr", {}, [el("th", {text: "input i"}), el("th", {text: "W[" + o + ",i]"}), el("th", {text: "a[i]"}), el("th", {text: "W\u00b7a"})]));
-    var origin = originOf(k);
-    top.forEach(function (c) {
-      table.appendChild(el("tr", {"data-input": c[0]}, [el("td", {text: c[0] + (origin ? " " + origin(c[0]) : "")}), el("td", {}, [num(c[1])]), el("td", {}, [num(c[2])]), el("td", {}, [num(c[1] * c[2], "contribution")])]));
+    var source = flattenedFrom(k), origin = source >= 0 ? placeOf(state.values[source].shape) : null;
+    top.forEach(function (c, rank) {
+      var where = origin ? origin(c[0]) : null;
+      table.appendChild(el("tr", {"data-input": c[0]}, [
+        el("td", {text: (rank + 1) + ". " + c[0] + (where ? " (ch " + where.channel + ", " + where.row + ", " + where.col + ")" : "")}),
+        el("td", {}, [num(c[1])]), el("td", {}, [num(c[2])]), el("td", {}, [num(c[1] * c[2], "contribution")])]));
     });
     panel.appendChild(el("h4", {text: "The " + top.length + " largest contributions |W\u00b7a|"}));
     panel.appendChild(table);
+    if (source >= 0) panel.appendChild(contributionPlaces(source, top, origin));
     var sums = el("table", {"class": "cx-sum"});
     if (contributions.length > TOP_INPUTS) sums.appendChild(row("the other " + (contributions.length - TOP_INPUTS) + " inputs add", rest, "rest"));
     sums.appendChild(row("sum of all W\u00b7a", unit.total, "sum"));
@@ -548,19 +555,57 @@
     panel.appendChild(bt);
   }
 
-  // "(channel c, row r, column s)" for an input of a Linear layer fed by a flattened map.
-  function originOf(k) {
+  // The index of the map (in state.values) that the input of Linear layer k was flattened
+  // from, or -1 (its input is another layer's vector). Flatten, Dropout and activations keep
+  // the positions, so input i is pixel i of that map in (C, H, W) order.
+  function flattenedFrom(k) {
     for (var l = k - 1; l >= 0; l--) {
-      var shape = state.values[l].shape;
-      if (isMap(shape)) {
-        return function (index) {
-          var plane = shape[1] * shape[2], c = Math.floor(index / plane), rem = index % plane;
-          return "(ch " + c + ", " + Math.floor(rem / shape[2]) + ", " + (rem % shape[2]) + ")";
-        };
-      }
-      if (layers[l].kind === "linear") return null;
+      if (isMap(state.values[l].shape)) return l;
+      if (layers[l].kind === "linear") return -1;
     }
-    return null;
+    return -1;
+  }
+  function placeOf(shape) {
+    var plane = shape[1] * shape[2];
+    return function (index) {
+      var rem = index % plane;
+      return {channel: Math.floor(index / plane), row: Math.floor(rem / shape[2]), col: rem % shape[2]};
+    };
+  }
+
+  // Where the largest contributions sit: each channel of the flattened map (the input image
+  // for a network that starts with Flatten) that holds one, with those inputs outlined, red
+  // where W·a > 0 and blue where it is < 0; the same outlines go on the maps on the left.
+  function contributionPlaces(source, top, origin) {
+    var tensor = state.values[source], shape = tensor.shape, channels = [], marks = {};
+    top.forEach(function (c, rank) {
+      var where = origin(c[0]);
+      if (!marks[where.channel]) { marks[where.channel] = []; channels.push(where.channel); }
+      marks[where.channel].push({input: c[0], rank: rank, row: where.row, col: where.col, positive: c[1] * c[2] >= 0});
+    });
+    var px = Math.min(BIG_PX, Math.max(84, 7 * Math.max(shape[1], shape[2])));
+    var view = el("div", {"class": "cx-places", "data-role": "contribution-places"});
+    var what = source === 0 ? "the input image" : "the output of layer " + (source - 1) + " (" + layers[source - 1].title + ")";
+    view.appendChild(el("h4", {text: "Where they sit on " + what + ", " + shape.join("\u00d7") + " flattened: red W\u00b7a > 0, blue < 0"}));
+    var row = el("div", {"class": "cx-pictures"});
+    channels.forEach(function (c) {
+      var canvas = mapCanvas(px), wrap = el("div", {"class": "cx-marked", "data-channel": c}, [canvas]);
+      drawChannel(canvas, tensor, c);
+      marks[c].forEach(function (m) {
+        wrap.appendChild(el("span", {"class": "cx-mark " + (m.positive ? "cx-mark-pos" : "cx-mark-neg"),
+          "data-input": m.input, "data-rank": m.rank + 1, "data-channel": c, "data-row": m.row, "data-col": m.col,
+          title: (m.rank + 1) + ". input " + m.input + ": channel " + c + ", row " + m.row + ", column " + m.col,
+          style: "left:" + (100 * m.col / shape[2]) + "%;top:" + (100 * m.row / shape[1]) + "%;width:" +
+                 (100 / shape[2]) + "%;height:" + (100 / shape[1]) + "%"}));
+      });
+      row.appendChild(el("figure", {}, [wrap, el("figcaption", {text: "channel " + c + ": " + marks[c].map(function (m) { return "#" + (m.rank + 1); }).join(" ")})]));
+    });
+    view.appendChild(row);
+    (state.canvases[source] || []).forEach(function (canvas, c) {
+      if (marks[c]) drawChannel(canvas, tensor, c, null, null, marks[c]);
+    });
+    state.overlaid = [source];
+    return view;
   }
 
   function softmaxView(logits, o) {
