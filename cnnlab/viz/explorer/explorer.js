@@ -267,6 +267,12 @@
     var canvases = [];
     if (isMap(tensor.shape)) {
       var grid = el("div", {"class": "cx-grid"});
+      if (k < 0 && tensor.shape[0] === 3) {      // a colour input: the picture, then R, G, B
+        var picture = mapCanvas(MAP_PX);
+        picture.title = "the picture; then its R, G and B channels as the network reads them";
+        drawPixels(picture, state.item.decoded.pixels);
+        grid.appendChild(picture);
+      }
       for (var c = 0; c < tensor.shape[0]; c++) {
         var canvas = mapCanvas(MAP_PX, k >= 0 ? clickMap(k, c) : null);
         canvas.setAttribute("data-channel", c);
@@ -380,7 +386,8 @@
     drawInput();
     drawChannel(outputCanvas, state.values[k + 1], co, null, [i, j]);
     var field = E.receptiveField(layers, k, i, j, state.values[0].shape);
-    drawChannel(imageCanvas, state.values[0], 0, field);
+    drawPixels(imageCanvas, state.item.decoded.pixels);      // the picture, in colour if it has it
+    outline(imageCanvas.getContext("2d"), field, "#ffb000");
     panel.appendChild(el("div", {"class": "cx-pictures"}, [
       el("figure", {}, [inputCanvas, el("figcaption", {}, [inputSelect, document.createTextNode(" (layer input, the patch in orange)")])]),
       el("figure", {}, [outputCanvas, el("figcaption", {text: "output channel " + co + " (the pixel in green)"})]),
