@@ -339,9 +339,19 @@ def test_a_click_takes_under_100_ms_on_the_lecture_cnn(browser, explorer):
           document.getElementById("cx-panel").getBoundingClientRect();   // layout included
           return performance.now() - started;
         }""", [canvas.element_handle(), i, j]))
+    # a logit: its 12 largest contributions of 3136, outlined on the 64 pooled maps
+    for bar in [0, 3, 9, 1, 5] * 2:
+        timings.append(opened.page.evaluate("""(bar) => {
+          const started = performance.now();
+          bar.dispatchEvent(new MouseEvent("click", {bubbles: true}));
+          document.getElementById("cx-panel").getBoundingClientRect();
+          return performance.now() - started;
+        }""", opened.page.locator(".cx-bar").nth(bar).element_handle()))
+    assert opened.page.locator('#cx-panel [data-role="contribution-places"] .cx-mark').count() == 12
     opened.close()
-    print(f"click latency ms: median {np.median(timings):.1f}, max {max(timings):.1f}")
-    assert np.median(timings) < 100     # the issue: under 100 ms a click on a laptop
+    print(f"click latency ms: conv pixels median {np.median(timings[:10]):.1f}, max {max(timings[:10]):.1f}; "
+          f"logits median {np.median(timings[10:]):.1f}, max {max(timings[10:]):.1f}")
+    assert np.median(timings[:10]) < 100 and np.median(timings[10:]) < 100   # the issue: under 100 ms
 
 
 def test_the_page_loads_nothing_from_the_network(browser, explorer):
