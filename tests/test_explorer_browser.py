@@ -606,6 +606,31 @@ def test_the_live_view_updates_in_place_keeping_the_place(browser, trained_run, 
     opened.close()
 
 
+def test_a_trainer_that_went_silent_is_flagged_and_the_flag_goes_when_it_speaks(browser, trained_run, tmp_path):
+    """A trainer killed without a word (SIGKILL) leaves live.js "running": after the quiet
+    time (60 s; 1.5 s here) the headline says so, and a new live.js clears it."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "finished": False}))
+    report = write_report(run)
+    assert 'data-stale-ms="60000"' in report.read_text(encoding="utf-8")
+    report.write_text(report.read_text(encoding="utf-8").replace('data-stale-ms="60000"', 'data-stale-ms="1500"'),
+                      encoding="utf-8")
+    state = read_live(run)
+    write_live(run / "live.js", {**state, "status": "running", "epoch": 1, "time": time.time()})
+    opened = Opened(browser, report.as_uri())
+    page = opened.page
+    page.wait_for_function("() => document.getElementById('cnnlab-live').dataset.stale === 'true'", timeout=10000)
+    assert "no news from the trainer for" in page.inner_text(".lv-status")
+    assert page.get_attribute("#cnnlab-live", "data-status") == "running"
+    write_live(run / "live.js", {**state, "status": "running", "epoch": 2, "time": time.time()})
+    page.wait_for_function("() => document.getElementById('cnnlab-live').dataset.epoch === '2'", timeout=8000)
+    page.wait_for_function("() => document.getElementById('cnnlab-live').dataset.stale === 'false'", timeout=8000)
+    assert "no news" not in page.inner_text(".lv-status")
+    opened.close()
+
+
 def test_screenshot_after_clicks(browser, explorer, tmp_path):
     """Screenshots for a person to look at (also kept in $CNNLAB_SCREENSHOTS when set)."""
     opened = Opened(browser, explorer["path"].as_uri(), width=1400, height=1100)

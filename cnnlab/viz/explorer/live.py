@@ -37,6 +37,8 @@ from cnnlab.viz.explorer.data import encode_uint8, layer_inputs
 LIVE_NAME = "live.js"
 CALLBACK = "cnnlabLive"
 EVERY_SECONDS = 2.0
+#: A running run's page says the trainer may be gone after this long without a new live.js.
+STALE_SECONDS = 60.0
 MAX_STEP_POINTS = 400
 #: Feature maps larger than this (values per layer) are left out of the live file.
 MAX_MAP_VALUES = 65536

@@ -129,7 +129,7 @@
 
   // A trainer that was killed (SIGKILL, out of memory, a closed laptop) writes nothing more:
   // after STALE_MS without a new state of a running run, the headline says so.
-  var STALE_MS = 60000, changedAt = Date.now();
+  var STALE_MS = Number(node.getAttribute("data-stale-ms")) || 60000, changedAt = Date.now();
   function checkStale() {
     if (!shown || shown.status !== "running") return;
     var quiet = Date.now() - changedAt;

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from cnnlab.utils.fileio import atomic_write
-from cnnlab.viz.explorer.live import EVERY_SECONDS, LIVE_NAME
+from cnnlab.viz.explorer.live import EVERY_SECONDS, LIVE_NAME, STALE_SECONDS
 
 EXPLORER_NAME = "explorer.html"
 SCRIPTS = ("engine.js", "prepare.js", "explorer.js")
@@ -57,7 +57,8 @@ def live_section(live_src: str, finished: bool) -> str:
     state = "finished" if finished else "running"
     return (f'<section id="live"><h2>Live training</h2>'
             f'<div id="cnnlab-live" data-src="{html.escape(live_src, quote=True)}" '
-            f'data-every-ms="{int(EVERY_SECONDS * 1000)}" data-finished="{str(finished).lower()}" '
+            f'data-every-ms="{int(EVERY_SECONDS * 1000)}" data-stale-ms="{int(STALE_SECONDS * 1000)}" '
+            f'data-finished="{str(finished).lower()}" '
             f'data-generated="{time.time():.3f}" data-status="{state}">'
             '<p><span class="lv-status">waiting for the trainer (live.js)</span> '
             '<a href="#" class="lv-reload" hidden>the run has ended: reload for the final '
