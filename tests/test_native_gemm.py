@@ -4,6 +4,7 @@ level this CPU runs (the ``compiled_level`` fixture).
 
 ``pip install`` builds the module (CI has a C compiler), so a missing module fails here.
 """
+import contextlib
 import itertools
 import threading
 
@@ -215,8 +216,16 @@ def test_split_products_from_several_python_threads_at_once():
         assert out.tobytes() == expected.tobytes()
 
 
+@pytest.fixture
+def native_routes(monkeypatch):
+    """Every product class on cnnlab's GEMM at every level (tests of that path)."""
+    monkeypatch.setattr(_gemm, "ROUTES", {level: {"one thread": "cnnlab", "split": "cnnlab"}
+                                          for level in _gemm.ROUTES})
+
+
 @pytest.mark.parametrize("layout_a, layout_b", list(itertools.product(["C", "F"], repeat=2)))
-def test_matmul_runs_float32_products_on_the_native_gemm(layout_a, layout_b, monkeypatch):
+def test_matmul_runs_float32_products_on_the_native_gemm(layout_a, layout_b, monkeypatch,
+                                                         native_routes):
     """One thread inside data-parallel shards; outside, big products split over the cores."""
     rng = np.random.default_rng(3)
     a = np.asarray(rng.standard_normal((40, 700), dtype=np.float32), order=layout_a)
@@ -257,7 +266,7 @@ def test_matmul_falls_back_to_numpy_for_what_the_kernel_does_not_take(monkeypatc
 
 
 @pytest.mark.parametrize("stride, layout", [(1, "wide"), (2, "channel"), (1, "winograd")])
-def test_convolution_in_a_one_thread_region_matches_numpy(stride, layout, monkeypatch):
+def test_convolution_in_a_one_thread_region_matches_numpy(stride, layout, monkeypatch, native_routes):
     """The shards' products run one thread each and agree with NumPy's BLAS."""
     from cnnlab.backend import conv, winograd
     from cnnlab.backend.conv import conv2d_backward, conv2d_forward
@@ -284,6 +293,93 @@ def test_convolution_in_a_one_thread_region_matches_numpy(stride, layout, monkey
     assert conv.choose_layout(cache.setup) == layout
     for ours, reference in zip(native, expected):
         np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-4)
+
+
+def _traced_paths(products) -> list[tuple[str, str, int]]:
+    return [(product.kind, product.path, product.threads) for product in products]
+
+
+def test_each_product_class_takes_the_route_of_the_level_in_use(compiled_level, monkeypatch):
+    """Shard products and small ones are "one thread", big ones outside shards "split"; each
+    goes where ROUTES says for the level in use, and computes the product either way."""
+    monkeypatch.setattr(thread_policy, "product_threads", lambda: 2)
+    rng = np.random.default_rng(6)
+    big_a = rng.standard_normal((40, 700), dtype=np.float32)      # 28 MFLOP with big_b
+    big_b = rng.standard_normal((700, 500), dtype=np.float32)
+    small_a, small_b = big_a[:, :30].copy(), big_b[:30, :20].copy()
+    stack_a = rng.standard_normal((16, 64, 32), dtype=np.float32)  # 16 x 0.4 MFLOP
+    stack_b = rng.standard_normal((16, 32, 98), dtype=np.float32)
+    stack_out = np.empty((16, 64, 98), np.float32)
+    routes = _gemm.ROUTES[compiled_level]
+    with _gemm.trace() as products:
+        split = _gemm.matmul(big_a, big_b)
+        small = _gemm.matmul(small_a, small_b)
+        _gemm.matmul_batched(stack_a, stack_b, out=stack_out)
+        with _gemm.one_thread_blas():
+            in_shard = _gemm.matmul(big_a, big_b)
+    assert _traced_paths(products) == [
+        ("split", routes["split"], 2), ("one thread", routes["one thread"], 1),
+        ("one thread", routes["one thread"], 1), ("one thread", routes["one thread"], 1)]
+    check(split, big_a.astype(np.float64) @ big_b.astype(np.float64), 700)
+    check(in_shard, big_a.astype(np.float64) @ big_b.astype(np.float64), 700)
+    check(small, small_a.astype(np.float64) @ small_b.astype(np.float64), 30)
+    check(stack_out, stack_a.astype(np.float64) @ stack_b.astype(np.float64), 32)
+
+
+@pytest.mark.parametrize("level", ["portable", "avx2", "avx512", "neon"])
+def test_the_routing_table_is_the_measured_one(level):
+    """docs/architecture.md "Which GEMM runs a product": OpenBLAS for every one-thread product,
+    and at portable (so neon, unmeasured) for all; cnnlab's GEMM for split products at avx2
+    and avx512. A change here needs new figures there."""
+    expected_split = "cnnlab" if level in ("avx2", "avx512") else "blas"
+    assert _gemm.ROUTES[level] == {"one thread": "blas", "split": expected_split}
+    assert _gemm.path_for("one thread", level) == "blas"
+    assert _gemm.path_for("split", level) == expected_split
+
+
+def test_numpy_level_and_missing_native_code_route_everything_to_blas(monkeypatch):
+    assert _gemm.path_for("split", "numpy") == _gemm.path_for("one thread", "numpy") == "blas"
+    monkeypatch.setattr(dispatch, "sgemm", lambda: None)
+    assert _gemm.path_for("split", "avx2") == "blas"
+
+
+def test_blas_products_hold_blas_to_the_products_threads(monkeypatch):
+    """A product routed to BLAS outside shards runs on the threads the policy grants it
+    (BLAS's own default would spin a thread per core), and BLAS is as before afterwards."""
+    from cnnlab.backend import blas
+
+    seen = []
+
+    @contextlib.contextmanager
+    def recording(threads):
+        seen.append(threads)
+        yield
+
+    monkeypatch.setattr(blas, "threads_for_call", recording)
+    monkeypatch.setattr(_gemm, "ROUTES", {level: {"one thread": "blas", "split": "blas"}
+                                          for level in _gemm.ROUTES})
+    monkeypatch.setattr(thread_policy, "product_threads", lambda: 2)
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((40, 700), dtype=np.float32)
+    b = rng.standard_normal((700, 500), dtype=np.float32)
+    _gemm.matmul(a, b)
+    _gemm.matmul(a[:, :30].copy(), b[:30, :20].copy())
+    with _gemm.one_thread_blas():   # DataParallel holds BLAS at one thread around its shards
+        _gemm.matmul(a, b)
+    assert seen == [2, 1]
+
+
+def test_threads_for_call_sets_and_restores_blas_threads():
+    pytest.importorskip("threadpoolctl")
+    from cnnlab.backend import blas
+
+    libraries = blas._libraries()
+    if not libraries:
+        pytest.skip("threadpoolctl finds no BLAS library in NumPy")
+    before = [library.get_num_threads() for library in libraries]
+    with blas.threads_for_call(1):
+        assert [library.get_num_threads() for library in libraries] == [1] * len(libraries)
+    assert [library.get_num_threads() for library in libraries] == before
 
 
 class _CountingNative:

@@ -343,14 +343,19 @@ def families() -> dict[str, str]:
     current = level()
     compiled_text = f"compiled ({current})"
     return {
-        "gemm": (f"cnnlab sgemm, {current}" if sgemm() is not None
-                 else "NumPy's BLAS"),
+        "gemm": _gemm_description(),
         "loops": f"cnnlab loops, {compiled_text}" if loops() is not None else "NumPy",
         "winograd": (f"F(2x2, 3x3), {compiled_text}" if winograd_loops() is not None
                      else "off (3x3 convolutions run as im2col)"),
         "fused": (f"Conv -> ReLU -> MaxPool in one op, {compiled_text}" if fused_loops() is not None
                   else "off (the layers run one after the other)"),
     }
+
+
+def _gemm_description() -> str:
+    from cnnlab.backend import gemm  # gemm imports this module
+
+    return gemm.describe()
 
 
 def why_native_missing() -> str | None:

@@ -1,38 +1,95 @@
-"""Matrix products of conv and linear layers: cnnlab's GEMM, or NumPy's BLAS.
+"""Matrix products of conv and linear layers: cnnlab's GEMM, or NumPy's BLAS, per level and shape.
 
-Training splits each batch over threads with BLAS held to one thread per shard
-(cnnlab/backend/parallel.py). One thread of OpenBLAS is then the speed limit of the
-convolution, and OpenBLAS may run AVX2 kernels on an AVX-512 CPU (its choice, or
-``OPENBLAS_CORETYPE``). ``cnnlab.backend._sgemm`` (native/sgemm.c) is a blocked GEMM with
-a micro-kernel per level, measured 1.4-1.8x faster than one-thread OpenBLAS with its
-AVX2 kernel on the convolution's shapes (AVX-512 machine).
+``cnnlab.backend._sgemm`` (native/sgemm.c) is a blocked GEMM with a micro-kernel per level.
+Which of the two runs a float32 product is an explicit table, :data:`ROUTES` (level ->
+product class -> "cnnlab" or "blas"), set from benchmarks/gemm_routing.py on the products
+the lecture CNN and MLP issue, with the figures in docs/architecture.md: NumPy's OpenBLAS
+wherever it was as fast, cnnlab's GEMM where it measured faster.
 
-:func:`matmul` and :func:`matmul_batched` use it for float32 operands whose rows are
-contiguous: on one thread while :func:`one_thread_blas` is active in the calling thread
-(a data-parallel shard), and elsewhere split over the cores the thread policy grants
-(cnnlab/backend/threads.py) when a product has at least :data:`SPLIT_FLOPS`; the split
-gives the same bits as one thread. Other dtypes and layouts, and the "numpy" level, use
-NumPy's BLAS.
+Threads follow the same rule on either path: one thread while :func:`one_thread_blas` is
+active in the calling thread (a data-parallel shard, where BLAS is held to one thread by
+cnnlab/backend/parallel.py), or for a product under :data:`SPLIT_FLOPS`; else the cores the
+thread policy grants now (cnnlab/backend/threads.py), and BLAS is held to that count for the
+call. The C kernel's split gives the same bits as its one thread. Other dtypes and layouts,
+and the "numpy" level, use NumPy's BLAS as it is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+from typing import NamedTuple
 
 import numpy as np
 
-from cnnlab.backend import dispatch, threads as thread_policy
+from cnnlab.backend import blas, dispatch, threads as thread_policy
 
 _local = threading.local()  # .depth: one_thread_blas nesting of this thread
 
 
+#: Products with fewer FLOPs than this run on one thread: waking a second costs ~40 us.
+SPLIT_FLOPS = 16e6
+
+#: level -> product class -> the GEMM that runs its float32 products ("cnnlab" or "blas").
+#: "one thread": inside a data-parallel shard, or under SPLIT_FLOPS; "split": the others,
+#: which run on the cores the thread policy grants. Measured by benchmarks/gemm_routing.py
+#: on the products the lecture CNN and MLP issue (docs/architecture.md, "Which GEMM runs a
+#: product"): one thread of OpenBLAS beat the C kernel at every level on the shard products
+#: (1.1-1.5x at avx2 and avx512, 2-4x at portable); split over two threads the C kernel won
+#: the Winograd stacks (1.1-1.4x: NumPy runs a stack of small products one after the other,
+#: each on one thread) and tied the mlp's hidden layer, and its pool sleeps after 5 us where
+#: OpenBLAS's workers spin ~0.1 s after every product, in the way of a busy machine. "neon"
+#: has no measurement here (no ARM machine) and follows "portable", where OpenBLAS won
+#: everything. The class depends on where a product runs and its size, never on the load, so
+#: neither do the results.
+ROUTES = {
+    "portable": {"one thread": "blas", "split": "blas"},
+    "avx2": {"one thread": "blas", "split": "cnnlab"},
+    "avx512": {"one thread": "blas", "split": "cnnlab"},
+    "neon": {"one thread": "blas", "split": "blas"},
+}
+
+
+class Product(NamedTuple):
+    """One product as :func:`trace` records it: ``out (batch, m, n) = op(a) (m, k) @ op(b) (k, n)``."""
+
+    m: int
+    n: int
+    k: int
+    batch: int
+    trans_a: bool
+    trans_b: bool
+    threads: int   # the threads it ran on
+    kind: str      # its class in ROUTES: "one thread" or "split"
+    path: str      # "cnnlab" (cnnlab's GEMM) or "blas" (NumPy's)
+
+
+def product_class(flops: float) -> str:
+    """"one thread" inside a data-parallel shard (this thread is in :func:`one_thread_blas`)
+    or under :data:`SPLIT_FLOPS`, else "split"."""
+    return "one thread" if flops < SPLIT_FLOPS or in_one_thread_region() else "split"
+
+
+def path_for(kind: str, level: str | None = None) -> str:
+    """The GEMM that runs a float32 product of class ``kind`` at ``level`` (default: the
+    level in use): "cnnlab" or "blas"."""
+    level = dispatch.level() if level is None else level
+    if level == "numpy" or dispatch.sgemm() is None:
+        return "blas"
+    return ROUTES[level][kind]
+
+
 def describe() -> str:
     """For benchmarks and bug reports: which GEMM the conv and linear layers use."""
+    level = dispatch.level()
     if dispatch.sgemm() is None:
-        return f"NumPy's BLAS (level {dispatch.level()})"
-    return (f"cnnlab GEMM, {dispatch.level()} (one thread per data-parallel shard, else split "
-            "over the cores)")
+        return f"NumPy's BLAS (level {level})"
+    names = {"cnnlab": "cnnlab GEMM", "blas": "NumPy's BLAS"}
+    routes = ROUTES[level]
+    if routes["one thread"] == routes["split"]:
+        return f"{names[routes['split']]} for every product ({level})"
+    return (f"{names[routes['one thread']]} on one thread (shards, under {SPLIT_FLOPS / 1e6:.0f} "
+            f"MFLOP), {names[routes['split']]} split over the cores ({level})")
 
 
 @contextlib.contextmanager
@@ -49,16 +106,34 @@ def in_one_thread_region() -> bool:
     return getattr(_local, "depth", 0) > 0
 
 
-#: Products smaller than this (FLOPs) run on one thread: waking a second costs ~40 us.
-SPLIT_FLOPS = 16e6
+_trace: list | None = None
 
 
-def _threads_for(flops: float) -> int:
-    """Threads for one product: one inside a shard or for small products, else the cores
-    the thread policy grants now."""
-    if flops < SPLIT_FLOPS or in_one_thread_region():
-        return 1
-    return thread_policy.product_threads()
+@contextlib.contextmanager
+def trace():
+    """Records every float32 product :func:`matmul` and :func:`matmul_batched` run inside the
+    block, from any thread (benchmarks/gemm_routing.py logs those a training step issues)::
+
+        with gemm.trace() as products:
+            step()
+        # products: [Product(m, n, k, batch, trans_a, trans_b, threads, kind, path), ...]
+    """
+    global _trace
+    outer, _trace = _trace, []
+    try:
+        yield _trace
+    finally:
+        _trace = outer
+
+
+def _plan(m: int, n: int, k: int, batch: int, trans_a: bool, trans_b: bool) -> tuple[int, str]:
+    """(threads, path) for one product; recorded when :func:`trace` is active."""
+    kind = product_class(2.0 * m * n * k * batch)
+    threads = 1 if kind == "one thread" else thread_policy.product_threads()
+    path = path_for(kind)
+    if _trace is not None:
+        _trace.append(Product(m, n, k, batch, trans_a, trans_b, threads, kind, path))
+    return threads, path
 
 
 def _as_row_major(matrix: np.ndarray):
@@ -92,12 +167,23 @@ def matmul_batched(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bo
         left, right = _as_row_major_batch(a), _as_row_major_batch(b)
         if left is not None and right is not None:
             (a_rows, trans_a, lda, stride_a), (b_rows, trans_b, ldb, stride_b) = left, right
-            threads = _threads_for(2.0 * a.size * b.shape[2])
-            module.gemm(trans_a, trans_b, a.shape[1], b.shape[2], a.shape[2], a_rows, lda,
-                        b_rows, ldb, out, out.shape[2], accumulate, a.shape[0], stride_a,
-                        stride_b, out.shape[1] * out.shape[2], threads)
+            m, n, k = a.shape[1], b.shape[2], a.shape[2]
+            threads, path = _plan(m, n, k, a.shape[0], trans_a, trans_b)
+            if path == "blas":
+                return _blas_product(a, b, out, accumulate, threads)
+            module.gemm(trans_a, trans_b, m, n, k, a_rows, lda, b_rows, ldb, out, out.shape[2],
+                        accumulate, a.shape[0], stride_a, stride_b, out.shape[1] * out.shape[2],
+                        threads)
             return out
     return _numpy_product(a, b, out, accumulate)
+
+
+def _blas_product(a, b, out, accumulate: bool, threads: int) -> np.ndarray:
+    """NumPy's BLAS at ``threads`` threads (inside shards BLAS is already held to one)."""
+    if in_one_thread_region():
+        return _numpy_product(a, b, out, accumulate)
+    with blas.threads_for_call(threads):
+        return _numpy_product(a, b, out, accumulate)
 
 
 def _numpy_product(a: np.ndarray, b: np.ndarray, out: np.ndarray | None, accumulate: bool) -> np.ndarray:
@@ -120,11 +206,14 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
             and (out is None or (out.dtype == np.float32 and out.flags.c_contiguous))):
         left, right = _as_row_major(a), _as_row_major(b)
         if left is not None and right is not None:
-            if out is None:
-                out = np.empty((a.shape[0], b.shape[1]), dtype=np.float32)
             (a_rows, trans_a, lda), (b_rows, trans_b, ldb) = left, right
-            threads = _threads_for(2.0 * a.size * b.shape[1])
-            module.gemm(trans_a, trans_b, a.shape[0], b.shape[1], a.shape[1],
-                        a_rows, lda, b_rows, ldb, out, out.shape[1], accumulate, 1, 0, 0, 0, threads)
+            m, n, k = a.shape[0], b.shape[1], a.shape[1]
+            threads, path = _plan(m, n, k, 1, trans_a, trans_b)
+            if path == "blas":
+                return _blas_product(a, b, out, accumulate, threads)
+            if out is None:
+                out = np.empty((m, n), dtype=np.float32)
+            module.gemm(trans_a, trans_b, m, n, k, a_rows, lda, b_rows, ldb, out, out.shape[1],
+                        accumulate, 1, 0, 0, 0, threads)
             return out
     return _numpy_product(a, b, out, accumulate)
