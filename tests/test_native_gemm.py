@@ -355,7 +355,7 @@ def test_blas_products_hold_blas_to_the_products_threads(monkeypatch):
         seen.append(threads)
         yield
 
-    monkeypatch.setattr(blas, "threads_for_call", recording)
+    monkeypatch.setattr(blas, "limit", recording)
     monkeypatch.setattr(_gemm, "ROUTES", {level: {"one thread": "blas", "split": "blas"}
                                           for level in _gemm.ROUTES})
     monkeypatch.setattr(thread_policy, "product_threads", lambda: 2)
@@ -369,7 +369,7 @@ def test_blas_products_hold_blas_to_the_products_threads(monkeypatch):
     assert seen == [2, 1]
 
 
-def test_threads_for_call_sets_and_restores_blas_threads():
+def test_blas_limit_sets_and_restores_blas_threads():
     pytest.importorskip("threadpoolctl")
     from cnnlab.backend import blas
 
@@ -377,7 +377,7 @@ def test_threads_for_call_sets_and_restores_blas_threads():
     if not libraries:
         pytest.skip("threadpoolctl finds no BLAS library in NumPy")
     before = [library.get_num_threads() for library in libraries]
-    with blas.threads_for_call(1):
+    with blas.limit(1):
         assert [library.get_num_threads() for library in libraries] == [1] * len(libraries)
     assert [library.get_num_threads() for library in libraries] == before
 

@@ -29,21 +29,6 @@ def describe() -> dict:
     return info
 
 
-_controller = None
-
-
-def _threadpools():
-    """threadpoolctl's controller of the loaded libraries (scanned once), or None without it."""
-    global _controller
-    if _controller is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:
-            return None
-        _controller = ThreadpoolController()
-    return _controller
-
-
 _blas_libraries = None
 
 
@@ -51,46 +36,31 @@ def _libraries() -> list:
     """threadpoolctl's controllers of the BLAS libraries loaded (found once), [] without it."""
     global _blas_libraries
     if _blas_libraries is None:
-        controller = _threadpools()
-        _blas_libraries = [] if controller is None else list(
-            controller.select(user_api="blas").lib_controllers)
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _blas_libraries = []
+        else:
+            _blas_libraries = list(ThreadpoolController().select(user_api="blas").lib_controllers)
     return _blas_libraries
-
-
-@contextlib.contextmanager
-def threads_for_call(threads: int):
-    """BLAS at ``threads`` threads for one product, then as it was: ~2 us where the count
-    differs (one call into the library each way), nothing where it is already right.
-
-    For the calling thread's products outside data-parallel shards; the shards run while
-    :func:`limit` holds BLAS to one thread, and this leaves that setting alone.
-    """
-    changed = []
-    for library in _libraries():
-        before = library.get_num_threads()
-        if before != threads:
-            library.set_num_threads(threads)
-            changed.append((library, before))
-    try:
-        yield
-    finally:
-        for library, before in changed:
-            library.set_num_threads(before)
 
 
 @contextlib.contextmanager
 def limit(threads: int):
     """Holds BLAS to ``threads`` threads inside the ``with`` block, then restores it.
 
-    Process-wide (BLAS has one setting); without threadpoolctl BLAS keeps its threads
-    (correct, only slower).
+    Process-wide (BLAS has one setting). Cheap enough to wrap a single product: ~2 us where
+    the count differs (one call into the library each way), nothing where it is already right.
+    Without threadpoolctl BLAS keeps its threads (correct, only slower).
     """
-    controller = _threadpools()
-    if controller is None:
-        yield
-        return
-    limiter = controller.limit(limits=int(threads), user_api="blas")
+    changed = []
+    for library in _libraries():
+        before = library.get_num_threads()
+        if before != threads:
+            library.set_num_threads(int(threads))
+            changed.append((library, before))
     try:
         yield
     finally:
-        limiter.restore_original_limits()
+        for library, before in changed:
+            library.set_num_threads(before)

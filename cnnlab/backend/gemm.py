@@ -182,7 +182,7 @@ def _blas_product(a, b, out, accumulate: bool, threads: int) -> np.ndarray:
     """NumPy's BLAS at ``threads`` threads (inside shards BLAS is already held to one)."""
     if in_one_thread_region():
         return _numpy_product(a, b, out, accumulate)
-    with blas.threads_for_call(threads):
+    with blas.limit(threads):
         return _numpy_product(a, b, out, accumulate)
 
 
