@@ -2,12 +2,12 @@
 
 The products are the ones the lecture CNN's and MLP's training steps and inference actually
 issue at batch 128 (logged by ``cnnlab.backend.gemm.trace`` from a step run as `cnnlab train`
-and `cnnlab evaluate` run it: the data-parallel shards of the CNN, the MLP's one shard). Each
-is timed on the thread count it ran on (1 inside a shard or under gemm.SPLIT_FLOPS), and the
-products outside shards also on every core; OpenBLAS is held to the same count with
-threadpoolctl. Every round times each (product, implementation) once, interleaved; the table
-gives microseconds per call, medians with min and max, and OpenBLAS / cnnlab (> 1: cnnlab
-faster), plus the route ``gemm.ROUTES`` takes now.
+and `cnnlab evaluate` run it: the data-parallel shards of the CNN, the MLP's one shard). A
+"one thread" product (gemm.product_class) is timed on one thread, a "split" one on one thread
+and on every core (it gets the free cores); OpenBLAS is held to the same count
+(cnnlab.backend.blas.limit). Every round times each (product, implementation) once,
+interleaved; the table gives microseconds per call, medians with min and max, and
+OpenBLAS / cnnlab (> 1: cnnlab faster), plus the route ``gemm.ROUTES`` takes now.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/gemm_routing.py [--rounds 7]
 """
@@ -21,17 +21,17 @@ import statistics
 
 import numpy as np
 from native_kernels import native_call, operands, seconds
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_info
 
-from cnnlab.backend import _sgemm, gemm
+from cnnlab.backend import _sgemm, blas, gemm
 from cnnlab.backend.parallel import DataParallel
 from cnnlab.bench import _batch, _data_parallel, _lecture_model
 from cnnlab.optim import Adam
 
 
 def issued_products(batch_size: int) -> dict:
-    """{(model, step, m, n, k, batch, trans_a, trans_b, threads): calls per step} for the two
-    lecture models' training steps and inference."""
+    """{(model, step, m, n, k, batch, trans_a, trans_b, kind): calls per step} for the two
+    lecture models' training steps and inference (kind: gemm.product_class)."""
     x, y = _batch(batch_size)
     found: dict = {}
     for name in ("cnn", "mlp"):
@@ -48,7 +48,7 @@ def issued_products(batch_size: int) -> dict:
             inference.forward(x)
         for step, products in (("train", train), ("inference", infer)):
             for product in products:
-                key = (name, step) + tuple(product[:7])
+                key = (name, step) + tuple(product[:6]) + (product.kind,)
                 found[key] = found.get(key, 0) + 1
         parallel.close()
         inference.close()
@@ -71,15 +71,16 @@ def main() -> None:
     products = issued_products(args.batch_size)
     # One row per distinct product and thread count (the same shape may come from several steps).
     rows: dict = {}
-    for (model, step, m, n, k, batch, trans_a, trans_b, threads), calls in products.items():
-        split = 2.0 * m * n * k * batch >= gemm.SPLIT_FLOPS  # on every free core outside a shard
-        for count in sorted({1, cores} if split else {threads}):
-            rows.setdefault((m, n, k, batch, trans_a, trans_b, count), []).append(f"{model} {step} x{calls}")
+    for (model, step, m, n, k, batch, trans_a, trans_b, kind), calls in products.items():
+        # a split product runs on the free cores: all of them, or one on a busy machine
+        for count in (1, cores) if kind == "split" else (1,):
+            rows.setdefault((m, n, k, batch, trans_a, trans_b, kind, count), []).append(
+                f"{model} {step} x{calls}")
     rng = np.random.default_rng(0)
     restore = _sgemm.get_level()
-    print(f"\n{'product (m x n x k, batch, op)':<38} {'thr':>3} {'OpenBLAS us':>20}  "
+    print(f"\n{'product (m x n x k, batch, op, class)':<48} {'thr':>3} {'OpenBLAS us':>20}  "
           + "  ".join(f"{level + ' us':>22}" for level in levels) + "   used by")
-    for (m, n, k, batch, trans_a, trans_b, threads), users in sorted(rows.items()):
+    for (m, n, k, batch, trans_a, trans_b, kind, threads), users in sorted(rows.items()):
         a, b, c = operands(trans_a, trans_b, m, n, k, batch, rng)
         flops = 2.0 * m * n * k * batch
         repeat = max(1, int(5e7 / flops))
@@ -91,26 +92,25 @@ def main() -> None:
         samples = {label: [] for label in calls}
         for _ in range(args.rounds):
             for label, call in calls.items():
-                # Both switches cost more than a small product (threadpoolctl's limit ~0.5 ms,
-                # set_level ~15 us): made once around the timed calls.
+                # set_level costs ~15 us, more than a small product: once per sample
                 if label != "blas":
                     _sgemm.set_level(label)
-                with threadpool_limits(threads, user_api="blas"):
+                with blas.limit(threads):
                     samples[label].append(seconds(call, repeat) * 1e6)
         base = statistics.median(samples["blas"])
         cells = [f"{base:8.0f} ({min(samples['blas']):.0f}-{max(samples['blas']):.0f})"]
         for level in levels:
             middle = statistics.median(samples[level])
-            route = gemm.ROUTES[level][gemm.shape_class(m, n, k)]
+            route = gemm.ROUTES[level][kind]
             cells.append(f"{middle:7.0f} ({min(samples[level]):.0f}-{max(samples[level]):.0f}) "
                          f"{base / middle:4.2f}x{'*' if route == 'cnnlab' else ' '}")
         op = f"{'A^T' if trans_a else 'A'}{'B^T' if trans_b else 'B'}"
-        label = f"{m} x {n} x {k}" + (f", x{batch}" if batch > 1 else "") + f", {op}"
-        print(f"{label:<38} {threads:>3} {cells[0]:>20}  " + "  ".join(f"{cell:>22}" for cell in cells[1:])
+        label = f"{m} x {n} x {k}" + (f", x{batch}" if batch > 1 else "") + f", {op}, {kind}"
+        print(f"{label:<48} {threads:>3} {cells[0]:>20}  " + "  ".join(f"{cell:>22}" for cell in cells[1:])
               + "   " + "; ".join(users))
     _sgemm.set_level(restore)
     print("\nratio: OpenBLAS time / cnnlab time (> 1: cnnlab faster); *: gemm.ROUTES sends this "
-          "shape class to cnnlab's GEMM at that level (else to OpenBLAS)")
+          "product class to cnnlab's GEMM at that level (else to OpenBLAS)")
     print(f"load average after: {' '.join(f'{value:.1f}' for value in os.getloadavg())}")
 
 

@@ -21,9 +21,9 @@ import statistics
 import time
 
 import numpy as np
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_info
 
-from cnnlab.backend import _loops, _sgemm
+from cnnlab.backend import _loops, _sgemm, blas
 
 # (name, trans_a, trans_b, m, n, k, count): one 64-image shard of the lecture CNN
 # (Conv(1->32)-Pool-Conv(32->64)-Pool-Linear(3136->10)); conv2 as the wide im2col GEMM
@@ -57,7 +57,9 @@ def blas_call(ta, tb, a, b, c, threads):
     opb = b.transpose(0, 2, 1) if tb else b
 
     def run():
-        with threadpool_limits(threads, user_api="blas"):
+        # cnnlab's limit: ~2 us; threadpoolctl's threadpool_limits scans the libraries at every
+        # call (~0.5 ms), which made the small products look 5-30x slower on OpenBLAS
+        with blas.limit(threads):
             np.matmul(opa, opb, out=c)
     return run
 
