@@ -6,11 +6,11 @@ product class -> "cnnlab" or "blas"), set from benchmarks/gemm_routing.py on the
 the lecture CNN and MLP issue, with the figures in docs/architecture.md: NumPy's OpenBLAS
 wherever it was as fast, cnnlab's GEMM where it measured faster.
 
-Threads follow the same rule on either path: one thread while :func:`one_thread_blas` is
-active in the calling thread (a data-parallel shard, where BLAS is held to one thread by
-cnnlab/backend/parallel.py), or for a product under :data:`SPLIT_FLOPS`; else the cores the
-thread policy grants now (cnnlab/backend/threads.py), and BLAS is held to that count for the
-call. The C kernel's split gives the same bits as its one thread. Other dtypes and layouts,
+Threads: one while :func:`one_thread_blas` is active in the calling thread (a data-parallel
+shard, where cnnlab/backend/parallel.py holds BLAS at one thread), for a product under
+:data:`SPLIT_FLOPS`, and for every product OpenBLAS runs (held at one thread for the call);
+cnnlab's GEMM splits the others over the cores the thread policy grants now
+(cnnlab/backend/threads.py), with the same bits as on one thread. Other dtypes and layouts,
 and the "numpy" level, use NumPy's BLAS as it is.
 """
 
@@ -32,15 +32,16 @@ SPLIT_FLOPS = 16e6
 
 #: level -> product class -> the GEMM that runs its float32 products ("cnnlab" or "blas").
 #: "one thread": inside a data-parallel shard, or under SPLIT_FLOPS; "split": the others,
-#: which run on the cores the thread policy grants. Measured by benchmarks/gemm_routing.py
-#: on the products the lecture CNN and MLP issue (docs/architecture.md, "Which GEMM runs a
-#: product"): one thread of OpenBLAS beat the C kernel at every level on the shard products
-#: (1.1-1.5x at avx2 and avx512, 2-4x at portable); split over two threads the C kernel won
-#: the Winograd stacks (1.1-1.4x: NumPy runs a stack of small products one after the other,
-#: each on one thread) and tied the mlp's hidden layer, and its pool sleeps after 5 us where
-#: OpenBLAS's workers spin ~0.1 s after every product, in the way of a busy machine. "neon"
-#: has no measurement here (no ARM machine) and follows "portable", where OpenBLAS won
-#: everything. The class depends on where a product runs and its size, never on the load, so
+#: which cnnlab's GEMM runs on the cores the thread policy grants (OpenBLAS runs every product
+#: on one thread: its results differ with its thread count, so they would follow the load).
+#: Measured by benchmarks/gemm_routing.py on the products the lecture CNN and MLP issue
+#: (docs/architecture.md, "Which GEMM runs a product"): one thread of OpenBLAS beat the C
+#: kernel on the shard products at every level (1.1-1.5x at avx2 and avx512, 2-4x at
+#: portable); split over two threads the C kernel won the Winograd stacks (1.1-1.4x: NumPy
+#: runs a stack of small products one after the other) and tied the mlp's hidden layer, and
+#: its pool sleeps after 5 us where OpenBLAS's workers spin. "neon" has no measurement here
+#: (no ARM machine) and follows "portable", where OpenBLAS on one thread beat the C kernel on
+#: two. The class depends on where a product runs and its size, never on the load, so
 #: neither do the results.
 ROUTES = {
     "portable": {"one thread": "blas", "split": "blas"},
@@ -87,9 +88,9 @@ def describe() -> str:
     names = {"cnnlab": "cnnlab GEMM", "blas": "NumPy's BLAS"}
     routes = ROUTES[level]
     if routes["one thread"] == routes["split"]:
-        return f"{names[routes['split']]} for every product ({level})"
+        return f"{names[routes['split']]} for every product, on one thread ({level})"
     return (f"{names[routes['one thread']]} on one thread (shards, under {SPLIT_FLOPS / 1e6:.0f} "
-            f"MFLOP), {names[routes['split']]} split over the cores ({level})")
+            f"MFLOP), {names[routes['split']]} split over the free cores ({level})")
 
 
 @contextlib.contextmanager
@@ -129,8 +130,10 @@ def trace():
 def _plan(m: int, n: int, k: int, batch: int, trans_a: bool, trans_b: bool) -> tuple[int, str]:
     """(threads, path) for one product; recorded when :func:`trace` is active."""
     kind = product_class(2.0 * m * n * k * batch)
-    threads = 1 if kind == "one thread" else thread_policy.product_threads()
     path = path_for(kind)
+    # OpenBLAS always on one thread: its results differ with its thread count (so they would
+    # follow the load), and its idle workers spin in the way of a busy machine.
+    threads = thread_policy.product_threads() if kind == "split" and path == "cnnlab" else 1
     if _trace is not None:
         _trace.append(Product(m, n, k, batch, trans_a, trans_b, threads, kind, path))
     return threads, path
@@ -170,7 +173,7 @@ def matmul_batched(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bo
             m, n, k = a.shape[1], b.shape[2], a.shape[2]
             threads, path = _plan(m, n, k, a.shape[0], trans_a, trans_b)
             if path == "blas":
-                return _blas_product(a, b, out, accumulate, threads)
+                return _blas_product(a, b, out, accumulate)
             module.gemm(trans_a, trans_b, m, n, k, a_rows, lda, b_rows, ldb, out, out.shape[2],
                         accumulate, a.shape[0], stride_a, stride_b, out.shape[1] * out.shape[2],
                         threads)
@@ -178,11 +181,11 @@ def matmul_batched(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bo
     return _numpy_product(a, b, out, accumulate)
 
 
-def _blas_product(a, b, out, accumulate: bool, threads: int) -> np.ndarray:
-    """NumPy's BLAS at ``threads`` threads (inside shards BLAS is already held to one)."""
+def _blas_product(a, b, out, accumulate: bool) -> np.ndarray:
+    """NumPy's BLAS on one thread (inside shards DataParallel already holds it there)."""
     if in_one_thread_region():
         return _numpy_product(a, b, out, accumulate)
-    with blas.limit(threads):
+    with blas.limit(1):
         return _numpy_product(a, b, out, accumulate)
 
 
@@ -210,7 +213,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
             m, n, k = a.shape[0], b.shape[1], a.shape[1]
             threads, path = _plan(m, n, k, 1, trans_a, trans_b)
             if path == "blas":
-                return _blas_product(a, b, out, accumulate, threads)
+                return _blas_product(a, b, out, accumulate)
             if out is None:
                 out = np.empty((m, n), dtype=np.float32)
             module.gemm(trans_a, trans_b, m, n, k, a_rows, lda, b_rows, ldb, out, out.shape[1],
