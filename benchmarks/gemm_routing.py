@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_info
 
 from cnnlab.backend import _sgemm, blas, gemm
 from cnnlab.backend.parallel import DataParallel
-from cnnlab.bench import _batch, _data_parallel, _lecture_model
+from cnnlab.tools.bench import _batch, _data_parallel, _lecture_model
 from cnnlab.optim import Adam
 
 
