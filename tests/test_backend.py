@@ -243,6 +243,32 @@ def test_the_first_estimate_counts_the_other_runnable_threads(tmp_path, monkeypa
     assert policy.free() == 1 and policy.others == 1.0
 
 
+def test_the_first_estimate_is_measured_again_soon(monkeypatch):
+    """An instant's runnable threads (a process starting just then) hold the workers only
+    until the first interval, FIRST_RECHECK_SECONDS later; then every RECHECK_SECONDS."""
+    clock = [100.0]
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(threads, "_runnable_now", lambda: 3)   # the caller and two others
+    monkeypatch.setattr(threads, "_own_running_threads", lambda: 1)
+    monkeypatch.setattr(threads, "affinity_cores", lambda: 2)
+    measured = []
+
+    def measure(previous, current):
+        measured.append(current.wall - previous.wall)
+        return 2                                               # they were gone
+    policy = threads.Policy()
+    monkeypatch.setattr(policy, "_measure", measure)
+    assert policy.free() == 1
+    clock[0] += threads.FIRST_RECHECK_SECONDS / 2
+    assert policy.free() == 1 and measured == []
+    clock[0] += threads.FIRST_RECHECK_SECONDS
+    assert policy.free() == 2 and measured == [pytest.approx(1.5 * threads.FIRST_RECHECK_SECONDS)]
+    clock[0] += threads.FIRST_RECHECK_SECONDS * 2
+    assert policy.free() == 2 and len(measured) == 1            # now every RECHECK_SECONDS
+    clock[0] += threads.RECHECK_SECONDS
+    assert policy.free() == 2 and len(measured) == 2
+
+
 def test_the_first_estimate_leaves_out_this_processs_own_running_threads(monkeypatch):
     """Two runnable threads, both ours (e.g. OpenMP workers still spinning after a torch
     call in the same process): no other process is busy, both cores are free."""

@@ -11,7 +11,9 @@ under heavier load (issue 13). So the policy counts the cores this process may u
 read from ``/proc/stat`` and ``time.process_time`` (no sampling thread: the interval is
 the time between two checks, at most :data:`RECHECK_SECONDS` apart while training runs;
 the first check, with no interval behind it, counts the runnable threads of
-``/proc/loadavg`` that are not this process's own (``/proc/self/task``), or waits :data:`FIRST_SAMPLE_SECONDS`). ``free = cores - others``, rounded to
+``/proc/loadavg`` that are not this process's own (``/proc/self/task``), or waits
+:data:`FIRST_SAMPLE_SECONDS`; that instant's count is measured again after
+:data:`FIRST_RECHECK_SECONDS`). ``free = cores - others``, rounded to
 whole cores, at least 1. Without
 ``/proc/stat`` (macOS, Windows) the 1-minute load average stands in for ``others``.
 
@@ -31,6 +33,10 @@ import time
 FIRST_SAMPLE_SECONDS = 0.05
 #: Re-measure when the last measurement is older than this.
 RECHECK_SECONDS = 2.0
+#: ... and this soon after the first estimate, an instant's runnable threads: a process that
+#: was starting just then (a compiler, another job's import) held a short run at one worker
+#: for its first RECHECK_SECONDS.
+FIRST_RECHECK_SECONDS = 0.25
 
 
 def affinity_cores() -> int:
@@ -127,6 +133,7 @@ class Policy:
         self._lock = threading.Lock()
         self._last: Sample | None = None
         self._free: int | None = None
+        self._recheck = RECHECK_SECONDS  # the age at which the last measurement is redone
         self.others = 0.0  # cores other processes used in the last interval
 
     def _measure(self, previous: Sample, current: Sample) -> int:
@@ -137,7 +144,7 @@ class Policy:
         """Cores this process can use now (cached for :data:`RECHECK_SECONDS`)."""
         now = time.monotonic()
         if (not refresh and self._free is not None and self._last is not None
-                and now - self._last.wall < RECHECK_SECONDS):
+                and now - self._last.wall < self._recheck):
             return self._free
         with self._lock:
             if self._last is None:
@@ -149,13 +156,15 @@ class Policy:
                     # spinning workers) are not other processes
                     self.others = max(0.0, float(runnable - max(own, 1)))
                     self._free = free_cores(self.others, affinity_cores())
+                    self._recheck = FIRST_RECHECK_SECONDS
                     return self._free
                 time.sleep(FIRST_SAMPLE_SECONDS)
-            elif not refresh and self._free is not None and now - self._last.wall < RECHECK_SECONDS:
+            elif not refresh and self._free is not None and now - self._last.wall < self._recheck:
                 return self._free
             current = Sample()
             self._free = self._measure(self._last, current)
             self._last = current
+            self._recheck = RECHECK_SECONDS
         return self._free
 
 
