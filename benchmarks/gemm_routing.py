@@ -2,9 +2,10 @@
 
 The products are the ones the lecture CNN's and MLP's training steps and inference actually
 issue at batch 128 (logged by ``cnnlab.backend.gemm.trace`` from a step run as `cnnlab train`
-and `cnnlab evaluate` run it: the data-parallel shards of the CNN, the MLP's one shard). A
-"one thread" product (gemm.product_class) is timed on one thread, a "split" one on one thread
-and on every core (it gets the free cores); OpenBLAS is held to the same count
+and `cnnlab evaluate` run it: the data-parallel shards of the CNN, the MLP's one shard), with
+their class (gemm.product_class). Each is timed on the one thread it runs on inside a shard,
+and one that ran outside shards with at least gemm.SPLIT_FLOPS also on every core (what
+cnnlab's GEMM gets on an idle machine); OpenBLAS is held to the same count
 (cnnlab.backend.blas.limit). Every round times each (product, implementation) once,
 interleaved; the table gives microseconds per call, medians with min and max, and
 OpenBLAS / cnnlab (> 1: cnnlab faster), plus the route ``gemm.ROUTES`` takes now.
@@ -30,8 +31,8 @@ from cnnlab.optim import Adam
 
 
 def issued_products(batch_size: int) -> dict:
-    """{(model, step, m, n, k, batch, trans_a, trans_b, kind): calls per step} for the two
-    lecture models' training steps and inference (kind: gemm.product_class)."""
+    """{(model, step, m, n, k, batch, trans_a, trans_b, kind, outside a shard): calls per step}
+    for the two lecture models' training steps and inference (kind: gemm.product_class)."""
     x, y = _batch(batch_size)
     found: dict = {}
     for name in ("cnn", "mlp"):
@@ -48,7 +49,8 @@ def issued_products(batch_size: int) -> dict:
             inference.forward(x)
         for step, products in (("train", train), ("inference", infer)):
             for product in products:
-                key = (name, step) + tuple(product[:6]) + (product.kind,)
+                outside = parallel.threads == 1   # one shard: the step's own thread, no shards
+                key = (name, step) + tuple(product[:6]) + (product.kind, outside)
                 found[key] = found.get(key, 0) + 1
         parallel.close()
         inference.close()
@@ -63,17 +65,18 @@ def main() -> None:
     args = parser.parse_args()
     levels = args.levels.split(",") if args.levels else list(_sgemm.cpu_levels())
     cores = len(os.sched_getaffinity(0))
-    blas = [(info.get("internal_api"), info.get("version"), info.get("architecture"))
+    libraries = [(info.get("internal_api"), info.get("version"), info.get("architecture"))
             for info in threadpool_info() if info.get("user_api") == "blas"]
-    print(f"CPU: {platform.processor() or platform.machine()}, {cores} cores usable; BLAS: {blas}; "
+    print(f"CPU: {platform.processor() or platform.machine()}, {cores} cores usable; BLAS: {libraries}; "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}")
     print(f"load average before: {' '.join(f'{value:.1f}' for value in os.getloadavg())}")
     products = issued_products(args.batch_size)
     # One row per distinct product and thread count (the same shape may come from several steps).
     rows: dict = {}
-    for (model, step, m, n, k, batch, trans_a, trans_b, kind), calls in products.items():
-        # a split product runs on the free cores: all of them, or one on a busy machine
-        for count in (1, cores) if kind == "split" else (1,):
+    for (model, step, m, n, k, batch, trans_a, trans_b, kind, outside), calls in products.items():
+        # outside shards a big product may run on the free cores: all, or one on a busy machine
+        split = outside and 2.0 * m * n * k * batch >= gemm.SPLIT_FLOPS
+        for count in (1, cores) if split else (1,):
             rows.setdefault((m, n, k, batch, trans_a, trans_b, kind, count), []).append(
                 f"{model} {step} x{calls}")
     rng = np.random.default_rng(0)

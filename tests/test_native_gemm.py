@@ -219,8 +219,8 @@ def test_split_products_from_several_python_threads_at_once():
 @pytest.fixture
 def native_routes(monkeypatch):
     """Every product class on cnnlab's GEMM at every level (tests of that path)."""
-    monkeypatch.setattr(_gemm, "ROUTES", {level: {"one thread": "cnnlab", "split": "cnnlab"}
-                                          for level in _gemm.ROUTES})
+    monkeypatch.setattr(_gemm, "ROUTES", {level: dict.fromkeys(routes, "cnnlab")
+                                          for level, routes in _gemm.ROUTES.items()})
 
 
 @pytest.mark.parametrize("layout_a, layout_b", list(itertools.product(["C", "F"], repeat=2)))
@@ -300,35 +300,37 @@ def _traced_paths(products) -> list[tuple[str, str, int]]:
 
 
 def test_each_product_class_takes_the_route_of_the_level_in_use(compiled_level, monkeypatch):
-    """Shard products and small ones are "one thread", big ones outside shards "split"; each
-    goes where ROUTES says for the level in use, and computes the product either way."""
+    """The class is the product's own (a stack, a large or a small product), wherever it
+    runs; each goes where ROUTES says for the level in use, cnnlab's GEMM split over the
+    free cores outside shards and on one thread inside, OpenBLAS always on one thread."""
     monkeypatch.setattr(thread_policy, "product_threads", lambda: 2)
     rng = np.random.default_rng(6)
     big_a = rng.standard_normal((40, 700), dtype=np.float32)      # 28 MFLOP with big_b
     big_b = rng.standard_normal((700, 500), dtype=np.float32)
     small_a, small_b = big_a[:, :30].copy(), big_b[:30, :20].copy()
-    stack_a = rng.standard_normal((16, 64, 32), dtype=np.float32)  # 16 x 0.4 MFLOP
-    stack_b = rng.standard_normal((16, 32, 98), dtype=np.float32)
-    stack_out = np.empty((16, 64, 98), np.float32)
+    stack_a = rng.standard_normal((16, 64, 32), dtype=np.float32)
+    stack_b = rng.standard_normal((16, 32, 294), dtype=np.float32)  # 19 MFLOP in all
+    stack_out = np.empty((16, 64, 294), np.float32)
     routes = _gemm.ROUTES[compiled_level]
     with _gemm.trace() as products:
-        split = _gemm.matmul(big_a, big_b)
+        large = _gemm.matmul(big_a, big_b)
         small = _gemm.matmul(small_a, small_b)
         _gemm.matmul_batched(stack_a, stack_b, out=stack_out)
         with _gemm.one_thread_blas():
             in_shard = _gemm.matmul(big_a, big_b)
-    split_threads = 2 if routes["split"] == "cnnlab" else 1   # OpenBLAS: always one
+            _gemm.matmul_batched(stack_a, stack_b, out=stack_out)
+    large_threads = 2 if routes["large"] == "cnnlab" else 1
     assert _traced_paths(products) == [
-        ("split", routes["split"], split_threads), ("one thread", routes["one thread"], 1),
-        ("one thread", routes["one thread"], 1), ("one thread", routes["one thread"], 1)]
-    check(split, big_a.astype(np.float64) @ big_b.astype(np.float64), 700)
-    check(in_shard, big_a.astype(np.float64) @ big_b.astype(np.float64), 700)
+        ("large", routes["large"], large_threads), ("small", routes["small"], 1),
+        ("stack", routes["stack"], 1), ("large", routes["large"], 1), ("stack", routes["stack"], 1)]
+    assert large.tobytes() == in_shard.tobytes()   # the same path and bits in a shard
+    check(large, big_a.astype(np.float64) @ big_b.astype(np.float64), 700)
     check(small, small_a.astype(np.float64) @ small_b.astype(np.float64), 30)
     check(stack_out, stack_a.astype(np.float64) @ stack_b.astype(np.float64), 32)
 
 
-def test_a_split_product_has_the_same_bits_whatever_the_free_cores(compiled_level, monkeypatch):
-    """The load changes the threads a split product gets, never its result."""
+def test_a_large_product_has_the_same_bits_whatever_the_free_cores(compiled_level, monkeypatch):
+    """The load changes the threads a large product gets, never its result."""
     rng = np.random.default_rng(9)
     a = rng.standard_normal((128, 784), dtype=np.float32)
     b = rng.standard_normal((500, 784), dtype=np.float32).T   # the mlp's hidden layer
@@ -339,21 +341,28 @@ def test_a_split_product_has_the_same_bits_whatever_the_free_cores(compiled_leve
     assert results[0] == results[1]
 
 
+def test_product_classes():
+    assert _gemm.product_class(128, 500, 784) == "large"        # 100 MFLOP
+    assert _gemm.product_class(64, 10, 3136) == "small"         # 4 MFLOP
+    assert _gemm.product_class(64, 294, 32, batch=16) == "stack"
+    assert _gemm.product_class(2, 2, 2, batch=2) == "stack"
+
+
 @pytest.mark.parametrize("level", ["portable", "avx2", "avx512", "neon"])
 def test_the_routing_table_is_the_measured_one(level):
-    """docs/architecture.md "Which GEMM runs a product": OpenBLAS for every one-thread product,
-    and at portable (so neon, unmeasured) for all; cnnlab's GEMM for split products at avx2
-    and avx512. A change here needs new figures there."""
-    expected_split = "cnnlab" if level in ("avx2", "avx512") else "blas"
-    assert _gemm.ROUTES[level] == {"one thread": "blas", "split": expected_split}
-    assert _gemm.path_for("one thread", level) == "blas"
-    assert _gemm.path_for("split", level) == expected_split
+    """docs/architecture.md "Which GEMM runs a product": OpenBLAS for stacks and small
+    products at every level, and for everything at portable (so neon, unmeasured); cnnlab's
+    GEMM for large products at avx2 and avx512. A change here needs new figures there."""
+    large = "cnnlab" if level in ("avx2", "avx512") else "blas"
+    assert _gemm.ROUTES[level] == {"stack": "blas", "large": large, "small": "blas"}
+    assert [_gemm.path_for(kind, level) for kind in ("stack", "large", "small")] == [
+        "blas", large, "blas"]
 
 
 def test_numpy_level_and_missing_native_code_route_everything_to_blas(monkeypatch):
-    assert _gemm.path_for("split", "numpy") == _gemm.path_for("one thread", "numpy") == "blas"
+    assert {_gemm.path_for(kind, "numpy") for kind in ("stack", "large", "small")} == {"blas"}
     monkeypatch.setattr(dispatch, "sgemm", lambda: None)
-    assert _gemm.path_for("split", "avx2") == "blas"
+    assert _gemm.path_for("large", "avx2") == "blas"
 
 
 def test_blas_products_run_on_one_thread(monkeypatch):
@@ -369,17 +378,17 @@ def test_blas_products_run_on_one_thread(monkeypatch):
         yield
 
     monkeypatch.setattr(blas, "limit", recording)
-    monkeypatch.setattr(_gemm, "ROUTES", {level: {"one thread": "blas", "split": "blas"}
-                                          for level in _gemm.ROUTES})
+    monkeypatch.setattr(_gemm, "ROUTES", {level: dict.fromkeys(routes, "blas")
+                                          for level, routes in _gemm.ROUTES.items()})
     monkeypatch.setattr(thread_policy, "product_threads", lambda: 2)
     rng = np.random.default_rng(7)
     a = rng.standard_normal((40, 700), dtype=np.float32)
     b = rng.standard_normal((700, 500), dtype=np.float32)
     _gemm.matmul(a, b)
     _gemm.matmul(a[:, :30].copy(), b[:30, :20].copy())
-    with _gemm.one_thread_blas():   # DataParallel holds BLAS at one thread around its shards
+    with _gemm.one_thread_blas():
         _gemm.matmul(a, b)
-    assert seen == [1, 1]
+    assert seen == [1, 1, 1]
 
 
 def test_blas_limit_sets_and_restores_blas_threads():

@@ -6,12 +6,15 @@ product class -> "cnnlab" or "blas"), set from benchmarks/gemm_routing.py on the
 the lecture CNN and MLP issue, with the figures in docs/architecture.md: NumPy's OpenBLAS
 wherever it was as fast, cnnlab's GEMM where it measured faster.
 
-Threads: one while :func:`one_thread_blas` is active in the calling thread (a data-parallel
-shard, where cnnlab/backend/parallel.py holds BLAS at one thread), for a product under
-:data:`SPLIT_FLOPS`, and for every product OpenBLAS runs (held at one thread for the call);
-cnnlab's GEMM splits the others over the cores the thread policy grants now
-(cnnlab/backend/threads.py), with the same bits as on one thread. Other dtypes and layouts,
-and the "numpy" level, use NumPy's BLAS as it is.
+A product's class depends on the product alone (a stack, or one product of at least
+:data:`SPLIT_FLOPS` or under), never on where it runs or on the load: a product gives the same
+bits in a data-parallel shard, in a torchrun rank and in a plain call. OpenBLAS runs its
+products on one thread (its results change with its thread count). cnnlab's GEMM runs the
+"large" products: on one thread while :func:`one_thread_blas` is active in the calling thread
+(a data-parallel shard, where cnnlab/backend/parallel.py also holds BLAS at one thread),
+elsewhere split over the cores the thread policy grants now (cnnlab/backend/threads.py),
+with the same bits on any number of threads. Other dtypes and layouts, and the "numpy"
+level, use NumPy's BLAS as it is.
 """
 
 from __future__ import annotations
@@ -27,27 +30,25 @@ from cnnlab.backend import blas, dispatch, threads as thread_policy
 _local = threading.local()  # .depth: one_thread_blas nesting of this thread
 
 
-#: Products with fewer FLOPs than this run on one thread: waking a second costs ~40 us.
+#: A product of this many FLOPs or more is "large": cnnlab's GEMM may split it over threads
+#: (waking a second costs ~40 us).
 SPLIT_FLOPS = 16e6
 
 #: level -> product class -> the GEMM that runs its float32 products ("cnnlab" or "blas").
-#: "one thread": inside a data-parallel shard, or under SPLIT_FLOPS; "split": the others,
-#: which cnnlab's GEMM runs on the cores the thread policy grants (OpenBLAS runs every product
-#: on one thread: its results differ with its thread count, so they would follow the load).
-#: Measured by benchmarks/gemm_routing.py on the products the lecture CNN and MLP issue
-#: (docs/architecture.md, "Which GEMM runs a product"): one thread of OpenBLAS beat the C
-#: kernel on the shard products at every level (1.1-1.5x at avx2 and avx512, 2-4x at
-#: portable); split over two threads the C kernel won the Winograd stacks (1.1-1.4x: NumPy
-#: runs a stack of small products one after the other) and tied the mlp's hidden layer, and
-#: its pool sleeps after 5 us where OpenBLAS's workers spin. "neon" has no measurement here
-#: (no ARM machine) and follows "portable", where OpenBLAS on one thread beat the C kernel on
-#: two. The class depends on where a product runs and its size, never on the load, so
-#: neither do the results.
+#: Classes: "stack" (a stack of products: Winograd's 16), "large" (one product of at least
+#: SPLIT_FLOPS: the mlp's hidden layer, im2col convolutions), "small" (one product under it:
+#: the classifier layers). Measured by benchmarks/gemm_routing.py on the products the lecture
+#: CNN and MLP issue (docs/architecture.md, "Which GEMM runs a product"): one thread of
+#: OpenBLAS beat the C kernel on the stacks and the small products at every level (1.1-1.5x
+#: at avx2 and avx512, 2-4x at portable); on the large ones the C kernel tied it on one
+#: thread and split over two threads tied or beat two-thread OpenBLAS, with a pool that
+#: sleeps where OpenBLAS's workers spin. "neon" has no measurement here (no ARM machine) and
+#: follows "portable", where OpenBLAS on one thread beat the C kernel on two.
 ROUTES = {
-    "portable": {"one thread": "blas", "split": "blas"},
-    "avx2": {"one thread": "blas", "split": "cnnlab"},
-    "avx512": {"one thread": "blas", "split": "cnnlab"},
-    "neon": {"one thread": "blas", "split": "blas"},
+    "portable": {"stack": "blas", "large": "blas", "small": "blas"},
+    "avx2": {"stack": "blas", "large": "cnnlab", "small": "blas"},
+    "avx512": {"stack": "blas", "large": "cnnlab", "small": "blas"},
+    "neon": {"stack": "blas", "large": "blas", "small": "blas"},
 }
 
 
@@ -61,14 +62,16 @@ class Product(NamedTuple):
     trans_a: bool
     trans_b: bool
     threads: int   # the threads it ran on
-    kind: str      # its class in ROUTES: "one thread" or "split"
+    kind: str      # its class in ROUTES: "stack", "large" or "small"
     path: str      # "cnnlab" (cnnlab's GEMM) or "blas" (NumPy's)
 
 
-def product_class(flops: float) -> str:
-    """"one thread" inside a data-parallel shard (this thread is in :func:`one_thread_blas`)
-    or under :data:`SPLIT_FLOPS`, else "split"."""
-    return "one thread" if flops < SPLIT_FLOPS or in_one_thread_region() else "split"
+def product_class(m: int, n: int, k: int, batch: int = 1) -> str:
+    """"stack" for a stack of ``batch`` > 1 products, else "large" from :data:`SPLIT_FLOPS`
+    FLOPs up, "small" below."""
+    if batch > 1:
+        return "stack"
+    return "large" if 2.0 * m * n * k >= SPLIT_FLOPS else "small"
 
 
 def path_for(kind: str, level: str | None = None) -> str:
@@ -87,10 +90,11 @@ def describe() -> str:
         return f"NumPy's BLAS (level {level})"
     names = {"cnnlab": "cnnlab GEMM", "blas": "NumPy's BLAS"}
     routes = ROUTES[level]
-    if routes["one thread"] == routes["split"]:
-        return f"{names[routes['split']]} for every product, on one thread ({level})"
-    return (f"{names[routes['one thread']]} on one thread (shards, under {SPLIT_FLOPS / 1e6:.0f} "
-            f"MFLOP), {names[routes['split']]} split over the free cores ({level})")
+    on_cnnlab = [kind for kind, path in routes.items() if path == "cnnlab"]
+    if not on_cnnlab:
+        return f"NumPy's BLAS for every product, on one thread ({level})"
+    return (f"{', '.join(on_cnnlab)} products on cnnlab GEMM (split over the free cores outside "
+            f"shards), the others on NumPy's BLAS, one thread ({level})")
 
 
 @contextlib.contextmanager
@@ -129,11 +133,12 @@ def trace():
 
 def _plan(m: int, n: int, k: int, batch: int, trans_a: bool, trans_b: bool) -> tuple[int, str]:
     """(threads, path) for one product; recorded when :func:`trace` is active."""
-    kind = product_class(2.0 * m * n * k * batch)
+    kind = product_class(m, n, k, batch)
     path = path_for(kind)
     # OpenBLAS always on one thread: its results differ with its thread count (so they would
     # follow the load), and its idle workers spin in the way of a busy machine.
-    threads = thread_policy.product_threads() if kind == "split" and path == "cnnlab" else 1
+    split = path == "cnnlab" and 2.0 * m * n * k * batch >= SPLIT_FLOPS and not in_one_thread_region()
+    threads = thread_policy.product_threads() if split else 1
     if _trace is not None:
         _trace.append(Product(m, n, k, batch, trans_a, trans_b, threads, kind, path))
     return threads, path
@@ -182,9 +187,8 @@ def matmul_batched(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bo
 
 
 def _blas_product(a, b, out, accumulate: bool) -> np.ndarray:
-    """NumPy's BLAS on one thread (inside shards DataParallel already holds it there)."""
-    if in_one_thread_region():
-        return _numpy_product(a, b, out, accumulate)
+    """NumPy's BLAS on one thread (a no-op check inside shards, where DataParallel holds it
+    there already)."""
     with blas.limit(1):
         return _numpy_product(a, b, out, accumulate)
 
