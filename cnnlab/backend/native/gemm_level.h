@@ -112,17 +112,17 @@ SIMD_INLINE int pf_one(pf_region *g)
  *   pa: packed A, MR floats per k step (rows >= mr are padding).
  *   pb: packed B, NR floats per k step (columns >= nr are zero).
  *   pfr/npf: prefetch up to npf lines of pfr during the k loop (may be NULL).
- * mr is a compile-time constant in every instantiation, so the accumulator array is fully
- * unrolled into registers; a ragged nr < NR computes the whole tile and stores its first nr
- * columns.
+ * mr and nv (the vectors of B per k step, nr <= nv VL) are compile-time constants in every
+ * instantiation, so the accumulator array is fully unrolled into registers; a ragged nr
+ * computes the nv VL columns that cover it and stores its first nr.
  */
-SIMD_INLINE void ukernel(const int mr, ptrdiff_t kc, const float *restrict pa,
+SIMD_INLINE void ukernel(const int mr, const int nv, ptrdiff_t kc, const float *restrict pa,
                          const float *restrict pb, float *restrict c, ptrdiff_t ldc, ptrdiff_t nr,
                          int acc, pf_region *pfr, ptrdiff_t npf)
 {
     vf sum[MR][NV];
     UNROLL_FULLY for (int i = 0; i < mr; i++)
-        UNROLL_FULLY for (int v = 0; v < NV; v++)
+        UNROLL_FULLY for (int v = 0; v < nv; v++)
             sum[i][v] = splat(0.0f);
 
     /* Pull the C tile towards L1 while the k loop runs, so the final read-modify-write does
@@ -135,11 +135,11 @@ SIMD_INLINE void ukernel(const int mr, ptrdiff_t kc, const float *restrict pa,
 #define KSTEP()                                                                  \
     do {                                                                         \
         vf b[NV];                                                                \
-        UNROLL_FULLY for (int v = 0; v < NV; v++) b[v] = load(pb + v * VL);      \
+        UNROLL_FULLY for (int v = 0; v < nv; v++) b[v] = load(pb + v * VL);      \
         UNROLL_FULLY for (int i = 0; i < mr; i++)                                \
         {                                                                        \
             vf a = splat(pa[i]);                                                 \
-            UNROLL_FULLY for (int v = 0; v < NV; v++)                            \
+            UNROLL_FULLY for (int v = 0; v < nv; v++)                            \
                 sum[i][v] = fma_v(a, b[v], sum[i][v]);                           \
         }                                                                        \
         pa += MR;                                                                \
@@ -161,11 +161,11 @@ SIMD_INLINE void ukernel(const int mr, ptrdiff_t kc, const float *restrict pa,
 
     UNROLL_FULLY for (int i = 0; i < mr; i++) {
         float *row = c + i * ldc;
-        if (nr == NR) {
-            UNROLL_FULLY for (int v = 0; v < NV; v++)
+        if (nr == nv * VL) {
+            UNROLL_FULLY for (int v = 0; v < nv; v++)
                 store(row + v * VL, acc ? sum[i][v] + load(row + v * VL) : sum[i][v]);
         } else {
-            for (int v = 0; v < NV; v++) {
+            for (int v = 0; v < nv; v++) {
                 ptrdiff_t lanes = clamp_lanes(nr - v * VL);
                 store_first(row + v * VL, lanes,
                             acc ? sum[i][v] + load_first(row + v * VL, lanes) : sum[i][v]);
@@ -177,34 +177,47 @@ SIMD_INLINE void ukernel(const int mr, ptrdiff_t kc, const float *restrict pa,
 typedef void (*ukr_fn)(ptrdiff_t, const float *, const float *, float *, ptrdiff_t, ptrdiff_t,
                        int, pf_region *, ptrdiff_t);
 
-/* One out-of-line instantiation per row count, so edge tiles do only the rows they need. */
-#define DEF_UKR(R)                                                                       \
-    static void ukr_##R(ptrdiff_t kc, const float *pa, const float *pb, float *c,        \
-                        ptrdiff_t ldc, ptrdiff_t nr, int acc, pf_region *pfr, ptrdiff_t npf) \
-    {                                                                                    \
-        ukernel(R, kc, pa, pb, c, ldc, nr, acc, pfr, npf);                               \
+/* One out-of-line instantiation per row count and vector count, so edge tiles (the last
+ * rows of C, or a last panel of nr <= (NV - 1) VL columns, such as the n = 10 of a
+ * classifier) do only the work they need. */
+#define DEF_UKR(R, V)                                                                      \
+    static void ukr_##R##_##V(ptrdiff_t kc, const float *pa, const float *pb, float *c,    \
+                              ptrdiff_t ldc, ptrdiff_t nr, int acc, pf_region *pfr,        \
+                              ptrdiff_t npf)                                               \
+    {                                                                                      \
+        ukernel(R, V, kc, pa, pb, c, ldc, nr, acc, pfr, npf);                              \
     }
-DEF_UKR(1) DEF_UKR(2) DEF_UKR(3) DEF_UKR(4)
+#if NV == 2
+#define DEF_UKR_ROWS(R) DEF_UKR(R, 1) DEF_UKR(R, 2)
+#define UKR_ROW(R) {NULL, ukr_##R##_1, ukr_##R##_2}
+#elif NV == 3
+#define DEF_UKR_ROWS(R) DEF_UKR(R, 1) DEF_UKR(R, 2) DEF_UKR(R, 3)
+#define UKR_ROW(R) {NULL, ukr_##R##_1, ukr_##R##_2, ukr_##R##_3}
+#else
+#error "gemm_level.h: DEF_UKR_ROWS needs a case for this NV"
+#endif
+DEF_UKR_ROWS(1) DEF_UKR_ROWS(2) DEF_UKR_ROWS(3) DEF_UKR_ROWS(4)
 #if MR >= 6
-DEF_UKR(5) DEF_UKR(6)
+DEF_UKR_ROWS(5) DEF_UKR_ROWS(6)
 #endif
 #if MR >= 8
-DEF_UKR(7) DEF_UKR(8)
+DEF_UKR_ROWS(7) DEF_UKR_ROWS(8)
 #endif
 #if MR >= 12
-DEF_UKR(9) DEF_UKR(10) DEF_UKR(11) DEF_UKR(12)
+DEF_UKR_ROWS(9) DEF_UKR_ROWS(10) DEF_UKR_ROWS(11) DEF_UKR_ROWS(12)
 #endif
 
-static const ukr_fn ukr_table[MR + 1] = {
-    NULL, ukr_1, ukr_2, ukr_3, ukr_4,
+/* ukr_table[rows][vectors] */
+static const ukr_fn ukr_table[MR + 1][NV + 1] = {
+    {NULL}, UKR_ROW(1), UKR_ROW(2), UKR_ROW(3), UKR_ROW(4),
 #if MR >= 6
-    ukr_5, ukr_6,
+    UKR_ROW(5), UKR_ROW(6),
 #endif
 #if MR >= 8
-    ukr_7, ukr_8,
+    UKR_ROW(7), UKR_ROW(8),
 #endif
 #if MR >= 12
-    ukr_9, ukr_10, ukr_11, ukr_12,
+    UKR_ROW(9), UKR_ROW(10), UKR_ROW(11), UKR_ROW(12),
 #endif
 };
 
@@ -213,7 +226,14 @@ static const ukr_fn ukr_table[MR + 1] = {
 /* ------------------------------------------------------------------------ */
 
 /* Pack op(A)[0:mc, 0:kc] (a points at its top-left element) into MR-row micro-panels: panel
- * t holds rows t MR.., laid out dst[p MR + i], rows past mc zero. */
+ * t holds rows t MR.., laid out dst[p MR + i], rows past mc zero. Whole-vector stores: one
+ * k step's store may run up to VL - 1 floats into the next, which is written after it, and
+ * past the end of the block (gemm() allocates PACK_A_SLACK floats more). */
+#define A_VECTORS ((MR + VL - 1) / VL) /* vectors per k step */
+#define PACK_A_SLACK (A_VECTORS * VL - MR)
+#if MR > VL && MR % VL
+#error "pack_a: a panel of several vectors must be whole vectors (its stores may not overlap)"
+#endif
 static void pack_a(int trans, ptrdiff_t mc, ptrdiff_t kc, const float *a, ptrdiff_t lda,
                    float *dst)
 {
@@ -224,20 +244,37 @@ static void pack_a(int trans, ptrdiff_t mc, ptrdiff_t kc, const float *a, ptrdif
             for (ptrdiff_t p = 0; p < kc; p++) {
                 const float *src = a + p * lda + i0;
                 float *d = dst + p * MR;
-                for (ptrdiff_t i = 0; i < MR; i++)
-                    d[i] = i < mr ? src[i] : 0.0f;
+                UNROLL_FULLY for (int v = 0; v < A_VECTORS; v++)
+                    store(d + v * VL, load_first(src + v * VL, clamp_lanes(mr - v * VL)));
             }
         } else {
-            /* A stored m x k: each row read left to right, written MR floats apart. */
-            for (ptrdiff_t i = 0; i < MR; i++) {
-                const float *src = a + (i0 + i) * lda;
-                float *d = dst + i;
-                if (i < mr)
-                    for (ptrdiff_t p = 0; p < kc; p++)
-                        d[p * MR] = src[p];
-                else
-                    for (ptrdiff_t p = 0; p < kc; p++)
-                        d[p * MR] = 0.0f;
+            /* A stored m x k: each VL x VL block (VL rows, VL k steps) is loaded as rows,
+             * transposed in registers and stored as VL k steps; rows past mr and k steps
+             * past kc read as zero. */
+            UNROLL_FULLY for (int h = 0; h < A_VECTORS; h++) {
+                const int live = MR - h * VL < VL ? MR - h * VL : VL; /* rows of the panel */
+                ptrdiff_t rows = clamp_lanes(mr - h * VL);
+                const float *src = a + (i0 + h * VL) * lda;
+                float *d = dst + h * VL;
+                for (ptrdiff_t p0 = 0; p0 < kc; p0 += VL) {
+                    ptrdiff_t steps = kc - p0 < VL ? kc - p0 : VL;
+                    vf r[VL];
+                    if (rows == live && steps == VL) {
+                        UNROLL_FULLY for (int j = 0; j < VL; j++)
+                            r[j] = j < live ? load(src + j * lda + p0) : splat(0.0f);
+                    } else {
+                        for (int j = 0; j < VL; j++)
+                            r[j] = j < rows ? load_first(src + j * lda + p0, steps) : splat(0.0f);
+                    }
+                    transpose(r);
+                    if (steps == VL) {
+                        UNROLL_FULLY for (int q = 0; q < VL; q++)
+                            store(d + (p0 + q) * MR, r[q]);
+                    } else {
+                        for (ptrdiff_t q = 0; q < steps; q++)
+                            store(d + (p0 + q) * MR, r[q]);
+                    }
+                }
             }
         }
         dst += MR * kc;
@@ -327,7 +364,7 @@ static int gemm(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const flo
     ptrdiff_t kcb = balanced_block(k, blocking->kc, 16);
     ptrdiff_t mcb = balanced_block(m, blocking->mc, MR);
     ptrdiff_t ncb = balanced_block(n, blocking->nc, NR);
-    size_t a_need = (size_t)((mcb + MR - 1) / MR * MR) * (size_t)kcb;
+    size_t a_need = (size_t)((mcb + MR - 1) / MR * MR) * (size_t)kcb + PACK_A_SLACK;
     size_t b_need = (size_t)((ncb + NR - 1) / NR * NR) * (size_t)kcb;
     float *pa, *pb;
     if (gemm_scratch(a_need, b_need, &pa, &pb) < 0)
@@ -382,11 +419,12 @@ static int gemm(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const flo
 
                 for (ptrdiff_t jr = 0; jr < nc; jr += NR) {
                     ptrdiff_t nr = nc - jr < NR ? nc - jr : NR;
+                    int nv = (int)((nr + VL - 1) / VL);
                     float *cp = C + ic * ldc + jc + jr;
                     for (ptrdiff_t ir = 0; ir < mc; ir += MR) {
                         int mr = (int)(mc - ir < MR ? mc - ir : MR);
                         pf_region *pfr = pfb.r < pfb.rows ? &pfb : pfa.r < pfa.rows ? &pfa : NULL;
-                        ukr_table[mr](kc, pa + ir * kc, pb + jr * kc, cp + ir * ldc, ldc, nr, acc,
+                        ukr_table[mr][nv](kc, pa + ir * kc, pb + jr * kc, cp + ir * ldc, ldc, nr, acc,
                                       pfr, pfr ? pfr->per_call : 0);
                     }
                 }

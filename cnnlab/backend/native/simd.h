@@ -182,8 +182,22 @@ SIMD_INLINE void store_first(float *p, ptrdiff_t n, vf v)
 #if VL == 16 && defined(MASKED_512)
     _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), (__m512)v);
 #elif VL == 8
-    vi lanes = {0, 1, 2, 3, 4, 5, 6, 7};
-    _mm256_maskstore_ps(p, (__m256i)(lanes < splat_i((int32_t)n)), (__m256)v);
+    /* Not vmaskmovps: AMD cores (Zen 1-5) run its store form as microcode, tens of cycles
+     * (it made the AVX2 Winograd transforms, whose tile rows end in partial vectors, ~2x
+     * slower than needed). At most three plain stores: 4, 2, 1 lanes. */
+    __m128 part = _mm256_castps256_ps128((__m256)v);
+    if (n & 4) {
+        _mm_storeu_ps(p, part);
+        part = _mm256_extractf128_ps((__m256)v, 1);
+        p += 4;
+    }
+    if (n & 2) {
+        _mm_storel_pi((__m64 *)p, part);
+        part = _mm_movehl_ps(part, part);
+        p += 2;
+    }
+    if (n & 1)
+        _mm_store_ss(p, part);
 #else
     memcpy(p, &v, (size_t)n * sizeof(float));
 #endif
