@@ -129,12 +129,16 @@ SIMD_INLINE vi blend_i(vi mask, vi a, vi b) { return (mask & a) | (~mask & b); }
 /* np.maximum's rule: a > b ? a : b, except that a NaN a wins (as maximum_f32 in loops_body.h). */
 SIMD_INLINE vf maximum(vf a, vf b) { return blend(a != a, a, blend(a > b, a, b)); }
 
+/* The lanes' sum as a tree (lane l + lane l + VL/2, ...): log2(VL) dependent adds, not VL - 1
+ * (one call per conv-weight tap and plane of the fused conv's backward). */
 SIMD_INLINE float sum_lanes(vf v)
 {
-    float total = 0.0f;
-    for (int l = 0; l < VL; l++)
-        total += v[l];
-    return total;
+    float lanes[VL];
+    memcpy(lanes, &v, sizeof lanes);
+    for (int width = VL / 2; width >= 1; width /= 2)
+        for (int l = 0; l < width; l++)
+            lanes[l] += lanes[l + width];
+    return lanes[0];
 }
 
 /* a * b + c with one rounding where the level has FMA (AVX2, AVX-512, NEON); two otherwise. */
@@ -151,6 +155,31 @@ SIMD_INLINE vf fma_v(vf a, vf b, vf c)
 #endif
 }
 
+/* n < 16 bytes from src to dst in at most four fixed-size copies: a memcpy of a variable
+ * size is a library call, once per row of a pooled plane. */
+SIMD_INLINE void copy_short(void *dst, const void *src, ptrdiff_t n)
+{
+    unsigned char *d = (unsigned char *)dst;
+    const unsigned char *s = (const unsigned char *)src;
+    if (n & 8) {
+        memcpy(d, s, 8);
+        d += 8;
+        s += 8;
+    }
+    if (n & 4) {
+        memcpy(d, s, 4);
+        d += 4;
+        s += 4;
+    }
+    if (n & 2) {
+        memcpy(d, s, 2);
+        d += 2;
+        s += 2;
+    }
+    if (n & 1)
+        *d = *s;
+}
+
 /* Lanes l < n of p (n may be <= 0 or >= VL); the others are 0. Masked lanes are never read. */
 SIMD_INLINE vf load_first(const float *p, ptrdiff_t n)
 {
@@ -165,7 +194,7 @@ SIMD_INLINE vf load_first(const float *p, ptrdiff_t n)
     return (vf)_mm256_maskload_ps(p, (__m256i)(lanes < splat_i((int32_t)n)));
 #else
     vf v = splat(0.0f);
-    memcpy(&v, p, (size_t)n * sizeof(float));
+    copy_short(&v, p, n * (ptrdiff_t)sizeof(float));
     return v;
 #endif
 }
@@ -199,19 +228,28 @@ SIMD_INLINE void store_first(float *p, ptrdiff_t n, vf v)
     if (n & 1)
         _mm_store_ss(p, part);
 #else
-    memcpy(p, &v, (size_t)n * sizeof(float));
+    copy_short(p, &v, n * (ptrdiff_t)sizeof(float));
 #endif
 }
 
 /* Bytes p[0 : n] as int32 lanes; lanes l >= n are `fill`. */
 SIMD_INLINE vi load_bytes(const unsigned char *p, ptrdiff_t n, unsigned char fill)
 {
-    unsigned char bytes[VL];
-    memset(bytes, fill, sizeof bytes);
-    if (n > 0)
-        memcpy(bytes, p, (size_t)(n < VL ? n : VL));
     vb packed;
-    memcpy(&packed, bytes, sizeof packed);
+#if VL == 16
+    __mmask16 mask = n >= VL ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1u);
+    packed = (vb)_mm_mask_loadu_epi8(_mm_set1_epi8((char)fill), mask, p);
+#else
+    if (n >= VL) {
+        memcpy(&packed, p, sizeof packed);
+    } else {
+        unsigned char bytes[VL];
+        memset(bytes, fill, sizeof bytes);
+        if (n > 0)
+            copy_short(bytes, p, n);
+        memcpy(&packed, bytes, sizeof packed);
+    }
+#endif
     return __builtin_convertvector(packed, vi);
 }
 
@@ -219,8 +257,15 @@ SIMD_INLINE vi load_bytes(const unsigned char *p, ptrdiff_t n, unsigned char fil
 SIMD_INLINE void store_bytes(unsigned char *p, ptrdiff_t n, vi v)
 {
     vb packed = __builtin_convertvector(v, vb);
-    if (n > 0)
-        memcpy(p, &packed, (size_t)(n < VL ? n : VL));
+#if VL == 16
+    __mmask16 mask = n >= VL ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1u);
+    _mm_mask_storeu_epi8(p, mask, (__m128i)packed);
+#else
+    if (n >= VL)
+        memcpy(p, &packed, sizeof packed);
+    else if (n > 0)
+        copy_short(p, &packed, n);
+#endif
 }
 
 /* Lane shuffles: even/odd lanes of the 2 VL floats (lo, hi), and their inverse. */
