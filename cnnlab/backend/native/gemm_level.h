@@ -256,24 +256,26 @@ static void pack_a(int trans, ptrdiff_t mc, ptrdiff_t kc, const float *a, ptrdif
                 ptrdiff_t rows = clamp_lanes(mr - h * VL);
                 const float *src = a + (i0 + h * VL) * lda;
                 float *d = dst + h * VL;
-                for (ptrdiff_t p0 = 0; p0 < kc; p0 += VL) {
+                /* whole blocks of a whole panel (the common case) in a loop of their own,
+                 * fully unrolled; then the ragged ones */
+                ptrdiff_t whole = rows == live ? kc / VL * VL : 0, p0 = 0;
+                for (; p0 < whole; p0 += VL) {
+                    vf r[VL];
+                    const float *block = src + p0;
+                    UNROLL_FULLY for (int j = 0; j < VL; j++)
+                        r[j] = j < live ? load(block + j * lda) : splat(0.0f);
+                    transpose(r);
+                    UNROLL_FULLY for (int q = 0; q < VL; q++)
+                        store(d + (p0 + q) * MR, r[q]);
+                }
+                for (; p0 < kc; p0 += VL) {
                     ptrdiff_t steps = kc - p0 < VL ? kc - p0 : VL;
                     vf r[VL];
-                    if (rows == live && steps == VL) {
-                        UNROLL_FULLY for (int j = 0; j < VL; j++)
-                            r[j] = j < live ? load(src + j * lda + p0) : splat(0.0f);
-                    } else {
-                        for (int j = 0; j < VL; j++)
-                            r[j] = j < rows ? load_first(src + j * lda + p0, steps) : splat(0.0f);
-                    }
+                    for (int j = 0; j < VL; j++)
+                        r[j] = j < rows ? load_first(src + j * lda + p0, steps) : splat(0.0f);
                     transpose(r);
-                    if (steps == VL) {
-                        UNROLL_FULLY for (int q = 0; q < VL; q++)
-                            store(d + (p0 + q) * MR, r[q]);
-                    } else {
-                        for (ptrdiff_t q = 0; q < steps; q++)
-                            store(d + (p0 + q) * MR, r[q]);
-                    }
+                    for (ptrdiff_t q = 0; q < steps; q++)
+                        store(d + (p0 + q) * MR, r[q]);
                 }
             }
         }

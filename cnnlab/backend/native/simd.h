@@ -340,6 +340,43 @@ SIMD_INLINE void interleave(vf a, vf b, vf *first, vf *second)
 #define TRANSPOSE_LOWER_8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
 #endif
 
+#if VL == 16
+/* 16 x 16: in-lane interleaves of floats, then of float pairs, then two rounds of 128-bit
+ * block selects (each a single cheap x86 instruction: vunpcklps/vunpckhps,
+ * vunpcklpd/vunpckhpd, vshuff32x4), as the AVX-512 intrinsics this code replaced; the
+ * bit-swap stages need a two-source permute (vpermt2ps) in their first stage. */
+SIMD_INLINE void transpose(vf r[VL])
+{
+    vf t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = SHUFFLE2(r[i], r[i + 1], 0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12, 28, 13, 29);
+        t[i + 1] = SHUFFLE2(r[i], r[i + 1], 2, 18, 3, 19, 6, 22, 7, 23, 10, 26, 11, 27, 14, 30, 15, 31);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = SHUFFLE2(t[i], t[i + 2], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
+        r[i + 1] = SHUFFLE2(t[i], t[i + 2], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+        r[i + 2] = SHUFFLE2(t[i + 1], t[i + 3], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
+        r[i + 3] = SHUFFLE2(t[i + 1], t[i + 3], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+    }
+    /* r[4g + j] now holds, in 128-bit block L, rows 4g .. 4g + 3 of column 4L + j */
+#define BLOCKS_02(a, b) SHUFFLE2(a, b, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27)
+#define BLOCKS_13(a, b) SHUFFLE2(a, b, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31)
+    for (int j = 0; j < 4; j++) {
+        t[j] = BLOCKS_02(r[j], r[j + 4]);
+        t[j + 4] = BLOCKS_13(r[j], r[j + 4]);
+        t[j + 8] = BLOCKS_02(r[j + 8], r[j + 12]);
+        t[j + 12] = BLOCKS_13(r[j + 8], r[j + 12]);
+    }
+    for (int j = 0; j < 4; j++) {
+        r[j] = BLOCKS_02(t[j], t[j + 8]);
+        r[j + 4] = BLOCKS_02(t[j + 4], t[j + 12]);
+        r[j + 8] = BLOCKS_13(t[j], t[j + 8]);
+        r[j + 12] = BLOCKS_13(t[j + 4], t[j + 12]);
+    }
+#undef BLOCKS_02
+#undef BLOCKS_13
+}
+#else
 SIMD_INLINE void transpose(vf r[VL])
 {
     TRANSPOSE_STAGE(1)
@@ -347,10 +384,8 @@ SIMD_INLINE void transpose(vf r[VL])
 #if VL >= 8
     TRANSPOSE_STAGE(4)
 #endif
-#if VL >= 16
-    TRANSPOSE_STAGE(8)
-#endif
 }
+#endif
 
 SIMD_INLINE ptrdiff_t clamp_lanes(ptrdiff_t n) { return n < 0 ? 0 : n > VL ? VL : n; }
 
