@@ -232,37 +232,51 @@ SIMD_INLINE void store_first(float *p, ptrdiff_t n, vf v)
 #endif
 }
 
-/* Bytes p[0 : n] as int32 lanes; lanes l >= n are `fill`. */
+/* Bytes p[0 : n] as int32 lanes; lanes l >= n are `fill`. The widening and narrowing are
+ * spelled with the x86 instructions (vpmovzxbd, vpmovdb, packus): GCC lowers
+ * __builtin_convertvector between bytes and int32 to one lane extract/insert per lane. */
 SIMD_INLINE vi load_bytes(const unsigned char *p, ptrdiff_t n, unsigned char fill)
 {
-    vb packed;
 #if VL == 16
     __mmask16 mask = n >= VL ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1u);
-    packed = (vb)_mm_mask_loadu_epi8(_mm_set1_epi8((char)fill), mask, p);
+    return (vi)_mm512_cvtepu8_epi32(_mm_mask_loadu_epi8(_mm_set1_epi8((char)fill), mask, p));
 #else
+    unsigned char bytes[16];
     if (n >= VL) {
-        memcpy(&packed, p, sizeof packed);
+        memcpy(bytes, p, VL);
     } else {
-        unsigned char bytes[VL];
-        memset(bytes, fill, sizeof bytes);
+        memset(bytes, fill, VL);
         if (n > 0)
             copy_short(bytes, p, n);
-        memcpy(&packed, bytes, sizeof packed);
     }
-#endif
+#if VL == 8
+    __m128i packed;
+    memcpy(&packed, bytes, 8);
+    return (vi)_mm256_cvtepu8_epi32(packed);
+#else
+    vb packed;
+    memcpy(&packed, bytes, sizeof packed);
     return __builtin_convertvector(packed, vi);
+#endif
+#endif
 }
 
 /* p[l] = (unsigned char)v[l] for l < n (lanes hold 0..255). */
 SIMD_INLINE void store_bytes(unsigned char *p, ptrdiff_t n, vi v)
 {
-    vb packed = __builtin_convertvector(v, vb);
 #if VL == 16
     __mmask16 mask = n >= VL ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1u);
-    _mm_mask_storeu_epi8(p, mask, (__m128i)packed);
+    _mm512_mask_cvtepi32_storeu_epi8(p, mask, (__m512i)v);
 #else
+#if VL == 8
+    __m128i words = _mm_packus_epi32(_mm256_castsi256_si128((__m256i)v),
+                                      _mm256_extracti128_si256((__m256i)v, 1));
+    __m128i packed = _mm_packus_epi16(words, words); /* bytes 0..7 */
+#else
+    vb packed = __builtin_convertvector(v, vb);
+#endif
     if (n >= VL)
-        memcpy(p, &packed, sizeof packed);
+        memcpy(p, &packed, VL);
     else if (n > 0)
         copy_short(p, &packed, n);
 #endif
