@@ -155,28 +155,39 @@ SIMD_INLINE vf fma_v(vf a, vf b, vf c)
 #endif
 }
 
-/* n < 16 bytes from src to dst in at most four fixed-size copies: a memcpy of a variable
- * size is a library call, once per row of a pooled plane. */
-SIMD_INLINE void copy_short(void *dst, const void *src, ptrdiff_t n)
+/* n < size bytes (size: the smaller object's, a constant; at most 64) from src to dst in at
+ * most six fixed-size copies: a memcpy of a variable size is a library call, once per row of a
+ * pooled plane. The copies wider than the object are compiled out. */
+SIMD_INLINE void copy_short(void *dst, const void *src, ptrdiff_t n, const size_t size)
 {
     unsigned char *d = (unsigned char *)dst;
     const unsigned char *s = (const unsigned char *)src;
-    if (n & 8) {
+    if (size > 32 && (n & 32)) {
+        memcpy(d, s, 32);
+        d += 32;
+        s += 32;
+    }
+    if (size > 16 && (n & 16)) {
+        memcpy(d, s, 16);
+        d += 16;
+        s += 16;
+    }
+    if (size > 8 && (n & 8)) {
         memcpy(d, s, 8);
         d += 8;
         s += 8;
     }
-    if (n & 4) {
+    if (size > 4 && (n & 4)) {
         memcpy(d, s, 4);
         d += 4;
         s += 4;
     }
-    if (n & 2) {
+    if (size > 2 && (n & 2)) {
         memcpy(d, s, 2);
         d += 2;
         s += 2;
     }
-    if (n & 1)
+    if (size > 1 && (n & 1))
         *d = *s;
 }
 
@@ -194,7 +205,7 @@ SIMD_INLINE vf load_first(const float *p, ptrdiff_t n)
     return (vf)_mm256_maskload_ps(p, (__m256i)(lanes < splat_i((int32_t)n)));
 #else
     vf v = splat(0.0f);
-    copy_short(&v, p, n * (ptrdiff_t)sizeof(float));
+    copy_short(&v, p, n * (ptrdiff_t)sizeof(float), sizeof v);
     return v;
 #endif
 }
@@ -228,7 +239,7 @@ SIMD_INLINE void store_first(float *p, ptrdiff_t n, vf v)
     if (n & 1)
         _mm_store_ss(p, part);
 #else
-    copy_short(p, &v, n * (ptrdiff_t)sizeof(float));
+    copy_short(p, &v, n * (ptrdiff_t)sizeof(float), sizeof v);
 #endif
 }
 
@@ -237,7 +248,7 @@ SIMD_INLINE void store_first(float *p, ptrdiff_t n, vf v)
  * __builtin_convertvector between bytes and int32 to one lane extract/insert per lane. */
 SIMD_INLINE vi load_bytes(const unsigned char *p, ptrdiff_t n, unsigned char fill)
 {
-#if VL == 16
+#if VL == 16 && defined(MASKED_512)
     __mmask16 mask = n >= VL ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1u);
     return (vi)_mm512_cvtepu8_epi32(_mm_mask_loadu_epi8(_mm_set1_epi8((char)fill), mask, p));
 #else
@@ -247,7 +258,7 @@ SIMD_INLINE vi load_bytes(const unsigned char *p, ptrdiff_t n, unsigned char fil
     } else {
         memset(bytes, fill, VL);
         if (n > 0)
-            copy_short(bytes, p, n);
+            copy_short(bytes, p, n, VL);
     }
 #if VL == 8
     __m128i packed;
@@ -264,7 +275,7 @@ SIMD_INLINE vi load_bytes(const unsigned char *p, ptrdiff_t n, unsigned char fil
 /* p[l] = (unsigned char)v[l] for l < n (lanes hold 0..255). */
 SIMD_INLINE void store_bytes(unsigned char *p, ptrdiff_t n, vi v)
 {
-#if VL == 16
+#if VL == 16 && defined(MASKED_512)
     __mmask16 mask = n >= VL ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1u);
     _mm512_mask_cvtepi32_storeu_epi8(p, mask, (__m512i)v);
 #else
@@ -278,7 +289,7 @@ SIMD_INLINE void store_bytes(unsigned char *p, ptrdiff_t n, vi v)
     if (n >= VL)
         memcpy(p, &packed, VL);
     else if (n > 0)
-        copy_short(p, &packed, n);
+        copy_short(p, &packed, n, VL);
 #endif
 }
 
