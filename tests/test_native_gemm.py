@@ -312,18 +312,25 @@ def test_each_product_class_takes_the_route_of_the_level_in_use(compiled_level, 
     stack_a = rng.standard_normal((16, 64, 32), dtype=np.float32)
     stack_b = rng.standard_normal((16, 32, 294), dtype=np.float32)  # 19 MFLOP in all
     stack_out = np.empty((16, 64, 294), np.float32)
+    stack_bt = rng.standard_normal((16, 32, 294), dtype=np.float32).transpose(0, 2, 1)  # dM V^T
+    stack_bt_out = np.empty((16, 64, 32), np.float32)
+    stack_bt_a = rng.standard_normal((16, 64, 294), dtype=np.float32)
     routes = _gemm.ROUTES[compiled_level]
     with _gemm.trace() as products:
         large = _gemm.matmul(big_a, big_b)
         small = _gemm.matmul(small_a, small_b)
         _gemm.matmul_batched(stack_a, stack_b, out=stack_out)
+        _gemm.matmul_batched(stack_bt_a, stack_bt, out=stack_bt_out)
         with _gemm.one_thread_blas():
             in_shard = _gemm.matmul(big_a, big_b)
             _gemm.matmul_batched(stack_a, stack_b, out=stack_out)
     large_threads = 2 if routes["large"] == "cnnlab" else 1
+    stack_bt_threads = 2 if routes["stack-bt"] == "cnnlab" else 1   # 19 MFLOP: split outside shards
     assert _traced_paths(products) == [
         ("large", routes["large"], large_threads), ("small", routes["small"], 1),
-        ("stack", routes["stack"], 1), ("large", routes["large"], 1), ("stack", routes["stack"], 1)]
+        ("stack", routes["stack"], 1), ("stack-bt", routes["stack-bt"], stack_bt_threads),
+        ("large", routes["large"], 1), ("stack", routes["stack"], 1)]
+    check(stack_bt_out, stack_bt_a.astype(np.float64) @ stack_bt.astype(np.float64), 294)
     assert large.tobytes() == in_shard.tobytes()   # the same path and bits in a shard
     check(large, big_a.astype(np.float64) @ big_b.astype(np.float64), 700)
     check(small, small_a.astype(np.float64) @ small_b.astype(np.float64), 30)
@@ -347,21 +354,26 @@ def test_product_classes():
     assert _gemm.product_class(64, 10, 3136) == "small"         # 4 MFLOP
     assert _gemm.product_class(64, 294, 32, batch=16) == "stack"
     assert _gemm.product_class(2, 2, 2, batch=2) == "stack"
+    assert _gemm.product_class(64, 32, 294, batch=16, trans_b=True) == "stack-bt"
+    assert _gemm.product_class(64, 10, 3136, trans_b=True) == "small"  # one product: its size
 
 
 @pytest.mark.parametrize("level", ["portable", "avx2", "avx512", "neon"])
 def test_the_routing_table_is_the_measured_one(level):
-    """docs/architecture.md "Which GEMM runs a product": OpenBLAS for stacks and small
+    """docs/architecture.md "Which GEMM runs a product": OpenBLAS for plain stacks and small
     products at every level, and for everything at portable (so neon, unmeasured); cnnlab's
-    GEMM for large products at avx2 and avx512. A change here needs new figures there."""
-    large = "cnnlab" if level in ("avx2", "avx512") else "blas"
-    assert _gemm.ROUTES[level] == {"stack": "blas", "large": large, "small": "blas"}
-    assert [_gemm.path_for(kind, level) for kind in ("stack", "large", "small")] == [
-        "blas", large, "blas"]
+    GEMM for B-transposed stacks and large products at avx2 and avx512. A change here needs
+    new figures there."""
+    ours = "cnnlab" if level in ("avx2", "avx512") else "blas"
+    assert _gemm.ROUTES[level] == {"stack": "blas", "stack-bt": ours, "large": ours,
+                                   "small": "blas"}
+    assert [_gemm.path_for(kind, level) for kind in ("stack", "stack-bt", "large", "small")] == [
+        "blas", ours, ours, "blas"]
 
 
 def test_numpy_level_and_missing_native_code_route_everything_to_blas(monkeypatch):
-    assert {_gemm.path_for(kind, "numpy") for kind in ("stack", "large", "small")} == {"blas"}
+    assert {_gemm.path_for(kind, "numpy")
+            for kind in ("stack", "stack-bt", "large", "small")} == {"blas"}
     monkeypatch.setattr(dispatch, "sgemm", lambda: None)
     assert _gemm.path_for("large", "avx2") == "blas"
 

@@ -35,20 +35,23 @@ _local = threading.local()  # .depth: one_thread_blas nesting of this thread
 SPLIT_FLOPS = 16e6
 
 #: level -> product class -> the GEMM that runs its float32 products ("cnnlab" or "blas").
-#: Classes: "stack" (a stack of products: Winograd's 16), "large" (one product of at least
-#: SPLIT_FLOPS: the mlp's hidden layer, im2col convolutions), "small" (one product under it:
-#: the classifier layers). Measured by benchmarks/gemm_routing.py on the products the lecture
-#: CNN and MLP issue (docs/architecture.md, "Which GEMM runs a product"): one thread of
-#: OpenBLAS beat the C kernel on the stacks and the small products at every level (1.1-1.5x
-#: at avx2 and avx512, 2-4x at portable); on the large ones the C kernel tied it on one
+#: Classes: "stack" (a stack of products, B as stored: Winograd's 16 forward and dX
+#: products), "stack-bt" (a stack with B transposed: Winograd's dW, dM V^T), "large" (one
+#: product of at least SPLIT_FLOPS: the mlp's hidden layer, im2col convolutions), "small"
+#: (one product under it: the classifier layers). Measured by benchmarks/gemm_routing.py on
+#: the products the lecture CNN and MLP issue, and by the training step with each choice
+#: (docs/architecture.md, "Which GEMM runs a product"): one thread of OpenBLAS beat the C
+#: kernel on the small products and the plain stacks at every level (1.1-1.5x at avx2 and
+#: avx512, 2-4x at portable); the C kernel beat it on the B-transposed stacks at avx2 and
+#: avx512 (1.2-1.3x, the step 10% faster); on the large ones the C kernel tied it on one
 #: thread and split over two threads tied or beat two-thread OpenBLAS, with a pool that
 #: sleeps where OpenBLAS's workers spin. "neon" has no measurement here (no ARM machine) and
 #: follows "portable", where OpenBLAS on one thread beat the C kernel on two.
 ROUTES = {
-    "portable": {"stack": "blas", "large": "blas", "small": "blas"},
-    "avx2": {"stack": "blas", "large": "cnnlab", "small": "blas"},
-    "avx512": {"stack": "blas", "large": "cnnlab", "small": "blas"},
-    "neon": {"stack": "blas", "large": "blas", "small": "blas"},
+    "portable": {"stack": "blas", "stack-bt": "blas", "large": "blas", "small": "blas"},
+    "avx2": {"stack": "blas", "stack-bt": "cnnlab", "large": "cnnlab", "small": "blas"},
+    "avx512": {"stack": "blas", "stack-bt": "cnnlab", "large": "cnnlab", "small": "blas"},
+    "neon": {"stack": "blas", "stack-bt": "blas", "large": "blas", "small": "blas"},
 }
 
 
@@ -62,15 +65,15 @@ class Product(NamedTuple):
     trans_a: bool
     trans_b: bool
     threads: int   # the threads it ran on
-    kind: str      # its class in ROUTES: "stack", "large" or "small"
+    kind: str      # its class in ROUTES: "stack", "stack-bt", "large" or "small"
     path: str      # "cnnlab" (cnnlab's GEMM) or "blas" (NumPy's)
 
 
-def product_class(m: int, n: int, k: int, batch: int = 1) -> str:
-    """"stack" for a stack of ``batch`` > 1 products, else "large" from :data:`SPLIT_FLOPS`
-    FLOPs up, "small" below."""
+def product_class(m: int, n: int, k: int, batch: int = 1, trans_b: bool = False) -> str:
+    """"stack" for a stack of ``batch`` > 1 products ("stack-bt" when B is transposed), else
+    "large" from :data:`SPLIT_FLOPS` FLOPs up, "small" below."""
     if batch > 1:
-        return "stack"
+        return "stack-bt" if trans_b else "stack"
     return "large" if 2.0 * m * n * k >= SPLIT_FLOPS else "small"
 
 
@@ -133,7 +136,7 @@ def trace():
 
 def _plan(m: int, n: int, k: int, batch: int, trans_a: bool, trans_b: bool) -> tuple[int, str]:
     """(threads, path) for one product; recorded when :func:`trace` is active."""
-    kind = product_class(m, n, k, batch)
+    kind = product_class(m, n, k, batch, trans_b)
     path = path_for(kind)
     # OpenBLAS always on one thread: its results differ with its thread count (so they would
     # follow the load), and its idle workers spin in the way of a busy machine.
