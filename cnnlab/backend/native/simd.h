@@ -162,33 +162,13 @@ SIMD_INLINE void copy_short(void *dst, const void *src, ptrdiff_t n, const size_
 {
     unsigned char *d = (unsigned char *)dst;
     const unsigned char *s = (const unsigned char *)src;
-    if (size > 32 && (n & 32)) {
-        memcpy(d, s, 32);
-        d += 32;
-        s += 32;
-    }
-    if (size > 16 && (n & 16)) {
-        memcpy(d, s, 16);
-        d += 16;
-        s += 16;
-    }
-    if (size > 8 && (n & 8)) {
-        memcpy(d, s, 8);
-        d += 8;
-        s += 8;
-    }
-    if (size > 4 && (n & 4)) {
-        memcpy(d, s, 4);
-        d += 4;
-        s += 4;
-    }
-    if (size > 2 && (n & 2)) {
-        memcpy(d, s, 2);
-        d += 2;
-        s += 2;
-    }
-    if (size > 1 && (n & 1))
-        *d = *s;
+#pragma GCC unroll 6
+    for (size_t width = 32; width >= 1; width /= 2)
+        if (size > width && (n & (ptrdiff_t)width)) {
+            memcpy(d, s, width);
+            d += width;
+            s += width;
+        }
 }
 
 /* Lanes l < n of p (n may be <= 0 or >= VL); the others are 0. Masked lanes are never read. */
@@ -333,8 +313,9 @@ SIMD_INLINE void interleave(vf a, vf b, vf *first, vf *second)
 }
 
 /* In-register transpose of a VL x VL block: r[i] holds row i on entry, column i on exit.
- * Stage h swaps bit h of the row and column indices (the off-diagonal h x h sub-blocks of
- * every 2h x 2h block), so log2(VL) stages of two shuffles per pair of rows. */
+ * For 4 and 8 lanes, stage h swaps bit h of the row and column indices (the off-diagonal
+ * h x h sub-blocks of every 2h x 2h block), so log2(VL) stages of two shuffles per pair of
+ * rows; 16 lanes have their own sequence below. */
 #define TRANSPOSE_STAGE(h, ...)                                                             \
     for (int i = 0; i < VL; i++)                                                            \
         if (!(i & (h))) {                                                                   \
@@ -354,15 +335,6 @@ SIMD_INLINE void interleave(vf a, vf b, vf *first, vf *second)
 #define TRANSPOSE_LOWER_2 2, 3, 10, 11, 6, 7, 14, 15
 #define TRANSPOSE_UPPER_4 0, 1, 2, 3, 8, 9, 10, 11
 #define TRANSPOSE_LOWER_4 4, 5, 6, 7, 12, 13, 14, 15
-#elif VL == 16
-#define TRANSPOSE_UPPER_1 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30
-#define TRANSPOSE_LOWER_1 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
-#define TRANSPOSE_UPPER_2 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29
-#define TRANSPOSE_LOWER_2 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
-#define TRANSPOSE_UPPER_4 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27
-#define TRANSPOSE_LOWER_4 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
-#define TRANSPOSE_UPPER_8 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
-#define TRANSPOSE_LOWER_8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
 #endif
 
 #if VL == 16
