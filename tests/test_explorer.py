@@ -99,16 +99,19 @@ def test_live_writer_keeps_a_bounded_rate_and_round_trips(tmp_path, rng):
                              {"kind": "unit"}, epochs=3, every=2.0, clock=lambda: now[0])
     for step in range(1, 1001):
         writer.add({"kind": "step", "step": step, "loss": 1.0 / step, "accuracy": 0.5})
-    writer.maybe_write(model)
+    if writer.due():
+        writer.write(model)
     first = live.read_live(tmp_path)
     assert first["status"] == "running" and first["step"] == 1000 and first["epochs"] == 3
     assert len(first["steps"]) <= live.MAX_STEP_POINTS and first["steps"][-1][0] == 1000
     writer.add({"kind": "epoch", "epoch": 1, "step": 1000, "test_loss": 0.5, "test_accuracy": 0.8})
     now[0] = 1.0
-    writer.maybe_write(model)                      # too soon: the file is not rewritten
+    if writer.due():                               # too soon: the file is not rewritten
+        writer.write(model)
     assert live.read_live(tmp_path)["epoch"] == 0
     now[0] = 2.5
-    writer.maybe_write(model)
+    if writer.due():
+        writer.write(model)
     state = live.read_live(tmp_path)
     assert state["epoch"] == 1
     assert [entry["layer"] for entry in state["filters"]] == [0]

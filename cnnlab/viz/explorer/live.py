@@ -124,9 +124,10 @@ def read_live(run_dir: str | os.PathLike) -> dict:
 class LiveWriter:
     """Keeps ``RUN/live.js`` current while a run trains, at most every ``every`` seconds.
 
-    The trainer hands it each metrics record (:meth:`add`), calls :meth:`maybe_write` (or
-    :meth:`due`, then :meth:`write`) after each step and :meth:`write` at the end of an epoch and of the run. Drawing the state runs
-    the model in eval mode on one image (no dropout draw, no batch-norm update), between steps.
+    The trainer hands it each metrics record (:meth:`add`), asks :meth:`due` after each step
+    and then calls :meth:`write`, as it does at the end of an epoch and of the run
+    (:meth:`stop` for a run that does not finish). Drawing the state runs the model in eval
+    mode on one image (no dropout draw, no batch-norm update), between steps.
     """
 
     def __init__(self, run_dir: Path, image: np.ndarray, normalization: dict | None,
@@ -155,10 +156,6 @@ class LiveWriter:
     def due(self) -> bool:
         """Whether ``every`` seconds have passed since the last write (or none was made)."""
         return self.written_at is None or self.clock() - self.written_at >= self.every
-
-    def maybe_write(self, model) -> None:
-        if self.due():
-            self.write(model)
 
     def write(self, model, status: str = "running", reason: str | None = None) -> None:
         self.written_at = self.clock()
