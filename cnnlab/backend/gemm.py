@@ -91,7 +91,6 @@ def describe() -> str:
     level = dispatch.level()
     if dispatch.sgemm() is None:
         return f"NumPy's BLAS (level {level})"
-    names = {"cnnlab": "cnnlab GEMM", "blas": "NumPy's BLAS"}
     routes = ROUTES[level]
     on_cnnlab = [kind for kind, path in routes.items() if path == "cnnlab"]
     if not on_cnnlab:

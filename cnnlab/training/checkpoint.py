@@ -515,8 +515,9 @@ def input_preparation(meta: dict) -> dict:
 def _pixels_text(channels: int, preprocess: dict | None) -> str:
     """What the input's pixels are, in words: "uint8 0..255, RGB, on a dark background"."""
     colour = "RGB (channels R, G, B)" if channels == 3 else "grayscale"
-    polarity = (preprocess or {}).get("polarity")
-    if (preprocess or {}).get("kind") == "digit" or (preprocess is None and channels == 1):
+    record = preprocess or {}
+    polarity = record.get("polarity")
+    if record.get("kind") == "digit" or (preprocess is None and channels == 1):
         return f"uint8 0..255, {colour}, light ink on a dark background (MNIST's polarity)"
     if polarity in ("dark", "light"):
         return f"uint8 0..255, {colour}, on a {polarity} background as in training"
