@@ -15,8 +15,8 @@ and max, and the machine's load.
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -25,14 +25,16 @@ from pathlib import Path
 
 
 def train_seconds(python: str, cwd: str, args: list[str]) -> float:
+    """The run's training time from its summary.json (the printed one is rounded to 0.1 s)."""
     with tempfile.TemporaryDirectory() as folder:
+        run = Path(folder) / "run"
         completed = subprocess.run(
-            [python, "-m", "cnnlab", "train", *args, "--run-dir", str(Path(folder) / "run"),
+            [python, "-m", "cnnlab", "train", *args, "--run-dir", str(run),
              "--no-progress", "--no-report"], cwd=cwd, capture_output=True, text=True)
-    match = re.search(r"train time ([0-9.]+) s", completed.stdout)
-    if completed.returncode != 0 or match is None:
-        raise SystemExit(f"cnnlab train failed: {completed.stderr.strip()[-500:]}")
-    return float(match.group(1))
+        summary = run / "summary.json"
+        if completed.returncode != 0 or not summary.is_file():
+            raise SystemExit(f"cnnlab train failed: {completed.stderr.strip()[-500:]}")
+        return float(json.loads(summary.read_text(encoding="utf-8"))["train_seconds"])
 
 
 def busy_processes(count: int) -> list[subprocess.Popen]:
@@ -69,7 +71,7 @@ def main() -> None:
     print(f"cnnlab train {' '.join(base)}  ({os.cpu_count()} cores, load average during the runs "
           f"{min(loads):.1f}-{max(loads):.1f})")
     for name, samples in times.items():
-        print(f"  {name:32s} {statistics.median(samples):6.2f} s  [{min(samples):.2f}-{max(samples):.2f}]")
+        print(f"  {name:32s} {statistics.median(samples):7.3f} s  [{min(samples):.3f}-{max(samples):.3f}]")
     busy_default = statistics.median(times[f"{args.busy} busy, default threads"])
     busy_one = statistics.median(times[f"{args.busy} busy, --threads 1"])
     idle_default = statistics.median(times["as found, default threads"])
