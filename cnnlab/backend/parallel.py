@@ -57,7 +57,7 @@ def default_threads(batch_size: int, flops_per_image: float | None = None) -> in
 
 def threads_for(model, input_shape, batch_size: int) -> int:
     """:func:`default_threads` for ``model`` on inputs of ``input_shape`` (one image),
-    its forward FLOPs counted by ``cnnlab.summary``."""
+    its forward FLOPs counted by ``cnnlab.models.summary``."""
     from cnnlab.models.summary import summarize, totals
 
     return default_threads(batch_size, totals(summarize(model, input_shape))["flops"])
@@ -95,7 +95,8 @@ _local = threading.local()  # .stepping: inside a DataParallel call on this thre
 
 
 def _flops_per_image(model, image_shape: tuple) -> float | None:
-    """The forward FLOPs of one image (cnnlab.summary), cached per model structure and shape."""
+    """The forward FLOPs of one image (cnnlab.models.summary), cached per model structure and
+    shape."""
     key = (repr(model), image_shape)
     if key not in _FLOPS:
         from cnnlab.errors import CnnlabError

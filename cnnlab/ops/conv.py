@@ -436,7 +436,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     Raises:
         ShapeError: wrong number of axes, channels that do not fit the weight or ``groups``,
             mixed dtypes or not floats, or a kernel that does not fit the padded input
-            (see cnnlab/validation.py: the rules every op shares).
+            (see cnnlab/utils/validation.py: the rules every op shares).
 
     ``weight`` and ``bias`` may be ``nn`` Parameters (their ``.data`` is used). A batch of 0
     images gives an empty output, as in PyTorch. The cache refers to ``x``

@@ -45,7 +45,7 @@ def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = 
         ``(y, cache)``; pass the cache to :func:`linear_backward`. The cache refers to ``x``
         and ``weight`` themselves: they must not change before the backward.
 
-    The same input rules as every op (cnnlab/validation.py): float32 or float64, one dtype,
+    The same input rules as every op (cnnlab/utils/validation.py): float32 or float64, one dtype,
     ``weight`` and ``bias`` may be ``nn`` Parameters; a batch of 0 gives a (0, out) output.
     """
     check_input(x, "linear")

@@ -559,7 +559,7 @@ def _format_engine(engine: dict) -> list[str]:
     levels = engine["levels"]
     lines = ["", f"engine paths in float32 on {engine['cpu']}, at every level it runs "
                  f"({', '.join(levels)}):",
-             "  worst error / its float32 rounding bound (<= 1 passes; bound in cnnlab/verify.py), "
+             "  worst error / its float32 rounding bound (<= 1 passes; bound in cnnlab/tools/verify.py), "
              "against the float64 reference and PyTorch",
              f"  {'path':<40}" + "".join(f"{level:>22}" for level in levels)]
     for name, rows in engine["paths"].items():

@@ -290,8 +290,8 @@ def evaluate_arrays(model, images, labels, normalization: dict, threads: int = 1
 
 
 def _live_writer(config: TrainConfig, run_dir: Path, data: _Data, is_main: bool):
-    """RUN/live.js for the open report's live view (cnnlab/explorer/live.py); off with --no-report
-    and on ranks other than 0."""
+    """RUN/live.js for the open report's live view (cnnlab/viz/explorer/live.py); off with
+    --no-report and on ranks other than 0."""
     if not config.report or not is_main:
         return None
     from cnnlab.viz.explorer.live import LiveWriter

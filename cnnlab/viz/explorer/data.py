@@ -224,7 +224,7 @@ def explorer_payload(model, meta: dict, images: np.ndarray, labels, names=None,
 
 
 def run_payload(run, per_class: int = IMAGES_PER_CLASS) -> dict:
-    """The explorer's JSON for a run folder (:class:`cnnlab.plots.runs.Run`): its model and
+    """The explorer's JSON for a run folder (:class:`cnnlab.viz.plots.runs.Run`): its model and
     the first ``per_class`` test images of each class."""
     test_labels = np.asarray(run.dataset.test_labels)
     indices = pick_test_images(test_labels, per_class)
