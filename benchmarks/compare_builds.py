@@ -1,12 +1,14 @@
-"""Two builds of cnnlab side by side: the lecture models' training step, alternating.
+"""Two builds of cnnlab side by side: the lecture models' training step and inference, alternating.
 
     python benchmarks/compare_builds.py OLD_CHECKOUT NEW_CHECKOUT [--level avx2] [--rounds 4]
 
 Each checkout needs its native code built in place (``python setup.py build_ext --inplace``).
 A round runs one short process per checkout, one after the other, so a machine whose speed
-wanders slows both alike; each process times 7 blocks of 10 steps (``DataParallel`` +
-Adam, batch 128, as ``cnnlab train`` runs them) and reports their median. The table gives,
-per model, the median with min and max over the rounds and the ratio new / old. Run it
+wanders slows both alike; each process times 7 blocks of 10 training steps (``DataParallel``
++ Adam, batch 128, as ``cnnlab train`` runs them), then 7 of 10 inference batches, and
+reports the medians. The table gives, per model, the median with min and max over the
+rounds and the ratio new / old. Both checkouts need the package layout of cnnlab 0.2
+(cnnlab.backend, cnnlab.models). Run it
 before landing a change to the native code: a whole step shows what per-kernel timings
 (benchmarks/native_kernels.py) can miss. Rebuild both checkouts first; a stale in-place build
 once made a checkout's AVX2 step look 35% slower than the same source freshly built.
@@ -25,30 +27,34 @@ STEP_TIMER = r"""
 import sys, time
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-from cnnlab.backend.parallel import DataParallel
+from cnnlab.backend.parallel import DataParallel, threads_for
 from cnnlab.models import build_model
 from cnnlab.optim import Adam
 rng = np.random.default_rng(0)
 x = rng.random((128, 1, 28, 28), dtype=np.float32)
 y = rng.integers(0, 10, 128)
-for name in sys.argv[2].split(","):
-    model = build_model(name, np.random.default_rng(0))
-    optimizer = Adam(model.parameters(), lr=1e-3)
-    parallel = DataParallel(model, 2)
-    def step():
-        optimizer.zero_grad()
-        parallel.forward_backward(x, y)
-        optimizer.step()
+def median_rate(function):
     for _ in range(5):
-        step()
+        function()
     blocks = []
     for _ in range(7):
         start = time.perf_counter()
         for _ in range(10):
-            step()
+            function()
         blocks.append((time.perf_counter() - start) / 10)
+    return 128 / sorted(blocks)[3]
+for name in sys.argv[2].split(","):
+    model = build_model(name, np.random.default_rng(0))
+    optimizer = Adam(model.parameters(), lr=1e-3)
+    parallel = DataParallel(model, threads_for(model, (1, 28, 28), 128))  # as cnnlab train
+    def step():
+        optimizer.zero_grad()
+        parallel.forward_backward(x, y)
+        optimizer.step()
+    print(name, "step", median_rate(step))
+    model.eval()
+    print(name, "inference", median_rate(lambda: parallel.forward(x)))
     parallel.close()
-    print(name, 128 / sorted(blocks)[3])
 """
 
 
@@ -58,7 +64,8 @@ def run_once(checkout: str, models: str, level: str | None) -> dict[str, float]:
         env["CNNLAB_KERNELS"] = level
     output = subprocess.run([sys.executable, "-c", STEP_TIMER, os.path.abspath(checkout), models],
                             env=env, capture_output=True, text=True, check=True).stdout
-    return {name: float(rate) for name, rate in (line.split() for line in output.splitlines())}
+    return {f"{name} {kind}": float(rate)
+            for name, kind, rate in (line.split() for line in output.splitlines())}
 
 
 def main() -> None:
@@ -74,11 +81,11 @@ def main() -> None:
         for side in ("old", "new"):
             for name, rate in run_once(getattr(args, side), args.models, args.level).items():
                 rates[side].setdefault(name, []).append(rate)
-    print(f"training step, batch 128, img/s over {args.rounds} alternating rounds "
+    print(f"batch 128, img/s over {args.rounds} alternating rounds "
           f"(level {args.level or 'best'}): median [min-max]")
-    for name in args.models.split(","):
+    for name in rates["old"]:
         old, new = rates["old"][name], rates["new"][name]
-        print(f"{name:4s} old {statistics.median(old):8,.0f} [{min(old):,.0f}-{max(old):,.0f}]   "
+        print(f"{name:14s} old {statistics.median(old):8,.0f} [{min(old):,.0f}-{max(old):,.0f}]   "
               f"new {statistics.median(new):8,.0f} [{min(new):,.0f}-{max(new):,.0f}]   "
               f"new/old {statistics.median(new) / statistics.median(old):.2f}")
 

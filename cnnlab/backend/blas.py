@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 #: The variables that change what BLAS does; reported with it.
@@ -45,22 +44,30 @@ def _libraries() -> list:
     return _blas_libraries
 
 
-@contextlib.contextmanager
-def limit(threads: int):
+class limit:
     """Holds BLAS to ``threads`` threads inside the ``with`` block, then restores it.
 
     Process-wide (BLAS has one setting). Cheap enough to wrap a single product: ~2 us where
-    the count differs (one call into the library each way), nothing where it is already right.
+    the count differs (one call into the library each way), ~1 us where it is already right
+    (a class, not a generator: cnnlab wraps every product it sends to BLAS).
     Without threadpoolctl BLAS keeps its threads (correct, only slower).
     """
-    changed = []
-    for library in _libraries():
-        before = library.get_num_threads()
-        if before != threads:
-            library.set_num_threads(int(threads))
-            changed.append((library, before))
-    try:
-        yield
-    finally:
-        for library, before in changed:
+
+    __slots__ = ("threads", "changed")
+
+    def __init__(self, threads: int) -> None:
+        self.threads = int(threads)
+        self.changed: list = []
+
+    def __enter__(self) -> "limit":
+        for library in _libraries():
+            before = library.get_num_threads()
+            if before != self.threads:
+                library.set_num_threads(self.threads)
+                self.changed.append((library, before))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for library, before in self.changed:
             library.set_num_threads(before)
+        self.changed = []

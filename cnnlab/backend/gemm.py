@@ -136,7 +136,10 @@ def trace():
 def _plan(m: int, n: int, k: int, batch: int, trans_a: bool, trans_b: bool) -> tuple[int, str]:
     """(threads, path) for one product; recorded when :func:`trace` is active."""
     kind = product_class(m, n, k, batch, trans_b)
-    path = path_for(kind)
+    # path_for(kind), less its checks: the callers hold the native module already (so the
+    # level is a compiled one); ~3 us a product, dozens of products a shard.
+    level = dispatch.level()
+    path = ROUTES[level][kind] if level in ROUTES else "blas"
     # OpenBLAS always on one thread: its results differ with its thread count (so they would
     # follow the load), and its idle workers spin in the way of a busy machine.
     split = path == "cnnlab" and 2.0 * m * n * k * batch >= SPLIT_FLOPS and not in_one_thread_region()
