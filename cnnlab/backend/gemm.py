@@ -81,9 +81,14 @@ def path_for(kind: str, level: str | None = None) -> str:
     """The GEMM that runs a float32 product of class ``kind`` at ``level`` (default: the
     level in use): "cnnlab" or "blas"."""
     level = dispatch.level() if level is None else level
-    if level == "numpy" or dispatch.sgemm() is None:
+    if dispatch.sgemm() is None:
         return "blas"
-    return ROUTES[level][kind]
+    return _route(kind, level)
+
+
+def _route(kind: str, level: str) -> str:
+    """ROUTES' GEMM for ``kind`` at ``level``; "blas" at a level without native code (numpy)."""
+    return ROUTES[level][kind] if level in ROUTES else "blas"
 
 
 def describe() -> str:
@@ -136,10 +141,9 @@ def trace():
 def _plan(m: int, n: int, k: int, batch: int, trans_a: bool, trans_b: bool) -> tuple[int, str]:
     """(threads, path) for one product; recorded when :func:`trace` is active."""
     kind = product_class(m, n, k, batch, trans_b)
-    # path_for(kind), less its checks: the callers hold the native module already (so the
-    # level is a compiled one); ~3 us a product, dozens of products a shard.
-    level = dispatch.level()
-    path = ROUTES[level][kind] if level in ROUTES else "blas"
+    # path_for(kind) less its check for native code, which the callers hold already (~3 us a
+    # product, dozens of products a shard).
+    path = _route(kind, dispatch.level())
     # OpenBLAS always on one thread: its results differ with its thread count (so they would
     # follow the load), and its idle workers spin in the way of a busy machine.
     split = path == "cnnlab" and 2.0 * m * n * k * batch >= SPLIT_FLOPS and not in_one_thread_region()
