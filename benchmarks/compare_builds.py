@@ -8,8 +8,8 @@ wanders slows both alike; each process times 7 blocks of 10 training steps (``Da
 + Adam, batch 128, as ``cnnlab train`` runs them), then 7 of 10 inference batches, and
 reports the medians. The table gives, per model, the median with min and max over the
 rounds and the ratio new / old. Both checkouts need the package layout of cnnlab 0.2
-(cnnlab.backend, cnnlab.models). Run it
-before landing a change to the native code: a whole step shows what per-kernel timings
+(cnnlab.tools.bench's helpers build the models, shards and steps). Run it before landing a
+change to the native code: a whole step shows what per-kernel timings
 (benchmarks/native_kernels.py) can miss. Rebuild both checkouts first; a stale in-place build
 once made a checkout's AVX2 step look 35% slower than the same source freshly built.
 """
@@ -24,15 +24,11 @@ import sys
 
 # Runs inside each checkout's own process (its cnnlab first on sys.path).
 STEP_TIMER = r"""
-import sys, time
-import numpy as np
+import os, statistics, sys, time
 sys.path.insert(0, sys.argv[1])
-from cnnlab.backend.parallel import DataParallel, threads_for
-from cnnlab.models import build_model
 from cnnlab.optim import Adam
-rng = np.random.default_rng(0)
-x = rng.random((128, 1, 28, 28), dtype=np.float32)
-y = rng.integers(0, 10, 128)
+from cnnlab.tools.bench import _batch, _cnnlab_train_step, _data_parallel, _lecture_model
+x, y = _batch(128)
 def median_rate(function):
     for _ in range(5):
         function()
@@ -42,16 +38,11 @@ def median_rate(function):
         for _ in range(10):
             function()
         blocks.append((time.perf_counter() - start) / 10)
-    return 128 / sorted(blocks)[3]
+    return 128 / statistics.median(blocks)
 for name in sys.argv[2].split(","):
-    model = build_model(name, np.random.default_rng(0))
-    optimizer = Adam(model.parameters(), lr=1e-3)
-    parallel = DataParallel(model, threads_for(model, (1, 28, 28), 128))  # as cnnlab train
-    def step():
-        optimizer.zero_grad()
-        parallel.forward_backward(x, y)
-        optimizer.step()
-    print(name, "step", median_rate(step))
+    model = _lecture_model(name, seed=0)
+    parallel = _data_parallel(model, os.cpu_count() or 1, 128)  # the shards cnnlab train uses
+    print(name, "step", median_rate(_cnnlab_train_step(parallel, Adam(model.parameters(), lr=1e-3), x, y)))
     model.eval()
     print(name, "inference", median_rate(lambda: parallel.forward(x)))
     parallel.close()

@@ -2,8 +2,8 @@
 
 ``write_report(run_dir)`` writes ``RUN/report.html``: the run summary, then samples, learning
 curves, confusion matrix, mistakes, filters, feature maps, saliency, weight histograms and the
-explorer (cnnlab/viz/explorer: click a pixel, see what the layer computed there). Images are inline
-PNG data URIs, the scripts and the style sheet are inline, so the file opens offline in any
+explorer (cnnlab/viz/explorer: click a pixel, see what the layer computed there). Images are
+inline PNG data URIs, the scripts and the style sheet are inline, so the file opens offline in any
 browser and can be mailed or archived alone. While the run goes on, a live section polls the
 run folder's ``live.js`` (rewritten by the trainer every few seconds) and redraws the curves,
 filters and feature maps in place: the page never reloads, the reader keeps their place.

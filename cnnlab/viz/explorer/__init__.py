@@ -3,7 +3,8 @@
 - :mod:`cnnlab.viz.explorer.data`: the model and a few images as the page's JSON (float32
   weights and layer inputs, base64);
 - :mod:`cnnlab.viz.explorer.page`: the HTML (a report section, or ``RUN/explorer.html``);
-- :mod:`cnnlab.viz.explorer.live`: ``RUN/live.js``, rewritten by ``cnnlab train`` for the live view;
+- :mod:`cnnlab.viz.explorer.live`: ``RUN/live.js``, rewritten by ``cnnlab train`` for the live
+  view;
 - ``engine.js`` (forward and backward of every layer in the browser), ``prepare.js`` (an upload
   prepared as ``cnnlab predict`` prepares it), ``explorer.js`` (the page), ``live_view.js``.
 
