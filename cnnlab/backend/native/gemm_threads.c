@@ -5,9 +5,12 @@
  * A split product runs as a few tasks (parts of C) that the caller and the pool's workers
  * claim one at a time from a shared counter. The caller always claims tasks itself, so when
  * the workers cannot run (other processes hold the cores) it ends up doing every part on its
- * own thread: never slower than one thread, and the same bits either way. Workers spin only
- * briefly (a few microseconds) before sleeping on a condition variable: a worker that spins
- * while the process's other thread waits for its core starves both of them.
+ * own thread: never slower than one thread, and the same bits either way. Between products a
+ * worker polls a few microseconds, then keeps polling for up to POOL_LINGER_NS while yielding
+ * its core to any other runnable thread at every poll, then sleeps on a condition variable:
+ * a worker that spins without yielding while the process's other thread waits for its core
+ * starves both of them, and one that sleeps at once pays the wake-up (~90 us on this VM)
+ * on every product.
  */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
 #define _GNU_SOURCE 1 /* sched_getaffinity */
@@ -17,10 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sched.h> /* sched_yield; sched_getaffinity on Linux */
 #include <unistd.h>
-#if defined(__linux__)
-#include <sched.h>
-#endif
 
 #include "kernels.h"
 
@@ -124,7 +125,8 @@ static struct {
     int started;              /* workers running */
     int generation;           /* one more per round (wraps) */
     int open;                 /* a round is under way: workers may join it */
-    int joined;               /* workers inside the current round */
+    int joined;               /* workers inside the current round (written under lock,
+                                 read atomically by the caller's poll) */
     task_fn task;
     char *args;
     size_t arg_size;
@@ -147,11 +149,20 @@ static void pool_after_fork_in_child(void)
 static void pool_register_fork(void) { pthread_atfork(NULL, NULL, pool_after_fork_in_child); }
 
 /* Polls before sleeping, for POOL_SPIN_NS of wall time (pause instructions take from a few
- * to ~150 cycles depending on the CPU, so the poll is timed, not counted): long enough for
- * the next product of the same pass on an idle machine, too short to take a core from
- * another process for long. */
+ * to ~150 cycles depending on the CPU, so the poll is timed, not counted), then for
+ * POOL_LINGER_NS more with a sched_yield() between polls. Waking a sleeping worker took ~90 us
+ * here (a halted vCPU), a tenth of the mlp's 128 x 500 x 784 product; the products of one
+ * training step or inference pass come within ~300 us of each other. Yielding keeps the
+ * linger from taking a core another thread wants; the thread policy (threads.py) already
+ * grants one thread, so no round and no linger, while other processes hold a core. */
 #ifndef POOL_SPIN_NS
 #define POOL_SPIN_NS 5000
+#endif
+#ifndef POOL_LINGER_NS
+#define POOL_LINGER_NS 300000
+#endif
+#ifndef POOL_AWAIT_NS
+#define POOL_AWAIT_NS 100000
 #endif
 
 static inline void cpu_relax(void)
@@ -170,10 +181,11 @@ static long long monotonic_ns(void)
     return (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
 }
 
-/* Polls until *value != unchanged or the spin time is over; whether it changed. */
-static int spin_while_equal(const int *value, int unchanged)
+/* Polls until *value != unchanged or `budget_ns` of wall time is over; whether it changed.
+ * With `yielding`, each poll also offers the core to any other runnable thread. */
+static int spin_while_equal(const int *value, int unchanged, long long budget_ns, int yielding)
 {
-    long long deadline = monotonic_ns() + POOL_SPIN_NS;
+    long long deadline = monotonic_ns() + budget_ns;
     for (;;) {
         for (int i = 0; i < 16; i++) {
             if (__atomic_load_n(value, __ATOMIC_ACQUIRE) != unchanged)
@@ -182,6 +194,8 @@ static int spin_while_equal(const int *value, int unchanged)
         }
         if (monotonic_ns() > deadline)
             return 0;
+        if (yielding)
+            sched_yield();
     }
 }
 
@@ -206,12 +220,13 @@ static void *pool_worker(void *unused)
     (void)unused;
     int seen = 0;
     for (;;) {
-        spin_while_equal(&pool.generation, seen);
+        if (!spin_while_equal(&pool.generation, seen, POOL_SPIN_NS, 0))
+            spin_while_equal(&pool.generation, seen, POOL_LINGER_NS, 1);
         pthread_mutex_lock(&pool.lock);
         while (pool.generation == seen || !pool.open)
             pthread_cond_wait(&pool.wake, &pool.lock);
         seen = pool.generation;
-        pool.joined++;
+        __atomic_add_fetch(&pool.joined, 1, __ATOMIC_RELEASE);
         task_fn task = pool.task;
         char *args = pool.args;
         size_t arg_size = pool.arg_size;
@@ -221,11 +236,41 @@ static void *pool_worker(void *unused)
         claim_tasks(task, args, arg_size, tasks);
 
         pthread_mutex_lock(&pool.lock);
-        pool.joined--;
+        __atomic_sub_fetch(&pool.joined, 1, __ATOMIC_RELEASE);
         pthread_cond_broadcast(&pool.done);
         pthread_mutex_unlock(&pool.lock);
     }
     return NULL;
+}
+
+/* Every task finished, and no worker is still reading this round's fields. */
+static int round_over(int tasks)
+{
+    return __atomic_load_n(&pool.finished, __ATOMIC_ACQUIRE) >= tasks &&
+           __atomic_load_n(&pool.joined, __ATOMIC_ACQUIRE) == 0;
+}
+
+/* The caller's wait for the workers' last parts: polls (yielding) while the round makes
+ * progress, so that the caller does not pay a wake-up of its own; returns when the round is
+ * over or has stalled for POOL_AWAIT_NS (the caller then sleeps on `done`). */
+static void await_round(int tasks)
+{
+    int finished = -1, joined = -1;
+    long long deadline = 0;
+    while (!round_over(tasks)) {
+        int now_finished = __atomic_load_n(&pool.finished, __ATOMIC_ACQUIRE);
+        int now_joined = __atomic_load_n(&pool.joined, __ATOMIC_ACQUIRE);
+        if (now_finished != finished || now_joined != joined) {
+            finished = now_finished;
+            joined = now_joined;
+            deadline = monotonic_ns() + POOL_AWAIT_NS;
+        } else if (monotonic_ns() > deadline) {
+            return;
+        }
+        for (int i = 0; i < 16; i++)
+            cpu_relax();
+        sched_yield();
+    }
 }
 
 /* Runs task(args + t arg_size) for t < tasks, on this thread and up to tasks - 1 workers
@@ -263,11 +308,9 @@ static void run_tasks(task_fn task, void *args, size_t arg_size, int tasks)
 
     claim_tasks(task, base, arg_size, tasks);
 
-    if (__atomic_load_n(&pool.finished, __ATOMIC_ACQUIRE) < tasks)
-        spin_while_equal(&pool.finished, __atomic_load_n(&pool.finished, __ATOMIC_ACQUIRE));
+    await_round(tasks);
     pthread_mutex_lock(&pool.lock);
-    /* Every task finished, and no worker is still reading this round's fields. */
-    while (__atomic_load_n(&pool.finished, __ATOMIC_ACQUIRE) < tasks || pool.joined > 0)
+    while (!round_over(tasks))
         pthread_cond_wait(&pool.done, &pool.lock);
     pool.open = 0;
     pthread_mutex_unlock(&pool.lock);
