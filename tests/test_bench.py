@@ -105,6 +105,25 @@ def test_short_calls_are_timed_in_runs_long_enough_to_measure():
     assert timings["slow"].median >= 0.004
 
 
+def test_warm_up_calls_run_for_warm_seconds_before_the_samples():
+    from cnnlab.bench import time_interleaved
+
+    calls = []
+
+    def slow():
+        calls.append(time.perf_counter())
+        deadline = time.perf_counter() + 0.002
+        while time.perf_counter() < deadline:
+            pass
+
+    timings = time_interleaved({"slow": slow}, repeats=2, warmup=0, block=2, settle=0.0,
+                               warm_seconds=0.02)
+    assert len(timings["slow"].samples) == 2
+    untimed = calls[:-2]
+    assert len(untimed) >= 8  # at least 20 ms of 2 ms calls before the first sample
+    assert calls[-2] - calls[0] >= 0.02
+
+
 def _timing(min_s, max_s):
     return {"median_s": (min_s + max_s) / 2, "min_s": min_s, "max_s": max_s, "repeats": 5}
 

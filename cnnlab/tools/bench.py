@@ -104,6 +104,10 @@ class Timing:
 SETTLE_SECONDS = 0.25
 # Throughput samples last at least this long (several calls of a fast inference each).
 MIN_SAMPLE_SECONDS = 0.005
+# Untimed calls after the pause, for at least this long: a core left idle during the pause
+# comes back slowly on a VM. One untimed call (0.7 ms for the mlp) left the first samples up
+# to 2x slow for cnnlab and PyTorch alike here; 20 ms of calls halved the spread.
+WARM_SECONDS = 0.02
 
 
 def _settle(seconds: float) -> None:
@@ -116,12 +120,14 @@ def _settle(seconds: float) -> None:
 
 def time_interleaved(functions: dict[str, Callable[[], object]], repeats: int,
                      warmup: int = 2, inner: int = 1, block: int = 3,
-                     settle: float | None = None, min_sample_seconds: float = 0.0) -> dict[str, Timing]:
+                     settle: float | None = None, min_sample_seconds: float = 0.0,
+                     warm_seconds: float = 0.0) -> dict[str, Timing]:
     """Time each function ``repeats`` times, in rounds that take turns, so drift hits all alike.
 
     Each round runs every function as a block: a pause of ``settle`` seconds (default
-    SETTLE_SECONDS when there is more than one function), one untimed call, then
-    ``block`` timed samples, each the mean over ``inner`` consecutive calls. Alternating
+    SETTLE_SECONDS when there is more than one function), untimed calls (one, or as many as
+    take ``warm_seconds``), then ``block`` timed samples, each the mean over ``inner``
+    consecutive calls. Alternating
     single calls instead measured PyTorch's cnn training step at half its real speed:
     each library ran against the other's spinning threads. With ``min_sample_seconds``,
     a function whose calls are shorter gets a larger ``inner`` of its own (from its last
@@ -144,7 +150,10 @@ def time_interleaved(functions: dict[str, Callable[[], object]], repeats: int,
         samples_this_round = min(block, repeats - round_index * block)
         for name, function in functions.items():
             _settle(settle)
+            warm_until = time.perf_counter() + warm_seconds
             function()
+            while time.perf_counter() < warm_until:
+                function()
             for _ in range(samples_this_round):
                 start = time.perf_counter()
                 for _ in range(inners[name]):
@@ -401,7 +410,7 @@ def bench_ops(torch_module, repeats: int, batch_size: int = 128) -> dict:
 
     timed = {}
     for name, functions in results.items():
-        timings = time_interleaved(functions, repeats, inner=3)
+        timings = time_interleaved(functions, repeats, inner=3, warm_seconds=WARM_SECONDS)
         timed[name] = _with_ratio({key: timing.as_dict() for key, timing in timings.items()})
     return timed
 
@@ -443,7 +452,8 @@ def bench_models(torch_module, repeats: int, batch_sizes: tuple[int, ...], threa
                             return m(tx)
                     infer[f"torch_{layout}"] = t_infer_step
             for kind, functions in (("train step", train), ("inference", infer)):
-                timings = time_interleaved(functions, repeats, min_sample_seconds=MIN_SAMPLE_SECONDS)
+                timings = time_interleaved(functions, repeats, min_sample_seconds=MIN_SAMPLE_SECONDS,
+                                           warm_seconds=WARM_SECONDS)
                 entry = {key: {**timing.as_dict(), "images_per_second": batch_size / timing.median}
                          for key, timing in timings.items()}
                 entry["batch_size"] = batch_size
