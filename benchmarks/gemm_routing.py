@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_info
 
 from cnnlab.backend import _sgemm, blas, gemm
 from cnnlab.backend.parallel import DataParallel
-from cnnlab.tools.bench import _batch, _data_parallel, _lecture_model
+from cnnlab.tools.bench import SETTLE_SECONDS, _batch, _data_parallel, _lecture_model, _settle
 from cnnlab.optim import Adam
 
 
@@ -98,6 +98,10 @@ def main() -> None:
                 # set_level costs ~15 us, more than a small product: once per sample
                 if label != "blas":
                     _sgemm.set_level(label)
+                if threads > 1:
+                    # OpenBLAS's idle workers spin ~0.1 s after its call: without the pause
+                    # cnnlab's second thread shared its core with one of them
+                    _settle(SETTLE_SECONDS)
                 with blas.limit(threads):
                     samples[label].append(seconds(call, repeat) * 1e6)
         base = statistics.median(samples["blas"])
