@@ -28,6 +28,7 @@ SHAPES = [
     (64, 289, 700), (64, 300, 289), (145, 257, 321), (150, 300, 650),
     (288, 520, 64), (7, 1000, 3), (300, 40, 1000),
     (30, 10, 700), (40, 41, 33),  # last panels of fewer vectors (a classifier's n = 10)
+    (9, 10, 37), (6, 16, 64), (3, 7, 16), (5, 17, 33),  # x W^T as dot products: n <= 16, then 17
 ]
 
 
@@ -309,6 +310,7 @@ def test_each_product_class_takes_the_route_of_the_level_in_use(compiled_level, 
     big_a = rng.standard_normal((40, 700), dtype=np.float32)      # 28 MFLOP with big_b
     big_b = rng.standard_normal((700, 500), dtype=np.float32)
     small_a, small_b = big_a[:, :30].copy(), big_b[:30, :20].copy()
+    classifier = rng.standard_normal((10, 700), dtype=np.float32)   # x W^T, 10 classes
     stack_a = rng.standard_normal((16, 64, 32), dtype=np.float32)
     stack_b = rng.standard_normal((16, 32, 294), dtype=np.float32)  # 19 MFLOP in all
     stack_out = np.empty((16, 64, 294), np.float32)
@@ -319,6 +321,7 @@ def test_each_product_class_takes_the_route_of_the_level_in_use(compiled_level, 
     with _gemm.trace() as products:
         large = _gemm.matmul(big_a, big_b)
         small = _gemm.matmul(small_a, small_b)
+        narrow = _gemm.matmul(big_a, classifier.T)
         _gemm.matmul_batched(stack_a, stack_b, out=stack_out)
         _gemm.matmul_batched(stack_bt_a, stack_bt, out=stack_bt_out)
         with _gemm.one_thread_blas():
@@ -328,12 +331,13 @@ def test_each_product_class_takes_the_route_of_the_level_in_use(compiled_level, 
     stack_bt_threads = 2 if routes["stack-bt"] == "cnnlab" else 1   # 19 MFLOP: split outside shards
     assert _traced_paths(products) == [
         ("large", routes["large"], large_threads), ("small", routes["small"], 1),
-        ("stack", routes["stack"], 1), ("stack-bt", routes["stack-bt"], stack_bt_threads),
+        ("narrow-bt", routes["narrow-bt"], 1), ("stack", routes["stack"], 1), ("stack-bt", routes["stack-bt"], stack_bt_threads),
         ("large", routes["large"], 1), ("stack", routes["stack"], 1)]
     check(stack_bt_out, stack_bt_a.astype(np.float64) @ stack_bt.astype(np.float64), 294)
     assert large.tobytes() == in_shard.tobytes()   # the same path and bits in a shard
     check(large, big_a.astype(np.float64) @ big_b.astype(np.float64), 700)
     check(small, small_a.astype(np.float64) @ small_b.astype(np.float64), 30)
+    check(narrow, big_a.astype(np.float64) @ classifier.T.astype(np.float64), 700)
     check(stack_out, stack_a.astype(np.float64) @ stack_b.astype(np.float64), 32)
 
 
@@ -355,25 +359,40 @@ def test_product_classes():
     assert _gemm.product_class(64, 294, 32, batch=16) == "stack"
     assert _gemm.product_class(2, 2, 2, batch=2) == "stack"
     assert _gemm.product_class(64, 32, 294, batch=16, trans_b=True) == "stack-bt"
-    assert _gemm.product_class(64, 10, 3136, trans_b=True) == "small"  # one product: its size
+    assert _gemm.product_class(64, 10, 3136, trans_b=True) == "narrow-bt"  # x W^T, 10 classes
+    assert _gemm.product_class(64, 16, 3136, trans_b=True) == "narrow-bt"
+    assert _gemm.product_class(64, 17, 3136, trans_b=True) == "small"
+    assert _gemm.product_class(64, 10, 3136, trans_b=True, trans_a=True) == "small"
+    assert _gemm.product_class(10, 3136, 64, trans_a=True) == "small"    # its dW: one product, its size
+
+
+def test_the_narrow_class_is_the_c_kernels_dot_product_path():
+    """gemm.NARROW_N restates native/kernels.h's GEMM_DOT_N, which the module exports."""
+    from cnnlab.backend import dispatch
+
+    module = dispatch.sgemm()
+    if module is None:
+        pytest.skip("cnnlab's GEMM is not built here")
+    assert module.DOT_N == _gemm.NARROW_N
+
+
+CLASSES = ("stack", "stack-bt", "narrow-bt", "large", "small")
 
 
 @pytest.mark.parametrize("level", ["portable", "avx2", "avx512", "neon"])
 def test_the_routing_table_is_the_measured_one(level):
     """docs/architecture.md "Which GEMM runs a product": OpenBLAS for plain stacks and small
     products at every level, and for everything at portable (so neon, unmeasured); cnnlab's
-    GEMM for B-transposed stacks and large products at avx2 and avx512. A change here needs
-    new figures there."""
+    GEMM for B-transposed stacks, narrow x W^T products and large products at avx2 and
+    avx512. A change here needs new figures there."""
     ours = "cnnlab" if level in ("avx2", "avx512") else "blas"
-    assert _gemm.ROUTES[level] == {"stack": "blas", "stack-bt": ours, "large": ours,
-                                   "small": "blas"}
-    assert [_gemm.path_for(kind, level) for kind in ("stack", "stack-bt", "large", "small")] == [
-        "blas", ours, ours, "blas"]
+    assert _gemm.ROUTES[level] == {"stack": "blas", "stack-bt": ours, "narrow-bt": ours,
+                                   "large": ours, "small": "blas"}
+    assert [_gemm.path_for(kind, level) for kind in CLASSES] == ["blas", ours, ours, ours, "blas"]
 
 
 def test_numpy_level_and_missing_native_code_route_everything_to_blas(monkeypatch):
-    assert {_gemm.path_for(kind, "numpy")
-            for kind in ("stack", "stack-bt", "large", "small")} == {"blas"}
+    assert {_gemm.path_for(kind, "numpy") for kind in CLASSES} == {"blas"}
     monkeypatch.setattr(dispatch, "sgemm", lambda: None)
     assert _gemm.path_for("large", "avx2") == "blas"
 

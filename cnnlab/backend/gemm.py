@@ -31,27 +31,38 @@ _local = threading.local()  # .depth: one_thread_blas nesting of this thread
 
 
 #: A product of this many FLOPs or more is "large": cnnlab's GEMM may split it over threads
-#: (waking a second costs ~40 us).
+#: (waking a sleeping second thread costs ~90 us on this VM; see native/gemm_threads.c).
 SPLIT_FLOPS = 16e6
+
+#: One product A B^T (B stored n x k) with at most this many columns is "narrow-bt": cnnlab's
+#: GEMM computes it as dot products of rows, unpacked (GEMM_DOT_N in native/kernels.h, which
+#: ``_sgemm.DOT_N`` exports; a test holds the two equal).
+NARROW_N = 16
 
 #: level -> product class -> the GEMM that runs its float32 products ("cnnlab" or "blas").
 #: Classes: "stack" (a stack of products, B as stored: Winograd's 16 forward and dX
-#: products), "stack-bt" (a stack with B transposed: Winograd's dW, dM V^T), "large" (one
-#: product of at least SPLIT_FLOPS: the mlp's hidden layer, im2col convolutions), "small"
-#: (one product under it: the classifier layers). Measured by benchmarks/gemm_routing.py on
-#: the products the lecture CNN and MLP issue, and by the training step with each choice
-#: (docs/architecture.md, "Which GEMM runs a product"): one thread of OpenBLAS beat the C
-#: kernel on the small products and the plain stacks at every level (1.1-1.5x at avx2 and
-#: avx512, 2-4x at portable); the C kernel beat it on the B-transposed stacks at avx2 and
-#: avx512 (1.2-1.3x, the step 10% faster); on the large ones the C kernel tied it on one
-#: thread and split over two threads tied or beat two-thread OpenBLAS, with a pool that
-#: sleeps where OpenBLAS's workers spin. "neon" has no measurement here (no ARM machine) and
-#: follows "portable", where OpenBLAS on one thread beat the C kernel on two.
+#: products), "stack-bt" (a stack with B transposed: Winograd's dW, dM V^T), "narrow-bt"
+#: (one product x W^T with at most NARROW_N columns: the classifier layers' forward),
+#: "large" (one product of at least SPLIT_FLOPS: the mlp's hidden layer, im2col
+#: convolutions), "small" (one product under it: the classifier layers' gradients).
+#: Measured by benchmarks/gemm_routing.py on the products the lecture CNN and MLP issue, and
+#: by the training step with each choice (docs/architecture.md, "Which GEMM runs a
+#: product"): one thread of OpenBLAS beat the C kernel on the small products and the plain
+#: stacks at every level (1.1-1.5x at avx2 and avx512, 2-4x at portable); the C kernel beat
+#: it on the B-transposed stacks at avx2 and avx512 (1.2-1.4x, the step 10% faster) and on
+#: the narrow ones (1.3-2.4x); on the large ones the C kernel tied or beat it on one thread
+#: and on two, with a pool that yields where OpenBLAS's workers spin. "neon" has no
+#: measurement here (no ARM machine) and follows "portable", where OpenBLAS on one thread
+#: beat the C kernel on two.
 ROUTES = {
-    "portable": {"stack": "blas", "stack-bt": "blas", "large": "blas", "small": "blas"},
-    "avx2": {"stack": "blas", "stack-bt": "cnnlab", "large": "cnnlab", "small": "blas"},
-    "avx512": {"stack": "blas", "stack-bt": "cnnlab", "large": "cnnlab", "small": "blas"},
-    "neon": {"stack": "blas", "stack-bt": "blas", "large": "blas", "small": "blas"},
+    "portable": {"stack": "blas", "stack-bt": "blas", "narrow-bt": "blas", "large": "blas",
+                 "small": "blas"},
+    "avx2": {"stack": "blas", "stack-bt": "cnnlab", "narrow-bt": "cnnlab", "large": "cnnlab",
+             "small": "blas"},
+    "avx512": {"stack": "blas", "stack-bt": "cnnlab", "narrow-bt": "cnnlab", "large": "cnnlab",
+               "small": "blas"},
+    "neon": {"stack": "blas", "stack-bt": "blas", "narrow-bt": "blas", "large": "blas",
+             "small": "blas"},
 }
 
 
@@ -65,15 +76,19 @@ class Product(NamedTuple):
     trans_a: bool
     trans_b: bool
     threads: int   # the threads it ran on
-    kind: str      # its class in ROUTES: "stack", "stack-bt", "large" or "small"
+    kind: str      # its class in ROUTES: "stack", "stack-bt", "narrow-bt", "large" or "small"
     path: str      # "cnnlab" (cnnlab's GEMM) or "blas" (NumPy's)
 
 
-def product_class(m: int, n: int, k: int, batch: int = 1, trans_b: bool = False) -> str:
+def product_class(m: int, n: int, k: int, batch: int = 1, trans_b: bool = False,
+                  trans_a: bool = False) -> str:
     """"stack" for a stack of ``batch`` > 1 products ("stack-bt" when B is transposed), else
-    "large" from :data:`SPLIT_FLOPS` FLOPs up, "small" below."""
+    "narrow-bt" for A B^T with at most :data:`NARROW_N` columns, else "large" from
+    :data:`SPLIT_FLOPS` FLOPs up, "small" below."""
     if batch > 1:
         return "stack-bt" if trans_b else "stack"
+    if trans_b and not trans_a and n <= NARROW_N:
+        return "narrow-bt"
     return "large" if 2.0 * m * n * k >= SPLIT_FLOPS else "small"
 
 
@@ -140,7 +155,7 @@ def trace():
 
 def _plan(m: int, n: int, k: int, batch: int, trans_a: bool, trans_b: bool) -> tuple[int, str]:
     """(threads, path) for one product; recorded when :func:`trace` is active."""
-    kind = product_class(m, n, k, batch, trans_b)
+    kind = product_class(m, n, k, batch, trans_b, trans_a)
     # path_for(kind) less its check for native code, which the callers hold already (~3 us a
     # product, dozens of products a shard).
     path = _route(kind, dispatch.level())

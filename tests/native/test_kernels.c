@@ -564,11 +564,13 @@ static void test_winograd(const loops_level *level)
 
 static void test_gemm(const gemm_level *level)
 {
-    /* around every level's micro-tiles and the blocking, and the CNN's shapes (scaled) */
+    /* around every level's micro-tiles and the blocking, the CNN's shapes (scaled), and the
+     * narrow B-transposed products of the dot-product path (n <= GEMM_DOT_N, then 17) */
     static const ptrdiff_t shapes[][3] = {{1, 1, 1}, {1, 33, 1}, {13, 1, 5}, {11, 31, 17},
                                           {12, 32, 16}, {13, 33, 17}, {25, 65, 100}, {7, 50, 3},
                                           {64, 289, 350}, {145, 257, 321}, {5, 48, 20}, {0, 3, 3},
-                                          {4, 5, 0}};
+                                          {4, 5, 0}, {9, 10, 37}, {6, 16, 64}, {3, 7, 16},
+                                          {5, 17, 33}};
     const gemm_blocking blocking = {320, 144, 256};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (int flags = 0; flags < 8; flags++) {

@@ -323,29 +323,47 @@ static void run_tasks(task_fn task, void *args, size_t arg_size, int tasks)
 
 #define MAX_GEMM_THREADS 64
 
+/* A whole product's algorithm is chosen once, on its own shape, before any split: a part of a
+ * wider product must not switch to the dot-product path (its sums run in another order). */
+static int is_narrow(const gemm_shape *s)
+{
+    return !s->trans_a && s->trans_b && s->n <= GEMM_DOT_N && s->k > 0;
+}
+
+/* One product, or one part of one, on this thread by the algorithm chosen for the whole. */
+static int run_product(const gemm_level *level, const gemm_blocking *blocking, int narrow,
+                       const gemm_shape *s)
+{
+    if (narrow) {
+        level->dot_bt(s->m, s->n, s->k, s->a, s->lda, s->b, s->ldb, s->c, s->ldc, s->accumulate);
+        return 0;
+    }
+    return level->gemm(s->trans_a, s->trans_b, s->m, s->n, s->k, s->a, s->lda, s->b, s->ldb,
+                       s->c, s->ldc, s->accumulate, blocking);
+}
+
 typedef struct {
     const gemm_level *level;
     const gemm_blocking *blocking;
     gemm_shape shape;
+    int narrow;
     int rc;
 } gemm_part;
 
 static void gemm_part_run(void *arg)
 {
     gemm_part *p = (gemm_part *)arg;
-    const gemm_shape *s = &p->shape;
-    p->rc = p->level->gemm(s->trans_a, s->trans_b, s->m, s->n, s->k, s->a, s->lda, s->b, s->ldb,
-                           s->c, s->ldc, s->accumulate, p->blocking);
+    p->rc = run_product(p->level, p->blocking, p->narrow, &p->shape);
 }
 
 /* The product split into `threads` parts: by rows of C when it has at least as many rows as
- * columns, else by columns, in whole micro-tiles. Each part is an independent GEMM on its own
- * scratch, so the result is the same bits as one thread's: every C entry sums the same k
- * terms in the same order. */
+ * columns (always for the dot-product path), else by columns, in whole micro-tiles. Each part
+ * is an independent GEMM on its own scratch, so the result is the same bits as one thread's:
+ * every C entry sums the same k terms in the same order. */
 static int gemm_split(const gemm_level *level, const gemm_blocking *blocking, int threads,
                       const gemm_shape *s)
 {
-    int by_rows = s->m >= s->n;
+    int narrow = is_narrow(s), by_rows = narrow || s->m >= s->n;
     ptrdiff_t extent = by_rows ? s->m : s->n, unit = by_rows ? level->mr : level->nr;
     ptrdiff_t units = (extent + unit - 1) / unit;
     if (threads > units)
@@ -353,15 +371,14 @@ static int gemm_split(const gemm_level *level, const gemm_blocking *blocking, in
     if (threads > MAX_GEMM_THREADS)
         threads = MAX_GEMM_THREADS;
     if (threads <= 1)
-        return level->gemm(s->trans_a, s->trans_b, s->m, s->n, s->k, s->a, s->lda, s->b, s->ldb,
-                           s->c, s->ldc, s->accumulate, blocking);
+        return run_product(level, blocking, narrow, s);
     gemm_part parts[MAX_GEMM_THREADS];
     for (int t = 0; t < threads; t++) {
         ptrdiff_t first = units * t / threads * unit, last = units * (t + 1) / threads * unit;
         if (last > extent)
             last = extent;
         gemm_part *p = &parts[t];
-        *p = (gemm_part){level, blocking, *s, 0};
+        *p = (gemm_part){level, blocking, *s, narrow, 0};
         if (by_rows) {
             p->shape.m = last - first;
             p->shape.a = s->trans_a ? s->a + first : s->a + first * s->lda;
@@ -388,13 +405,14 @@ typedef struct {
 static void gemm_batch_run(void *arg)
 {
     gemm_batch *job = (gemm_batch *)arg;
-    const gemm_shape *s = &job->part.shape;
     job->part.rc = 0;
-    for (ptrdiff_t i = job->first; i < job->last && job->part.rc >= 0; i++)
-        job->part.rc = job->part.level->gemm(
-            s->trans_a, s->trans_b, s->m, s->n, s->k, s->a + i * job->stride_a, s->lda,
-            s->b + i * job->stride_b, s->ldb, s->c + i * job->stride_c, s->ldc, s->accumulate,
-            job->part.blocking);
+    for (ptrdiff_t i = job->first; i < job->last && job->part.rc >= 0; i++) {
+        gemm_shape s = job->part.shape;
+        s.a += i * job->stride_a;
+        s.b += i * job->stride_b;
+        s.c += i * job->stride_c;
+        job->part.rc = run_product(job->part.level, job->part.blocking, job->part.narrow, &s);
+    }
 }
 
 int gemm_run(const gemm_level *level, const gemm_blocking *blocking, int threads,
@@ -411,7 +429,7 @@ int gemm_run(const gemm_level *level, const gemm_blocking *blocking, int threads
         threads = 1;
     gemm_batch jobs[MAX_GEMM_THREADS];
     for (int t = 0; t < threads; t++)
-        jobs[t] = (gemm_batch){{level, blocking, *shape, 0}, count * t / threads,
+        jobs[t] = (gemm_batch){{level, blocking, *shape, is_narrow(shape), 0}, count * t / threads,
                                count * (t + 1) / threads, stride_a, stride_b, stride_c};
     run_tasks(gemm_batch_run, jobs, sizeof(gemm_batch), threads);
     for (int t = 0; t < threads; t++)

@@ -110,6 +110,10 @@ typedef struct {
  * this many conv-output planes). */
 #define CONV_CHANNELS 4
 
+/* Products C = A B^T (B stored n x k) with at most this many columns of C run as row-by-row
+ * dot products, unpacked (gemm_level.h, gemm_dot_bt): a classifier layer's x W^T. */
+#define GEMM_DOT_N 16
+
 /* Cache blocking of the GEMM (gemm_body.h). */
 typedef struct {
     ptrdiff_t kc, mc, nc;
@@ -122,6 +126,10 @@ typedef struct {
     int (*gemm)(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
                 ptrdiff_t lda, const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
                 int accumulate, const gemm_blocking *blocking);
+    /* C[m x n] (+)= A B^T, A stored m x k and B n x k, k > 0, as dot products of rows (for
+     * n <= GEMM_DOT_N; gemm_run chooses it for a whole product) */
+    void (*dot_bt)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a, ptrdiff_t lda,
+                   const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc, int accumulate);
 } gemm_level;
 
 /* Each level's tables, defined by its unit where the architecture has it. */

@@ -224,5 +224,10 @@ static struct PyModuleDef moduledef = {
 PyMODINIT_FUNC PyInit__sgemm(void)
 {
     current_level = best_level();
-    return PyModule_Create(&moduledef);
+    PyObject *module = PyModule_Create(&moduledef);
+    if (module && PyModule_AddIntConstant(module, "DOT_N", GEMM_DOT_N) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }
