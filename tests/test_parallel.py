@@ -87,6 +87,27 @@ def test_each_shard_draws_its_own_dropout_masks():
     assert not np.array_equal(np.asarray(first_shard_mask), np.asarray(other_shard_mask))
 
 
+def test_replicas_take_each_modules_mode_and_input_gradient_flag_at_every_step():
+    dropout = nn.Dropout(0.5, rng=np.random.default_rng(5))
+    model = nn.Sequential(nn.Flatten(), dropout, nn.Linear(4, 10, rng=np.random.default_rng(6)))
+    parallel = DataParallel(model, 2)
+    x, y = np.ones((64, 1, 2, 2), dtype=np.float32), np.zeros(64, dtype=np.int64)
+
+    def flags(module):
+        return [(layer.training, layer.requires_input_grad) for layer in module.modules()]
+
+    parallel.forward_backward(x, y)
+    dropout.eval()                    # one layer only, as for a frozen Dropout
+    model.requires_input_grad = True
+    parallel.forward_backward(x, y)
+    assert flags(parallel._replicas[1]) == flags(model)
+    assert not parallel._replicas[1][1].training
+    model.train()
+    model.requires_input_grad = False
+    parallel.forward_backward(x, y)
+    assert flags(parallel._replicas[1]) == flags(model)
+
+
 def test_batchnorm_running_statistics_come_from_the_first_shard():
     x, y = batch(64, shape=(3, 4, 4))
     model = nn.Sequential(nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(48, 10, rng=np.random.default_rng(0)))
