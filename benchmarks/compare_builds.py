@@ -7,11 +7,12 @@ A round runs one short process per checkout, one after the other, so a machine w
 wanders slows both alike; each process times 7 blocks of 10 training steps (``DataParallel``
 + Adam, batch 128, as ``cnnlab train`` runs them), then 7 of 10 inference batches, and
 reports the medians. The table gives, per model, the median with min and max over the
-rounds and the ratio new / old. Both checkouts need the package layout of cnnlab 0.2
-(cnnlab.tools.bench's helpers build the models, shards and steps). Run it before landing a
-change to the native code: a whole step shows what per-kernel timings
-(benchmarks/native_kernels.py) can miss. Rebuild both checkouts first; a stale in-place build
-once made a checkout's AVX2 step look 35% slower than the same source freshly built.
+rounds and the ratio new / old. Both checkouts need cnnlab.tools.bench with its helpers
+(_batch, _lecture_model, _data_parallel, _cnnlab_train_step), which build the models, shards
+and steps. Run it before landing a change to the native code: a whole step shows what
+per-kernel timings (benchmarks/native_kernels.py) can miss. Rebuild both checkouts first; a
+stale in-place build once made a checkout's AVX2 step look 35% slower than the same source
+freshly built.
 """
 
 from __future__ import annotations
