@@ -331,7 +331,8 @@ def test_each_product_class_takes_the_route_of_the_level_in_use(compiled_level, 
     stack_bt_threads = 2 if routes["stack-bt"] == "cnnlab" else 1   # 19 MFLOP: split outside shards
     assert _traced_paths(products) == [
         ("large", routes["large"], large_threads), ("small", routes["small"], 1),
-        ("narrow-bt", routes["narrow-bt"], 1), ("stack", routes["stack"], 1), ("stack-bt", routes["stack-bt"], stack_bt_threads),
+        ("narrow-bt", routes["narrow-bt"], 1), ("stack", routes["stack"], 1),
+        ("stack-bt", routes["stack-bt"], stack_bt_threads),
         ("large", routes["large"], 1), ("stack", routes["stack"], 1)]
     check(stack_bt_out, stack_bt_a.astype(np.float64) @ stack_bt.astype(np.float64), 294)
     assert large.tobytes() == in_shard.tobytes()   # the same path and bits in a shard

@@ -127,11 +127,11 @@ def time_interleaved(functions: dict[str, Callable[[], object]], repeats: int,
     Each round runs every function as a block: a pause of ``settle`` seconds (default
     SETTLE_SECONDS when there is more than one function), untimed calls (one, or as many as
     take ``warm_seconds``), then ``block`` timed samples, each the mean over ``inner``
-    consecutive calls. Alternating
-    single calls instead measured PyTorch's cnn training step at half its real speed:
-    each library ran against the other's spinning threads. With ``min_sample_seconds``,
-    a function whose calls are shorter gets a larger ``inner`` of its own (from its last
-    warm-up call), so one sample is not a single sub-millisecond call after the pause.
+    consecutive calls. Alternating single calls instead measured PyTorch's cnn training step
+    at half its real speed: each library ran against the other's spinning threads. With
+    ``min_sample_seconds``, a function whose calls are shorter gets a larger ``inner`` of its
+    own (from its last warm-up call), so one sample is not a single sub-millisecond call after
+    the pause.
     """
     if settle is None:
         settle = SETTLE_SECONDS if len(functions) > 1 else 0.0
